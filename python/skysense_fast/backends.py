@@ -1,0 +1,148 @@
+"""Backends: what was built, what can run now, and forcing one for a call.
+
+Every hot op has up to four implementations:
+
+``reference``  plain PyTorch, the specification (always available, any device);
+``cpp``        the C++ CPU kernel in ``skysense_fast._C``;
+``triton``     a Triton kernel (CUDA; on the CPU only under ``TRITON_INTERPRET=1``);
+``cuda``       a CUDA C++ kernel from ``kernels/``.
+
+Automatic selection takes the fast path for the tensor's device: ``cpp`` on the CPU; on
+CUDA the op's own rule between ``cuda`` and ``triton`` (see each op). The reasons a
+backend was skipped are logged at DEBUG; a backend asked for with :func:`use_backend`
+that cannot run raises them instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from . import _lib
+
+log = logging.getLogger("skysense_fast")
+
+BACKENDS = ("reference", "cpp", "triton", "cuda")
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("skysense_backend", default=None)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    available: bool
+    reason: str = ""  # why not, when not available; details otherwise
+
+    def as_dict(self) -> dict[str, object]:
+        return {"available": self.available, "reason": self.reason}
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_status() -> BackendStatus:
+    if importlib.util.find_spec("triton") is None:
+        return BackendStatus(False, "triton is not installed")
+    if _lib.load_error() is not None:
+        return BackendStatus(False, "needs skysense_fast._C (argument checks): " + str(_lib.load_error()))
+    if torch.cuda.is_available():
+        return BackendStatus(True, "CUDA device")
+    if triton_interpreted():
+        return BackendStatus(True, "Triton interpreter on the CPU (TRITON_INTERPRET=1; slow, for tests)")
+    return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 before importing triton to run on the CPU)")
+
+
+def _status(name: str) -> BackendStatus:
+    if name == "reference":
+        return BackendStatus(True, "plain PyTorch")
+    if name == "cpp":
+        err = _lib.load_error()
+        return BackendStatus(err is None, err or f"CPU kernels ({_lib.build_info().get('cpu_capability')})")
+    if name == "triton":
+        return _triton_status()
+    if name == "cuda":
+        info = _lib.build_info()
+        if _lib.load_error() is not None:
+            return BackendStatus(False, str(_lib.load_error()))
+        if not info.get("cuda"):
+            return BackendStatus(False, f"built without CUDA kernels: {info.get('cuda_reason') or 'unknown'}")
+        if not torch.cuda.is_available():
+            return BackendStatus(False, f"built for sm_{info.get('cuda_archs')} but no CUDA device is visible")
+        return BackendStatus(True, f"CUDA kernels for sm {info.get('cuda_archs')}")
+    raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def backends() -> dict[str, object]:
+    """What was built and what can run now, with the reason when something cannot.
+
+    Returns a dict with one entry per backend (``{"available": bool, "reason": str}``), plus
+    ``flash_attn`` (optional, detected at run time) and ``build`` (the extension's build info).
+    """
+    out: dict[str, object] = {name: _status(name).as_dict() for name in BACKENDS}
+    has_fa = importlib.util.find_spec("flash_attn") is not None
+    out["flash_attn"] = BackendStatus(has_fa, "installed" if has_fa else "not installed (optional)").as_dict()
+    out["build"] = _lib.build_info()
+    return out
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force one backend for the ops called inside the block (per thread / task).
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` if the backend cannot run
+    on this machine. An op that has no implementation in the forced backend, or a tensor on
+    a device the backend cannot handle, raises when the op is called.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    st = _status(name)
+    if not st.available:
+        raise RuntimeError(f"backend {name!r} is not available: {st.reason}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced_backend() -> str | None:
+    return _forced.get()
+
+
+def select(op: str, device: torch.device, implemented: dict[str, tuple[str, ...]], cuda_order: tuple[str, ...]) -> str:
+    """Backend for one call of ``op`` on ``device``.
+
+    ``implemented`` maps backend -> device types it handles for this op; ``cuda_order`` is
+    the op's measured preference between its GPU backends.
+    """
+    forced = _forced.get()
+    dev = device.type
+    if forced is not None:
+        devices = implemented.get(forced)
+        if devices is None:
+            raise RuntimeError(f"{op}: backend {forced!r} has no implementation of this op "
+                               f"(implemented: {', '.join(implemented)})")
+        if dev not in devices and not (forced == "triton" and dev == "cpu" and triton_interpreted()):
+            raise RuntimeError(f"{op}: backend {forced!r} cannot run {dev} tensors "
+                               f"(it handles: {', '.join(devices)})")
+        return forced
+    order = ("cpp",) if dev == "cpu" else cuda_order if dev == "cuda" else ()
+    reasons = []
+    for name in order:
+        if dev not in implemented.get(name, ()):
+            reasons.append(f"{name}: not implemented for {dev}")
+            continue
+        st = _status(name)
+        if st.available:
+            log.debug("%s on %s: using %s (skipped: %s)", op, dev, name, "; ".join(reasons) or "none")
+            return name
+        reasons.append(f"{name}: {st.reason}")
+    raise RuntimeError(f"{op}: no fast backend can run {dev} tensors ({'; '.join(reasons) or 'none implemented'}). "
+                       "Use `with skysense_fast.use_backend('reference'):` for the plain PyTorch path.")

@@ -1,0 +1,217 @@
+"""Sinkhorn-Knopp equal-partition assignment (``torch.ops.skysense.sinkhorn``).
+
+The prototype-assignment step of SkySense's geo-context prototype learning and of its
+object-level clustering (SwAV-style): given similarity scores between N samples and K
+prototypes, find the assignment Q = diag(e^u) exp(S / eps) diag(e^v) whose rows carry the
+samples' mass and whose columns share it out as asked (equally by default).
+
+Pieces of the op (the pattern every op of this package follows):
+
+* schema and CPU kernel: ``csrc/sinkhorn/`` (C++, registered by loading ``_C``);
+* CUDA: registered here for the CUDA key; picks the CUDA C++ kernel (``kernels/sinkhorn.cu``)
+  or the Triton kernel (``skysense_fast.triton.sinkhorn``), or the one forced with
+  :func:`skysense_fast.use_backend`;
+* fake (meta) kernel for torch.compile / torch.export: here;
+* autograd: the assignment is a target (SwAV computes it under ``no_grad``), so the op
+  has no derivative; asking for one raises a clear error instead of returning zeros;
+* :func:`sinkhorn_reference`: plain PyTorch, the specification.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .. import _lib
+from ..backends import select
+
+__all__ = ["sinkhorn", "sinkhorn_reference"]
+
+# backend -> devices it runs on, for this op; and the GPU preference. CUDA C++ comes first
+# because it needs no JIT compile on first use; the two have not yet been timed against
+# each other on a GPU (benchmarks/gpu_check.py does, on a GPU machine).
+IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",), "cuda": ("cuda",)}
+CUDA_ORDER = ("cuda", "triton")
+
+
+def _check(scores: Tensor, epsilon: float, num_iters: int, tol: float) -> None:
+    """Argument checks of the reference (the C++ op does the same in sinkhorn_prepare)."""
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"sinkhorn: scores must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.dim() not in (2, 3):
+        raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
+    if scores.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise ValueError(f"sinkhorn: scores must be float32, float64, bfloat16 or float16, got {scores.dtype}")
+    if scores.numel() == 0:
+        raise ValueError(f"sinkhorn: scores must have at least one problem, sample and prototype, got shape {tuple(scores.shape)}")
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise ValueError(f"sinkhorn: epsilon must be a finite number > 0, got {epsilon}")
+    if num_iters < 1:
+        raise ValueError(f"sinkhorn: num_iters must be >= 1, got {num_iters}")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"sinkhorn: tol must be a finite number >= 0 (0 = run exactly num_iters), got {tol}")
+
+
+def _marginal(m: Tensor, name: str, what: str, B: int, L: int, like: Tensor) -> Tensor:
+    if m.device != like.device:
+        raise ValueError(f"sinkhorn: {name} must be on {like.device} like scores, got {m.device}")
+    if not m.is_floating_point():
+        raise ValueError(f"sinkhorn: {name} must be a floating tensor, got {m.dtype}")
+    if not ((m.dim() == 1 and m.shape[0] == L) or (m.dim() == 2 and tuple(m.shape) == (B, L))):
+        raise ValueError(f"sinkhorn: {name} must have shape ({L},) or ({B}, {L}) (one entry per {what}), "
+                         f"got {tuple(m.shape)}")
+    m = m.to(like.dtype).expand(B, L)
+    if not (torch.isfinite(m).all() and (m > 0).all()):
+        raise ValueError(f"sinkhorn: {name} must be finite and > 0 everywhere")
+    return m
+
+
+def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, tol: float = 0.0,
+                       row_marginals: Tensor | None = None,
+                       col_marginals: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Log-domain Sinkhorn-Knopp in plain PyTorch: the specification of the op.
+
+    Args:
+        scores: (N, K) or (B, N, K) similarities S between N samples and K prototypes; B
+            independent problems. -inf is allowed (that pair gets no mass).
+        epsilon: entropic temperature; Q is proportional to exp(S / epsilon).
+        num_iters: iterations (each a column then a row normalisation; SwAV uses 3), or the
+            maximum count when ``tol > 0``.
+        tol: 0 runs exactly ``num_iters``; > 0 stops a problem once its column marginal error
+            sum_k |sum_n Q_nk - b_k| / sum_k b_k is <= tol (checked after each iteration).
+        row_marginals: a, (N,) or (B, N); default 1 per sample.
+        col_marginals: b, (K,) or (B, K); default N / K per prototype. When only one of the
+            two is given, the other is uniform with the same total; given both, their totals
+            must agree.
+
+    Returns:
+        (Q, iters): Q shaped like scores, in its dtype; iters (B,) int64, the iterations run.
+
+    Semantics, with u = v = 0 at the start, for each iteration::
+
+        v = log b - logsumexp_n(S / eps + u)     # columns first, as SwAV
+        u = log a - logsumexp_k(S / eps + v)     # rows last: rows sum exactly to a
+        Q = exp(S / eps + u + v)
+
+    With the defaults this equals SwAV's exp-domain loop (exp, normalise the whole, then
+    alternately rows-of-prototypes and columns-of-samples, finally times N), without its
+    overflow: SwAV's ``Q = exp(S / eps)`` is inf for S / eps > 88 in float32.
+    Computes in float64 for float64 scores, else in float32.
+    """
+    _check(scores, epsilon, num_iters, tol)
+    batched = scores.dim() == 3
+    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    S = (scores if batched else scores.unsqueeze(0)).to(acc) / epsilon
+    if torch.isnan(S).any() or torch.isposinf(S).any():
+        raise ValueError("sinkhorn: scores contain NaN or +inf; scores must be finite (-inf is allowed and gives zero mass)")
+    B, N, K = S.shape
+    a = None if row_marginals is None else _marginal(row_marginals, "row_marginals", "sample", B, N, S)
+    b = None if col_marginals is None else _marginal(col_marginals, "col_marginals", "prototype", B, K, S)
+    if a is None and b is None:
+        a, b = S.new_ones(B, N), S.new_full((B, K), N / K)
+    elif a is None:
+        a = (b.sum(1, keepdim=True) / N).expand(B, N)
+    elif b is None:
+        b = (a.sum(1, keepdim=True) / K).expand(B, K)
+    elif not torch.allclose(a.sum(1).double(), b.sum(1).double(), rtol=1e-4, atol=0):
+        raise ValueError("sinkhorn: row_marginals and col_marginals must have the same total mass per problem, "
+                         f"got {a.sum(1).tolist()} and {b.sum(1).tolist()}")
+    log_a, log_b = a.log(), b.log()
+
+    u, v = S.new_zeros(B, N), S.new_zeros(B, K)
+    iters = torch.full((B,), num_iters, dtype=torch.int64, device=S.device)
+    active = torch.ones(B, dtype=torch.bool, device=S.device)
+    for t in range(num_iters):
+        v_new = log_b - torch.logsumexp(S + u[:, :, None], dim=1)
+        u_new = log_a - torch.logsumexp(S + v_new[:, None, :], dim=2)
+        if torch.isinf(v_new).any() or torch.isinf(u_new).any():
+            raise ValueError("sinkhorn: scores has a prototype (column) or sample (row) whose scores are all -inf")
+        u = torch.where(active[:, None], u_new, u)
+        v = torch.where(active[:, None], v_new, v)
+        if tol > 0:
+            colmass = torch.exp(S + u[:, :, None] + v[:, None, :]).sum(1)
+            err = (colmass - b).abs().sum(1) / b.sum(1)
+            stop = active & (err <= tol)
+            iters = torch.where(stop, t + 1, iters)
+            active = active & ~stop
+            if not active.any():
+                break
+    Q = torch.exp(S + u[:, :, None] + v[:, None, :]).to(scores.dtype)
+    return (Q if batched else Q.squeeze(0)), iters
+
+
+def _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
+    C = _lib.native()
+    s3, log_a, log_b, batched = C.sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+    from ..triton.sinkhorn import sinkhorn_triton  # lazy: TRITON_INTERPRET is read at import
+
+    out, iters, status = sinkhorn_triton(s3, log_a, log_b, epsilon, num_iters, tol)
+    C.sinkhorn_raise_status(status)
+    return (out if batched else out.squeeze(0)), iters
+
+
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: float = 0.0,
+             row_marginals: Tensor | None = None, col_marginals: Tensor | None = None,
+             return_iters: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Sinkhorn-Knopp assignment of N samples to K prototypes (fused kernels).
+
+    Same arguments and semantics as :func:`sinkhorn_reference`; returns Q, or (Q, iters)
+    with ``return_iters=True``. Runs the C++ kernel on the CPU and the CUDA C++ or Triton
+    kernel on GPUs (see :func:`skysense_fast.backends`). float32, bfloat16 and float16
+    inputs accumulate in float32; float64 runs on the CPU. Stable in the log domain for any
+    epsilon > 0 and any finite scores. Not differentiable: Q is a target.
+
+    Example (SwAV / SkySense prototype assignment)::
+
+        with torch.no_grad():
+            q = sinkhorn(features @ prototypes.T, epsilon=0.05, num_iters=3)
+    """
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"sinkhorn: scores must be a torch.Tensor, got {type(scores).__name__}")
+    backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
+    args = (scores, float(epsilon), int(num_iters), float(tol), row_marginals, col_marginals)
+    if backend == "reference":
+        Q, iters = sinkhorn_reference(*args)
+    elif backend == "triton" and scores.device.type == "cpu":  # the Triton interpreter (tests)
+        Q, iters = _sinkhorn_triton(*args)
+    else:
+        _lib.native()
+        Q, iters = torch.ops.skysense.sinkhorn(*args)
+    return (Q, iters) if return_iters else Q
+
+
+def _register() -> None:
+    lib_ok = _lib.load_error() is None
+    if not lib_ok:
+        return
+
+    @torch.library.impl("skysense::sinkhorn", "CUDA")
+    def _cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
+        backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
+        if backend == "cuda":
+            return _lib.native().sinkhorn_cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+        if backend == "triton":
+            return _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+        return sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+
+    @torch.library.register_fake("skysense::sinkhorn")
+    def _fake(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
+        if scores.dim() not in (2, 3):
+            raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
+        B = scores.shape[0] if scores.dim() == 3 else 1
+        return torch.empty_like(scores, memory_format=torch.contiguous_format), scores.new_empty((B,), dtype=torch.int64)
+
+    def _setup(ctx, inputs, output):
+        pass
+
+    def _backward(ctx, grad_q, grad_iters):
+        raise RuntimeError(
+            "sinkhorn is not differentiable: its assignment is a training target (SwAV, SkySense). "
+            "Compute it under torch.no_grad() or from scores.detach().")
+
+    torch.library.register_autograd("skysense::sinkhorn", _backward, setup_context=_setup)
+
+
+_register()
