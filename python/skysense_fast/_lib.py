@@ -42,6 +42,9 @@ def load_error() -> str | None:
     return _load_error
 
 
+_BUILD_INFO: dict[str, Any] = dict(_C.build_info()) if _C is not None else {}
+
+
 def build_info() -> dict[str, Any]:
     """What the extension was built with (empty if it is missing)."""
-    return dict(_C.build_info()) if _C is not None else {}
+    return dict(_BUILD_INFO)

@@ -116,6 +116,9 @@ def forced_backend() -> str | None:
     return _forced.get()
 
 
+# Backend choice happens at trace time under torch.compile / export: the chosen kernel is
+# what the graph records (the custom op itself stays opaque).
+@torch.compiler.assume_constant_result
 def select(op: str, device: torch.device, implemented: dict[str, tuple[str, ...]], cuda_order: tuple[str, ...]) -> str:
     """Backend for one call of ``op`` on ``device``.
 

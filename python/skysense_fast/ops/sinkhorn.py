@@ -197,7 +197,7 @@ def _register() -> None:
         return sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
 
     @torch.library.register_fake("skysense::sinkhorn")
-    def _fake(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
+    def _fake(scores, epsilon=0.05, num_iters=3, tol=0.0, row_marginals=None, col_marginals=None):
         if scores.dim() not in (2, 3):
             raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
         B = scores.shape[0] if scores.dim() == 3 else 1

@@ -73,7 +73,7 @@ def _col_finish(log_b, v, part_m, part_s, status, K, P, BLOCK_K: tl.constexpr):
     elif tl.sum(empty.to(tl.int32), 0) > 0:
         tl.atomic_max(status + b, _EMPTY_COLUMN)
     lb = tl.load(log_b + b * K + cols, mask=cmask, other=0.0)
-    tl.store(v + b * K + cols, lb - (m + tl.log(s)), mask=cmask)
+    tl.store(v + b * K + cols, lb - (m + tl.log(tl.where(s > 0.0, s, 1.0))), mask=cmask)
 
 
 @triton.jit
