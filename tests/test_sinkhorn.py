@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import skysense_fast
+from skysense_fast.backends import triton_interpreted
 from skysense_fast.ops import sinkhorn, sinkhorn_reference
 
 # Max |Q - Q_ref(float64)| allowed, by dtype. Q <= 1 with the default marginals; bf16/fp16
@@ -63,13 +64,9 @@ def test_reference_marginals_hold_after_convergence(gen):
 
 # ---------------------------------------------------------------- fused kernels vs reference
 
-def backends_to_test():
-    out = [pytest.param("cpp", id="cpp")]
-    out.append(pytest.param("triton", id="triton", marks=[]))
-    return out
-
-
 def run(backend, *args, **kw):
+    if backend == "triton" and args[0].device.type == "cpu" and not triton_interpreted():
+        pytest.skip("Triton runs on the GPU on this machine (see the gpu tests)")
     with skysense_fast.use_backend(backend):
         return sinkhorn(*args, return_iters=True, **kw)
 
@@ -98,6 +95,8 @@ def test_unbatched_and_noncontiguous(gen):
 @pytest.mark.parametrize("shape", [(2, 37, 13), (1, 9, 130)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("one_tile", [True, False], ids=["one_tile", "k_tiles"])
 def test_triton_matches_reference(shape, one_tile, gen, monkeypatch):
+    if not triton_interpreted():
+        pytest.skip("Triton runs on the GPU on this machine (see the gpu tests)")
     from skysense_fast.triton import sinkhorn as tsk
 
     if not one_tile:  # force the K-tiled row pass on tiny shapes (cheap in the interpreter)
@@ -301,3 +300,47 @@ def test_paper_shapes_match_reference(gen):
         s = rand_scores(shape, gen)
         q = sinkhorn(s, 0.05, 3)
         torch.testing.assert_close(q.double(), ref64(s, 0.05, 3)[0], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- GPU (make gpu-check)
+
+GPU_SHAPES = [(1, 1, 1), (2, 37, 13), (3, 1000, 100), (1, 300, 5000), (2, 64, 60000)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gpu_matches_reference(backend, dtype, shape, gen):
+    s = rand_scores(shape, gen, dtype)
+    for eps, iters in [(0.05, 3), (0.02, 1)]:
+        q, it = run(backend, s.cuda(), eps, iters)
+        assert q.is_cuda and q.dtype == dtype
+        torch.testing.assert_close(q.double().cpu(), ref64(s, eps, iters)[0], rtol=0, atol=ATOL[dtype])
+        assert it.tolist() == [iters] * shape[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_marginals_convergence_and_errors(backend, gen):
+    s = rand_scores((3, 40, 9), gen)
+    a = torch.rand(3, 40, generator=gen) + 0.5
+    q, it = run(backend, s.cuda(), 0.1, 200, tol=1e-4, row_marginals=a.cuda())
+    _, it_ref = ref64(s, 0.1, 200, tol=1e-4, row_marginals=a.double())
+    assert (it.cpu() - it_ref).abs().max() <= 1
+    for i in range(3):
+        q_i, _ = ref64(s[i], 0.1, int(it[i]), row_marginals=a[i].double())
+        torch.testing.assert_close(q[i].double().cpu(), q_i, rtol=0, atol=1e-5)
+    for make, msg in BAD_VALUES:
+        with pytest.raises(ValueError, match=msg):
+            run(backend, make(s).cuda(), 0.05, 3)
+
+
+@pytest.mark.gpu
+def test_gpu_torch_ops_dispatch_and_compile(gen):
+    s = rand_scores((2, 33, 9), gen).cuda()
+    q, _ = torch.ops.skysense.sinkhorn(s, 0.05, 3, 0.0, None, None)
+    torch.testing.assert_close(q.double().cpu(), ref64(s.cpu(), 0.05, 3)[0], rtol=0, atol=1e-5)
+    torch.library.opcheck(torch.ops.skysense.sinkhorn.default, (s, 0.05, 3, 0.0, None, None))
+    f = torch.compile(lambda x: sinkhorn(x, 0.05, 3), fullgraph=True)
+    torch.testing.assert_close(f(s), q)

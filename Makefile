@@ -1,0 +1,43 @@
+# The README's commands. Each target sets up what it needs: a local virtual environment,
+# torch first (pinned), then this project built against it (--no-build-isolation).
+#   SKYSENSE_CUDA=OFF make test   skips the CUDA kernels for a quicker local build
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+BUILD_DEPS := scikit-build-core cmake ninja numpy pytest pytest-benchmark hypothesis expecttest
+SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
+
+.PHONY: install demo test test-all bench gpu-check clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(TORCH)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch $(SOURCES)
+	$(VPY) -m pip install -q $(BUILD_DEPS)
+	$(VPY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/skysense-fast demo
+
+test: install
+	$(VPY) -m pytest tests -q
+
+test-all: install
+	$(VPY) -m pytest tests -q -m ''
+
+bench: install
+	$(VPY) -m pytest benchmarks --benchmark-only
+
+# On a GPU machine (its own python3 and torch; no venv): build, GPU tests, GPU benchmarks.
+gpu-check:
+	sh benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build $(VENV)/.installed
