@@ -36,6 +36,7 @@
 namespace skysense::CPU_CAPABILITY {
 
 #include "vec_exp.h"
+#include "vec_stream.h"
 
 namespace {
 
@@ -44,6 +45,7 @@ using at::vec::Vectorized;
 constexpr int64_t kRowBlock = 32;    // rows per block: column partial sums flush to double
 constexpr double kAbsorb = 30.0;     // |log beta| beyond which the scaling is absorbed into v
 constexpr double kRowFloor = 1e-20;  // a row sum below this under the shared shift is redone
+constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs above this bypass the caches
 
 // Full vectors, then one partial vector: f(k, n) with n lanes valid.
 template <typename Vec, typename F>
@@ -221,6 +223,7 @@ struct Problem {
   // asked and returns Q's column sums when asked (empty otherwise).
   std::vector<double> row_pass(bool write, bool accumulate) {
     ColumnSums<acc_t> sums(accumulate, K);
+    const bool stream = write && N * K * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     acc_t shared_shift = -kInf;  // exp(S/eps + v) <= b_k after a column update
     for (int64_t k = 0; k < K; ++k) shared_shift = std::max(shared_shift, log_b[k]);
     at::parallel_for(0, N, kRowBlock, [&](int64_t r0, int64_t r1) {
@@ -237,19 +240,26 @@ struct Problem {
         const acc_t scale = static_cast<acc_t>(std::exp(static_cast<double>(log_a[n]))) / s;
         const Vec vs(scale);
         scalar_t* o = out + n * K;
-        for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
-          const Vec q = load<Vec>(z.data() + k, cnt) * vs;
-          if (accumulate) store(load<Vec>(acc.block.data() + k, cnt) + q, acc.block.data() + k, cnt);
-          if constexpr (std::is_same_v<scalar_t, acc_t>) {
-            if (write) store(q, o + k, cnt);
-          }
-        });
-        if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          const bool plain_write = write && !stream;
+          if (accumulate || plain_write)
+            for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
+              const Vec q = load<Vec>(z.data() + k, cnt) * vs;
+              if (accumulate) store(load<Vec>(acc.block.data() + k, cnt) + q, acc.block.data() + k, cnt);
+              if (plain_write) store(q, o + k, cnt);
+            });
+          if (write && stream) stream_scaled_row(o, z.data(), scale, K);
+        } else {
+          if (accumulate)
+            for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
+              store(load<Vec>(acc.block.data() + k, cnt) + load<Vec>(z.data() + k, cnt) * vs, acc.block.data() + k, cnt);
+            });
           if (write)
             for (int64_t k = 0; k < K; ++k) o[k] = static_cast<scalar_t>(z[k] * scale);
         }
         if (accumulate) acc.end_row(n + 1 == r1);
       }
+      if (stream) stream_fence();
     });
     return sums.total();
   }
