@@ -14,7 +14,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 
-FAST = "fused"  # the name of the fast path in every group; the others are baselines
+FAST = "fused"  # fast paths are named fused*; every other name in a group is a baseline
 
 
 def pytest_configure(config):
@@ -28,24 +28,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     groups: dict[str, dict[str, object]] = {}
     for b in benches:
-        impl = b.extra_info.get("impl", b.name)
-        groups.setdefault(b.group or b.name, {})[impl] = b
+        groups.setdefault(b.group or b.name, {})[b.extra_info.get("impl", b.name)] = b
     tr = terminalreporter
-    tr.write_sep("=", "skysense_fast: speed ratios (baseline median / fused median, same run)")
+    tr.write_sep("=", "skysense_fast: speed ratios (baseline median / fast-path median, same run)")
     tr.write_line(f"threads={torch.get_num_threads()}  THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
     for group, impls in sorted(groups.items()):
-        fast = impls.get(FAST)
-        if fast is None:
-            continue
-        t_fast = fast.stats.median
-        parts = [f"fused {t_fast * 1e3:.2f} ms"]
-        for name, b in sorted(impls.items()):
-            if name != FAST:
-                parts.append(f"{name} {b.stats.median * 1e3:.2f} ms = {b.stats.median / t_fast:.2f}x")
-        mem = fast.extra_info.get("peak_extra_over_output")
-        if mem is not None:
-            parts.append(f"fused peak extra memory {mem:+.2f} x output")
-        extra = fast.extra_info.get("note")
-        if extra:
-            parts.append(extra)
-        tr.write_line(f"{group}: " + "; ".join(parts))
+        fast = {k: v for k, v in impls.items() if k.startswith(FAST)}
+        base = {k: v for k, v in impls.items() if not k.startswith(FAST)}
+        tr.write_line(group + ": " + ", ".join(f"{k} {v.stats.median * 1e3:.2f} ms" for k, v in sorted(impls.items())))
+        for fname, f in sorted(fast.items()):
+            ratios = [f"{b.stats.median / f.stats.median:.2f}x vs {bname}" for bname, b in sorted(base.items())]
+            mem = f.extra_info.get("peak_extra_over_output")
+            if mem is not None:
+                ratios.append(f"peak extra memory {mem:.4f} x output")
+            tr.write_line(f"    {fname}: " + "; ".join(ratios))

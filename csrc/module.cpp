@@ -54,7 +54,10 @@ PYBIND11_MODULE(_C, m) {
       },
       "Checks sinkhorn's arguments; returns (scores as (B,N,K), log_a, log_b, batched)");
   m.def("sinkhorn_raise_status", &skysense::sinkhorn_raise_status);
+  m.def("sinkhorn_check_out", &skysense::sinkhorn_check_out);
 #if defined(SKYSENSE_WITH_CUDA)
-  m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)");
+  m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)",
+        py::arg("scores"), py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"),
+        py::arg("col_marginals"), py::arg("out") = py::none());
 #endif
 }

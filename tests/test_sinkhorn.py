@@ -151,6 +151,35 @@ def test_convergence_mode_long_run_absorbs(gen):
     torch.testing.assert_close(q.double(), q_ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "triton", "reference"])
+def test_out_buffer_is_filled_and_returned(backend, gen, poisoned):
+    for shape in [(2, 37, 13), (40, 7)]:
+        s = rand_scores(shape, gen)
+        out = torch.full(shape, float("nan"))
+        q, it = run(backend, s, 0.05, 3, out=out)
+        assert q is out
+        torch.testing.assert_close(out.double(), ref64(s, 0.05, 3)[0], rtol=0, atol=1e-5)
+        assert it.tolist() == [3] * (shape[0] if len(shape) == 3 else 1)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton", "reference"])
+def test_bad_out(backend, gen):
+    s = rand_scores((2, 6, 4), gen)
+    cases = [(torch.empty(2, 6, 5), "out must have the shape"), (torch.empty(2, 6, 4, dtype=torch.float64), "dtype"),
+             (torch.empty(2, 4, 6).transpose(1, 2), "contiguous"), (s, "must not share memory")]
+    for out, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            run(backend, s, 0.05, 3, out=out)
+
+
+def test_large_output_streaming_path(gen):
+    # >= 64 MiB of output takes the streaming-store write path
+    s = rand_scores((1, 5800, 2900), gen)
+    q = sinkhorn(s, 0.05, 3)
+    q_ref = torch.stack([swav_loop(s[0].double(), 0.05, 3)])
+    assert (q.double() - q_ref).abs().max() < 1e-5
+
+
 # ---------------------------------------------------------------- numerical stability
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
@@ -198,6 +227,7 @@ def test_opcheck(gen):
     a = torch.rand(19, generator=gen) + 0.5
     for args in [(s, 0.05, 3, 0.0, None, None), (s[0], 0.1, 2, 1e-3, a, None), (s.double(), 0.05, 1, 0.0, None, None)]:
         torch.library.opcheck(torch.ops.skysense.sinkhorn.default, args)
+        torch.library.opcheck(torch.ops.skysense.sinkhorn_into.default, (*args, torch.empty_like(args[0])))
 
 
 def test_not_differentiable_raises_clearly(gen):

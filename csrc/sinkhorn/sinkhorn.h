@@ -32,6 +32,10 @@ SinkhornInputs sinkhorn_prepare(const at::Tensor& scores, double epsilon, int64_
                                 double tol, const std::optional<at::Tensor>& row_marginals,
                                 const std::optional<at::Tensor>& col_marginals);
 
+// Checks a caller-provided output: scores' shape, dtype and device, contiguous, and not
+// overlapping scores (kernels read scores again after writing Q).
+void sinkhorn_check_out(const at::Tensor& out, const at::Tensor& scores);
+
 // Raises a ValueError naming the first problem whose status is not ok.
 void sinkhorn_raise_status(const at::Tensor& status);
 
@@ -39,7 +43,8 @@ void sinkhorn_raise_status(const at::Tensor& status);
 std::tuple<at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& scores, double epsilon,
                                                  int64_t num_iters, double tol,
                                                  const std::optional<at::Tensor>& row_marginals,
-                                                 const std::optional<at::Tensor>& col_marginals);
+                                                 const std::optional<at::Tensor>& col_marginals,
+                                                 const std::optional<at::Tensor>& out);
 #endif
 
 }  // namespace skysense

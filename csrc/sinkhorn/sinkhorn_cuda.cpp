@@ -11,14 +11,21 @@ namespace skysense {
 std::tuple<at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& scores, double epsilon,
                                                  int64_t num_iters, double tol,
                                                  const std::optional<at::Tensor>& row_marginals,
-                                                 const std::optional<at::Tensor>& col_marginals) {
+                                                 const std::optional<at::Tensor>& col_marginals,
+                                                 const std::optional<at::Tensor>& out_opt) {
   TORCH_CHECK_VALUE(scores.is_cuda(), "sinkhorn (cuda): scores must be a CUDA tensor, got ", scores.device());
   TORCH_CHECK_VALUE(scores.scalar_type() != at::kDouble,
                     "sinkhorn (cuda): float64 scores are supported on the CPU only; use float32 or bfloat16");
   c10::cuda::CUDAGuard guard(scores.device());
   SinkhornInputs in = sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals);
   const int64_t B = in.scores.size(0), N = in.scores.size(1), K = in.scores.size(2);
-  at::Tensor out = at::empty_like(in.scores);
+  at::Tensor out;
+  if (out_opt.has_value()) {
+    sinkhorn_check_out(*out_opt, scores);
+    out = in.batched ? *out_opt : out_opt->unsqueeze(0);
+  } else {
+    out = at::empty_like(in.scores);
+  }
   at::Tensor iters = at::full({B}, num_iters, in.scores.options().dtype(at::kLong));
   at::Tensor status = at::zeros({2 * B}, in.scores.options().dtype(at::kInt));  // status, done
   at::Tensor work = at::empty({static_cast<int64_t>(cuda::sinkhorn_workspace_floats(B, N, K))},
@@ -44,6 +51,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_cuda(const at::Tensor& scores, doubl
   const cudaError_t err = cuda::sinkhorn_launch(args);
   TORCH_CHECK(err == cudaSuccess, "sinkhorn (cuda): kernel launch failed: ", cudaGetErrorString(err));
   sinkhorn_raise_status(status.narrow(0, 0, B));  // one small device-to-host copy
+  if (out_opt.has_value()) return {*out_opt, iters};
   if (!in.batched) out = out.squeeze(0);
   return {out, iters};
 }

@@ -1,6 +1,7 @@
 // skysense::sinkhorn: schema, argument checks shared by all backends, and the CPU kernel's
 // registration. The CUDA key is registered from Python (it picks Triton or CUDA C++).
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
 #include <sstream>
@@ -81,6 +82,19 @@ SinkhornInputs sinkhorn_prepare(const at::Tensor& scores, double epsilon, int64_
   return {s3, log_a, log_b, epsilon, num_iters, tol, batched};
 }
 
+void sinkhorn_check_out(const at::Tensor& out, const at::Tensor& scores) {
+  TORCH_CHECK_VALUE(out.defined(), "sinkhorn: out is undefined");
+  TORCH_CHECK_VALUE(out.sizes() == scores.sizes(), "sinkhorn: out must have the shape of scores ",
+                    shape_str(scores), ", got ", shape_str(out));
+  TORCH_CHECK_VALUE(out.scalar_type() == scores.scalar_type(), "sinkhorn: out must have the dtype of scores (",
+                    scores.scalar_type(), "), got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.device() == scores.device(), "sinkhorn: out must be on ", scores.device(),
+                    " like scores, got ", out.device());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "sinkhorn: out must be contiguous");
+  TORCH_CHECK_VALUE(at::get_overlap_status(out, scores) == at::MemOverlapStatus::No,
+                    "sinkhorn: out must not share memory with scores");
+}
+
 void sinkhorn_raise_status(const at::Tensor& status) {
   at::Tensor st = status.cpu();
   const int32_t* p = st.const_data_ptr<int32_t>();
@@ -104,19 +118,28 @@ void sinkhorn_raise_status(const at::Tensor& status) {
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores, double epsilon,
-                                                int64_t num_iters, double tol,
-                                                const std::optional<at::Tensor>& row_marginals,
-                                                const std::optional<at::Tensor>& col_marginals) {
+// Runs the CPU kernel into `out` (scores' shape); returns the iteration counts.
+at::Tensor sinkhorn_cpu_into(const at::Tensor& scores, double epsilon, int64_t num_iters, double tol,
+                             const std::optional<at::Tensor>& row_marginals,
+                             const std::optional<at::Tensor>& col_marginals, at::Tensor& out) {
   SinkhornInputs in = sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals);
+  sinkhorn_check_out(out, scores);
   const int64_t B = in.scores.size(0);
-  at::Tensor out = at::empty_like(in.scores);
+  at::Tensor out3 = in.batched ? out : out.unsqueeze(0);
   at::Tensor iters = at::empty({B}, in.scores.options().dtype(at::kLong));
   at::Tensor status = at::zeros({B}, in.scores.options().dtype(at::kInt));
-  SKYSENSE_CPU_DISPATCH(sinkhorn_cpu_kernel, in.scores, in.log_a, in.log_b, in.epsilon,
-                        in.num_iters, in.tol, out, iters, status);
+  SKYSENSE_CPU_DISPATCH(sinkhorn_cpu_kernel, in.scores, in.log_a, in.log_b, in.epsilon, in.num_iters, in.tol,
+                        out3, iters, status);
   sinkhorn_raise_status(status);
-  if (!in.batched) out = out.squeeze(0);
+  return iters;
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores, double epsilon, int64_t num_iters,
+                                                double tol, const std::optional<at::Tensor>& row_marginals,
+                                                const std::optional<at::Tensor>& col_marginals) {
+  TORCH_CHECK_VALUE(scores.defined(), "sinkhorn: scores is undefined");
+  at::Tensor out = at::empty(scores.sizes(), scores.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor iters = sinkhorn_cpu_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out);
   return {out, iters};
 }
 
@@ -126,8 +149,16 @@ TORCH_LIBRARY_FRAGMENT(skysense, m) {
   m.def(
       "sinkhorn(Tensor scores, float epsilon=0.05, int num_iters=3, float tol=0., "
       "Tensor? row_marginals=None, Tensor? col_marginals=None) -> (Tensor, Tensor)");
+  // Writes Q into a caller's buffer (reused across calls: no fresh pages to fault in);
+  // returns the iteration counts.
+  m.def(
+      "sinkhorn_into(Tensor scores, float epsilon, int num_iters, float tol, "
+      "Tensor? row_marginals, Tensor? col_marginals, Tensor(a!) out) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(skysense, CPU, m) { m.impl("sinkhorn", &sinkhorn_cpu); }
+TORCH_LIBRARY_IMPL(skysense, CPU, m) {
+  m.impl("sinkhorn", &sinkhorn_cpu);
+  m.impl("sinkhorn_into", &sinkhorn_cpu_into);
+}
 
 }  // namespace skysense

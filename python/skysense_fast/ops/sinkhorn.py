@@ -142,19 +142,24 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     return (Q if batched else Q.squeeze(0)), iters
 
 
-def _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
+def _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out=None):
     C = _lib.native()
     s3, log_a, log_b, batched = C.sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+    if out is not None:
+        C.sinkhorn_check_out(out, scores)
     from ..triton.sinkhorn import sinkhorn_triton  # lazy: TRITON_INTERPRET is read at import
 
-    out, iters, status = sinkhorn_triton(s3, log_a, log_b, epsilon, num_iters, tol)
+    out3 = None if out is None else (out if batched else out.unsqueeze(0))
+    q, iters, status = sinkhorn_triton(s3, log_a, log_b, epsilon, num_iters, tol, out3)
     C.sinkhorn_raise_status(status)
-    return (out if batched else out.squeeze(0)), iters
+    if out is not None:
+        return out, iters
+    return (q if batched else q.squeeze(0)), iters
 
 
 def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: float = 0.0,
              row_marginals: Tensor | None = None, col_marginals: Tensor | None = None,
-             return_iters: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+             out: Tensor | None = None, return_iters: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Sinkhorn-Knopp assignment of N samples to K prototypes (fused kernels).
 
     Same arguments and semantics as :func:`sinkhorn_reference`; returns Q, or (Q, iters)
@@ -162,6 +167,10 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: 
     kernel on GPUs (see :func:`skysense_fast.backends`). float32, bfloat16 and float16
     inputs accumulate in float32; float64 runs on the CPU. Stable in the log domain for any
     epsilon > 0 and any finite scores. Not differentiable: Q is a target.
+
+    ``out``: a contiguous tensor shaped like ``scores`` (same dtype and device, not sharing
+    its memory) to write Q into. Reusing one across calls avoids allocating (and, for
+    large Q, faulting in fresh pages for) the output every time.
 
     Example (SwAV / SkySense prototype assignment)::
 
@@ -174,8 +183,18 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: 
     args = (scores, float(epsilon), int(num_iters), float(tol), row_marginals, col_marginals)
     if backend == "reference":
         Q, iters = sinkhorn_reference(*args)
+        if out is not None:
+            _lib.native().sinkhorn_check_out(out, scores)
+            Q = out.copy_(Q)
     elif backend == "triton" and scores.device.type == "cpu":  # the Triton interpreter (tests)
-        Q, iters = _sinkhorn_triton(*args)
+        Q, iters = _sinkhorn_triton(*args, out=out)
+    elif out is not None:
+        _lib.native()
+        if torch.is_grad_enabled() and scores.requires_grad:
+            raise RuntimeError("sinkhorn: out= cannot record a gradient (sinkhorn is not differentiable: its "
+                               "assignment is a training target); call it under torch.no_grad() or on scores.detach()")
+        iters = torch.ops.skysense.sinkhorn_into(*args, out)
+        Q = out
     else:
         _lib.native()
         Q, iters = torch.ops.skysense.sinkhorn(*args)
@@ -196,6 +215,22 @@ def _register() -> None:
             return _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
         return sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
 
+    @torch.library.impl("skysense::sinkhorn_into", "CUDA")
+    def _cuda_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
+        backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
+        if backend == "cuda":
+            return _lib.native().sinkhorn_cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out)[1]
+        if backend == "triton":
+            return _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out)[1]
+        q, iters = sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+        _lib.native().sinkhorn_check_out(out, scores)
+        out.copy_(q)
+        return iters
+
+    @torch.library.register_fake("skysense::sinkhorn_into")
+    def _fake_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
+        return scores.new_empty((scores.shape[0] if scores.dim() == 3 else 1,), dtype=torch.int64)
+
     @torch.library.register_fake("skysense::sinkhorn")
     def _fake(scores, epsilon=0.05, num_iters=3, tol=0.0, row_marginals=None, col_marginals=None):
         if scores.dim() not in (2, 3):
@@ -212,6 +247,8 @@ def _register() -> None:
             "Compute it under torch.no_grad() or from scores.detach().")
 
     torch.library.register_autograd("skysense::sinkhorn", _backward, setup_context=_setup)
+    # sinkhorn_into mutates `out`, so it cannot carry an autograd formula; sinkhorn() refuses
+    # out= when a gradient is being recorded.
 
 
 _register()

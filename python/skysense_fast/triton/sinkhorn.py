@@ -183,14 +183,16 @@ def _tiles(N: int, K: int) -> tuple[int, int, bool]:
 
 
 def sinkhorn_triton(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, epsilon: float,
-                    num_iters: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Runs the kernels on prepared (B, N, K) scores; returns (Q, iters, status)."""
+                    num_iters: int, tol: float, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs the kernels on prepared (B, N, K) scores into `out` (new if None), contiguous
+    (B, N, K); returns (Q, iters, status)."""
     if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"sinkhorn (triton): scores must be float32, bfloat16 or float16, got {scores.dtype}")
     B, N, K = scores.shape
     dev = scores.device
     f32 = dict(device=dev, dtype=torch.float32)
-    out = torch.empty_like(scores)
+    out = torch.empty_like(scores) if out is None else out
     iters = torch.full((B,), num_iters, device=dev, dtype=torch.int64)
     status = torch.zeros(B, device=dev, dtype=torch.int32)
     done = torch.zeros(B, device=dev, dtype=torch.int32)
