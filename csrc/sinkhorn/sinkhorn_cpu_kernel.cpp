@@ -45,6 +45,7 @@ using at::vec::Vectorized;
 constexpr int64_t kRowBlock = 32;    // rows per block: column partial sums flush to double
 constexpr double kAbsorb = 30.0;     // |log beta| beyond which the scaling is absorbed into v
 constexpr double kRowFloor = 1e-20;  // a row sum below this under the shared shift is redone
+constexpr double kLog2e = 1.4426950408889634074;
 constexpr int64_t kStreamBytes = int64_t(64) << 20;  // outputs above this bypass the caches
 
 // Full vectors, then one partial vector: f(k, n) with n lanes valid.
@@ -173,10 +174,11 @@ struct Problem {
           return;
         }
         std::fill(bsum.begin(), bsum.end(), acc_t(0));
-        const Vec ve(inv_eps);
+        for (int64_t k = 0; k < K; ++k) bmax[k] *= kLog2e;  // exponents in base 2
+        const Vec ve(inv_eps * kLog2e);
         for (int64_t r = 0; r < rows; ++r)
           for_chunks<Vec>(K, [&](int64_t k, int64_t n) {
-            const Vec e = fast_exp(at::vec::fmsub(load<Vec>(x + r * K + k, n), ve, load<Vec>(bmax.data() + k, n)));
+            const Vec e = fast_exp2(at::vec::fmsub(load<Vec>(x + r * K + k, n), ve, load<Vec>(bmax.data() + k, n)));
             store(load<Vec>(bsum.data() + k, n) + e, bsum.data() + k, n);
           });
         for (int64_t k = 0; k < K; ++k) Ssum[k] += bsum[k];
@@ -196,23 +198,24 @@ struct Problem {
     }
   }
 
-  // z_k = exp(x_k/eps + v_k - shift) for one row; returns sum_k z_k. shift = +inf asks for
-  // the row's exact max (returns -1 if the row is all -inf).
-  acc_t row_exp(const acc_t* x, acc_t* z, acc_t shift) const {
-    const Vec ve(inv_eps);
-    if (shift == kInf) {
+  // z_k = exp(x_k/eps + v_k - shift) for one row, with w = (v - shift) log2(e) precomputed;
+  // returns sum_k z_k. exact_max: the shift is this row's own max instead (returns -1 if
+  // the row is all -inf).
+  acc_t row_exp(const acc_t* x, acc_t* z, const acc_t* w, bool exact_max) const {
+    const Vec ve(inv_eps * kLog2e);
+    Vec vm(0);
+    if (exact_max) {
       Vec vmax(-kInf);
       for_chunks<Vec>(K, [&](int64_t k, int64_t n) {
-        const Vec zz = at::vec::fmadd(load<Vec>(x + k, n), ve, load<Vec>(v.data() + k, n));
-        vmax = at::vec::maximum(vmax, valid(zz, n, -kInf));
+        vmax = at::vec::maximum(vmax, valid(at::vec::fmadd(load<Vec>(x + k, n), ve, load<Vec>(w + k, n)), n, -kInf));
       });
-      shift = hmax(vmax);
-      if (!(shift > -kInf)) return acc_t(-1);
+      const acc_t m = hmax(vmax);
+      if (!(m > -kInf)) return acc_t(-1);
+      vm = Vec(m);
     }
-    const Vec vs(shift);
     Vec vsum(0);
     for_chunks<Vec>(K, [&](int64_t k, int64_t n) {
-      const Vec e = fast_exp(at::vec::fmadd(load<Vec>(x + k, n), ve, load<Vec>(v.data() + k, n)) - vs);
+      const Vec e = fast_exp2(at::vec::fmadd(load<Vec>(x + k, n), ve, load<Vec>(w + k, n)) - vm);
       store(e, z + k, n);
       vsum = vsum + valid(e, n, acc_t(0));
     });
@@ -226,13 +229,15 @@ struct Problem {
     const bool stream = write && N * K * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     acc_t shared_shift = -kInf;  // exp(S/eps + v) <= b_k after a column update
     for (int64_t k = 0; k < K; ++k) shared_shift = std::max(shared_shift, log_b[k]);
+    std::vector<acc_t> w(K);
+    for (int64_t k = 0; k < K; ++k) w[k] = (v[k] - shared_shift) * kLog2e;
     at::parallel_for(0, N, kRowBlock, [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> conv, z(K);
       BlockAccumulator<acc_t> acc(sums, K);
       for (int64_t n = r0; n < r1; ++n) {
         const acc_t* x = as_acc(S + n * K, K, conv);
-        acc_t s = row_exp(x, z.data(), shared_shift);
-        if (!(s >= kRowFloor)) s = row_exp(x, z.data(), kInf);  // little mass: exact max
+        acc_t s = row_exp(x, z.data(), w.data(), false);
+        if (!(s >= kRowFloor)) s = row_exp(x, z.data(), w.data(), true);  // little mass: exact max
         if (s < 0) {
           status.store(kSinkhornEmptyRow);
           return;

@@ -11,7 +11,11 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-import torch  # noqa: F401  (libtorch must be loaded before the extension)
+import torch  # libtorch must be loaded before the extension
+
+MIN_TORCH = (2, 11)
+if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < MIN_TORCH:
+    raise ImportError(f"skysense_fast needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}, found {torch.__version__}")
 
 
 class ExtensionNotBuilt(ImportError):
