@@ -1,0 +1,53 @@
+// Small dense matrix products for the CPU attention kernels (window 8: 64 x 64 x 44),
+// compiled per CPU_CAPABILITY. Include inside the kernel's CPU_CAPABILITY namespace only.
+//
+// C[M x Nc] (= or +=) A[M x Kc] . B[Kc x Nc], row-major with leading dimensions. Nc must be a
+// multiple of the vector width (callers pad their buffers); each loaded row of B feeds MR
+// rows of A, with MR x NV vector accumulators held in registers.
+#pragma once
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+template <typename T, int MR, int NV>
+inline void gemm_block(int64_t Kc, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc, bool acc) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int64_t V = Vec::size();
+  Vec c[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) c[r][j] = acc ? Vec::loadu(C + r * ldc + j * V) : Vec(T(0));
+  for (int64_t p = 0; p < Kc; ++p) {
+    Vec b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = Vec::loadu(B + p * ldb + j * V);
+    for (int r = 0; r < MR; ++r) {
+      const Vec a(A[r * lda + p]);
+      for (int j = 0; j < NV; ++j) c[r][j] = at::vec::fmadd(a, b[j], c[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NV; ++j) c[r][j].store(C + r * ldc + j * V);
+}
+
+template <typename T, int NV>
+inline void gemm_panel(int64_t M, int64_t Kc, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
+                       bool acc) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) gemm_block<T, 4, NV>(Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
+  for (; i < M; ++i) gemm_block<T, 1, NV>(Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
+}
+
+template <typename T>
+inline void gemm_nn(int64_t M, int64_t Nc, int64_t Kc, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                    int64_t ldc, bool acc) {
+  constexpr int64_t V = at::vec::Vectorized<T>::size();
+  int64_t j = 0;
+  for (; j + 4 * V <= Nc; j += 4 * V) gemm_panel<T, 4>(M, Kc, A, lda, B + j, ldb, C + j, ldc, acc);
+  switch ((Nc - j) / V) {
+    case 3: gemm_panel<T, 3>(M, Kc, A, lda, B + j, ldb, C + j, ldc, acc); break;
+    case 2: gemm_panel<T, 2>(M, Kc, A, lda, B + j, ldb, C + j, ldc, acc); break;
+    case 1: gemm_panel<T, 1>(M, Kc, A, lda, B + j, ldb, C + j, ldc, acc); break;
+    default: break;
+  }
+}
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }

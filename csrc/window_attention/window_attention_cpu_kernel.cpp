@@ -1,0 +1,352 @@
+// Fused shifted-window attention on the CPU (compiled once per CPU_CAPABILITY).
+//
+// One task per (image, window, head): the window's tokens are gathered straight from the
+// spatial (B, H, W, heads, hd) layout, with the cyclic shift and the zero padding folded
+// into the index map, into small padded tiles that stay in L1/L2; scores, bias, shift mask
+// (from token regions, never materialised), softmax and the product with V run there; the
+// result is scattered back. Nothing of size B x windows x N x N is ever written: the
+// forward keeps one log-sum-exp per query row for the backward, which recomputes the
+// probabilities (as flash attention does).
+//
+// Scores are C * tau with C = q . k (V1, tau = scale) or C = q^ . k^ with q^ = q / |q|
+// (SwinV2 cosine, tau = exp(min(logit_scale, log 100))), so one code path serves both.
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "window_attention/window_attention.h"
+
+namespace skysense::CPU_CAPABILITY {
+
+#include "small_gemm.h"
+#include "vec_exp.h"
+
+namespace {
+
+using at::vec::Vectorized;
+constexpr double kNormEps = 1e-12;  // F.normalize's eps
+
+// Where each token of window w lives in its image (row-major H x W index, -1 for padding),
+// and its region of the rolled map (tokens of different regions are masked when shifted).
+void window_tokens(const WindowGeometry& g, int64_t w, std::vector<int64_t>& offset, std::vector<int32_t>& region) {
+  const int64_t wy = w / g.nWw, wx = w % g.nWw;
+  offset.resize(g.N);
+  region.resize(g.N);
+  for (int64_t t = 0; t < g.N; ++t) {
+    const int64_t y = wy * g.wh + t / g.ww, x = wx * g.ww + t % g.ww;
+    const int64_t oy = (y + g.sh) % g.Hp, ox = (x + g.sw) % g.Wp;
+    offset[t] = (oy < g.H && ox < g.W) ? oy * g.W + ox : -1;
+    const int ry = g.sh == 0 ? 0 : int(y >= g.Hp - g.wh) + int(y >= g.Hp - g.sh);
+    const int rx = g.sw == 0 ? 0 : int(x >= g.Wp - g.ww) + int(x >= g.Wp - g.sw);
+    region[t] = ry * 3 + rx;
+  }
+}
+
+template <typename scalar_t>
+struct Kernel {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  static constexpr int64_t V = Vec::size();
+  static constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+
+  const WindowAttentionInputs& in;
+  const WindowGeometry& g;
+  int64_t Np, Dp;                   // N and hd rounded up to whole vectors
+  std::vector<acc_t> bias_p;        // (heads, N, Np): bias, -inf in the padding columns
+  std::vector<acc_t> mask_p;        // (M, N, Np) or empty
+  std::vector<acc_t> tau;           // (heads,) score scale
+  bool cosine;
+
+  explicit Kernel(const WindowAttentionInputs& inputs) : in(inputs), g(inputs.g) {
+    Np = round_up(g.N, V);
+    Dp = round_up(g.hd, V);
+    cosine = in.logit_scale.defined();
+    bias_p.assign(g.heads * g.N * Np, acc_t(0));
+    const acc_t* bias = in.bias.defined() ? in.bias.const_data_ptr<acc_t>() : nullptr;
+    for (int64_t h = 0; h < g.heads; ++h)
+      for (int64_t i = 0; i < g.N; ++i)
+        for (int64_t j = 0; j < Np; ++j)
+          bias_p[(h * g.N + i) * Np + j] = j >= g.N ? kNegInf : bias ? bias[(h * g.N + i) * g.N + j] : acc_t(0);
+    if (in.mask.defined()) {
+      const int64_t M = in.mask.size(0);
+      const acc_t* m = in.mask.const_data_ptr<acc_t>();
+      mask_p.assign(M * g.N * Np, acc_t(0));
+      for (int64_t w = 0; w < M; ++w)
+        for (int64_t i = 0; i < g.N; ++i)
+          for (int64_t j = 0; j < g.N; ++j) mask_p[(w * g.N + i) * Np + j] = m[(w * g.N + i) * g.N + j];
+    }
+    tau.resize(g.heads);
+    for (int64_t h = 0; h < g.heads; ++h)
+      tau[h] = cosine ? static_cast<acc_t>(std::exp(std::min<double>(in.logit_scale.const_data_ptr<acc_t>()[h], kLogitScaleMax)))
+                      : static_cast<acc_t>(in.scale);
+  }
+
+  // Per-thread tiles.
+  struct Tiles {
+    std::vector<acc_t> Q, K, Vv, KT, C, P, O, norm_q, norm_k;
+    std::vector<acc_t> dO, VT, dP, PT, dQ, dK, dV, dCT;
+    std::vector<int64_t> offset;
+    std::vector<int32_t> region;
+    std::vector<acc_t> region_f;
+  };
+
+  void init(Tiles& t, bool backward) const {
+    const int64_t N = g.N;
+    for (auto* b : {&t.Q, &t.K, &t.Vv, &t.O}) b->assign(N * Dp, acc_t(0));
+    t.KT.assign(g.hd * Np, acc_t(0));
+    t.C.assign(N * Np, acc_t(0));
+    t.P.assign(N * Np, acc_t(0));
+    t.norm_q.assign(N, acc_t(1));
+    t.norm_k.assign(N, acc_t(1));
+    t.region_f.assign(Np, acc_t(0));
+    if (backward) {
+      for (auto* b : {&t.dO, &t.dQ, &t.dK, &t.dV}) b->assign(N * Dp, acc_t(0));
+      for (auto* b : {&t.dP, &t.PT, &t.dCT}) b->assign(N * Np, acc_t(0));
+      t.VT.assign(g.hd * Np, acc_t(0));
+    }
+  }
+
+  // rows of src (B, H, W, heads, hd) for the tokens of this window/head into dst (N x Dp)
+  void gather(const scalar_t* src, int64_t b, int64_t h, const std::vector<int64_t>& offset, acc_t* dst) const {
+    const scalar_t* img = src + b * g.H * g.W * g.heads * g.hd;
+    for (int64_t t = 0; t < g.N; ++t) {
+      acc_t* d = dst + t * Dp;
+      if (offset[t] < 0) {
+        std::fill(d, d + g.hd, acc_t(0));
+        continue;
+      }
+      const scalar_t* s = img + (offset[t] * g.heads + h) * g.hd;
+      for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<acc_t>(s[c]);
+    }
+  }
+
+  void scatter(const acc_t* src, int64_t b, int64_t h, const std::vector<int64_t>& offset, scalar_t* dst) const {
+    scalar_t* img = dst + b * g.H * g.W * g.heads * g.hd;
+    for (int64_t t = 0; t < g.N; ++t) {
+      if (offset[t] < 0) continue;
+      scalar_t* d = img + (offset[t] * g.heads + h) * g.hd;
+      for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
+    }
+  }
+
+  static void transpose(const acc_t* src, int64_t rows, int64_t cols, int64_t lds, acc_t* dst, int64_t ldd) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+
+  // q^ = q / max(|q|, eps) in place, keeping |q| for the backward.
+  void normalize_rows(acc_t* X, acc_t* norm) const {
+    for (int64_t t = 0; t < g.N; ++t) {
+      acc_t s = 0;
+      for (int64_t c = 0; c < g.hd; ++c) s += X[t * Dp + c] * X[t * Dp + c];
+      norm[t] = std::sqrt(s);
+      const acc_t inv = acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps));
+      for (int64_t c = 0; c < g.hd; ++c) X[t * Dp + c] *= inv;
+    }
+  }
+
+  // Loads q, k (normalised for cosine) and v of one task, and C = q . k^T.
+  void scores(Tiles& t, int64_t b, int64_t w, int64_t h) const {
+    window_tokens(g, w, t.offset, t.region);
+    gather(in.q.const_data_ptr<scalar_t>(), b, h, t.offset, t.Q.data());
+    gather(in.k.const_data_ptr<scalar_t>(), b, h, t.offset, t.K.data());
+    gather(in.v.const_data_ptr<scalar_t>(), b, h, t.offset, t.Vv.data());
+    if (cosine) {
+      normalize_rows(t.Q.data(), t.norm_q.data());
+      normalize_rows(t.K.data(), t.norm_k.data());
+    }
+    transpose(t.K.data(), g.N, g.hd, Dp, t.KT.data(), Np);
+    gemm_nn<acc_t>(g.N, Np, g.hd, t.Q.data(), Dp, t.KT.data(), Np, t.C.data(), Np, false);
+  }
+
+  // P = softmax(C * tau + bias + shift mask + mask) row by row (padding columns get 0).
+  // Forward: writes lse_out. Backward: P = exp(logits - lse_in), from the forward's lse.
+  void probabilities(Tiles& t, int64_t b, int64_t w, int64_t h, const acc_t* lse_in, acc_t* lse_out) const {
+    const bool recompute = lse_in != nullptr;
+    const Vec vt(tau[h]);
+    const bool shifted = g.sh != 0 || g.sw != 0;
+    for (int64_t j = 0; j < g.N; ++j) t.region_f[j] = acc_t(t.region[j]);
+    const acc_t* mask_w = mask_p.empty() ? nullptr : mask_p.data() + ((b * g.nW + w) % in.mask.size(0)) * g.N * Np;
+    for (int64_t i = 0; i < g.N; ++i) {
+      const acc_t* bias_row = bias_p.data() + (h * g.N + i) * Np;
+      acc_t* p = t.P.data() + i * Np;
+      const Vec ri(acc_t(t.region[i]));
+      Vec vmax(kNegInf);
+      for (int64_t j = 0; j < Np; j += V) {
+        Vec s = at::vec::fmadd(Vec::loadu(t.C.data() + i * Np + j), vt, Vec::loadu(bias_row + j));
+        if (shifted) s = s + Vec::blendv(Vec(0), Vec(acc_t(kWindowMaskValue)), Vec::loadu(t.region_f.data() + j) != ri);
+        if (mask_w) s = s + Vec::loadu(mask_w + i * Np + j);
+        s.store(p + j);
+        vmax = at::vec::maximum(vmax, s);
+      }
+      const acc_t m = recompute ? lse_in[i]
+                                : at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
+      const Vec vm(m);
+      Vec vsum(0);
+      for (int64_t j = 0; j < Np; j += V) {
+        const Vec e = fast_exp(Vec::loadu(p + j) - vm);
+        e.store(p + j);
+        vsum = vsum + e;
+      }
+      if (!recompute) {
+        const acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& c) { return a + c; }, vsum);
+        const Vec inv(acc_t(1) / s);
+        for (int64_t j = 0; j < Np; j += V) (Vec::loadu(p + j) * inv).store(p + j);
+        lse_out[i] = m + std::log(s);
+      }
+    }
+  }
+
+  void forward(at::Tensor& out, at::Tensor& lse) {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    acc_t* l = lse.mutable_data_ptr<acc_t>();
+    const int64_t tasks = g.B * g.nW * g.heads;
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      Tiles t;
+      init(t, false);
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t h = task % g.heads, bw = task / g.heads, w = bw % g.nW, b = bw / g.nW;
+        scores(t, b, w, h);
+        probabilities(t, b, w, h, nullptr, l + task * g.N);
+        gemm_nn<acc_t>(g.N, Dp, g.N, t.P.data(), Np, t.Vv.data(), Dp, t.O.data(), Dp, false);
+        scatter(t.O.data(), b, h, t.offset, o);
+      }
+    });
+  }
+
+  void backward(const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad_out, at::Tensor& dq,
+                at::Tensor& dk, at::Tensor& dv, at::Tensor& dlogit, at::Tensor& dbias) {
+    const acc_t* l = lse.const_data_ptr<acc_t>();
+    const int T = at::get_num_threads();
+    const bool want_bias = dbias.defined(), want_logit = dlogit.defined();
+    std::vector<std::vector<double>> acc_bias(T), acc_logit(T);
+    const int64_t tasks = g.B * g.nW * g.heads;
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      const int tid = at::get_thread_num();
+      std::vector<double>& db = acc_bias[tid];
+      std::vector<double>& dl = acc_logit[tid];
+      if (want_bias && db.empty()) db.assign(g.heads * g.N * g.N, 0.0);
+      if (want_logit && dl.empty()) dl.assign(g.heads, 0.0);
+      Tiles t;
+      init(t, true);
+      std::vector<acc_t> D(g.N);
+      for (int64_t task = t0; task < t1; ++task) {
+        const int64_t h = task % g.heads, bw = task / g.heads, w = bw % g.nW, b = bw / g.nW;
+        scores(t, b, w, h);
+        probabilities(t, b, w, h, l + task * g.N, nullptr);
+        gather(grad_out.const_data_ptr<scalar_t>(), b, h, t.offset, t.dO.data());
+        gather(out.const_data_ptr<scalar_t>(), b, h, t.offset, t.O.data());
+        for (int64_t i = 0; i < g.N; ++i) {
+          acc_t s = 0;
+          for (int64_t c = 0; c < g.hd; ++c) s += t.dO[i * Dp + c] * t.O[i * Dp + c];
+          D[i] = s;
+        }
+        // dV = P^T dO
+        transpose(t.P.data(), g.N, g.N, Np, t.PT.data(), Np);
+        gemm_nn<acc_t>(g.N, Dp, g.N, t.PT.data(), Np, t.dO.data(), Dp, t.dV.data(), Dp, false);
+        // dP = dO V^T; dS = P * (dP - D); dC = dS * tau (kept in dP)
+        transpose(t.Vv.data(), g.N, g.hd, Dp, t.VT.data(), Np);
+        gemm_nn<acc_t>(g.N, Np, g.hd, t.dO.data(), Dp, t.VT.data(), Np, t.dP.data(), Np, false);
+        double logit_sum = 0;
+        for (int64_t i = 0; i < g.N; ++i) {
+          acc_t* dp = t.dP.data() + i * Np;
+          const acc_t* p = t.P.data() + i * Np;
+          const acc_t* c = t.C.data() + i * Np;
+          for (int64_t j = 0; j < g.N; ++j) {
+            const acc_t ds = p[j] * (dp[j] - D[i]);
+            if (want_bias) db[(h * g.N + i) * g.N + j] += ds;
+            if (want_logit) logit_sum += double(ds) * c[j];
+            dp[j] = ds * tau[h];
+          }
+          for (int64_t j = g.N; j < Np; ++j) dp[j] = 0;
+        }
+        if (want_logit) dl[h] += logit_sum;
+        // dq^ = dC k^, dk^ = dC^T q^
+        gemm_nn<acc_t>(g.N, Dp, g.N, t.dP.data(), Np, t.K.data(), Dp, t.dQ.data(), Dp, false);
+        transpose(t.dP.data(), g.N, g.N, Np, t.dCT.data(), Np);
+        gemm_nn<acc_t>(g.N, Dp, g.N, t.dCT.data(), Np, t.Q.data(), Dp, t.dK.data(), Dp, false);
+        if (cosine) {
+          unnormalize_grad(t.dQ.data(), t.Q.data(), t.norm_q.data());
+          unnormalize_grad(t.dK.data(), t.K.data(), t.norm_k.data());
+        }
+        scatter(t.dQ.data(), b, h, t.offset, dq.mutable_data_ptr<scalar_t>());
+        scatter(t.dK.data(), b, h, t.offset, dk.mutable_data_ptr<scalar_t>());
+        scatter(t.dV.data(), b, h, t.offset, dv.mutable_data_ptr<scalar_t>());
+      }
+    });
+    if (want_bias) {
+      acc_t* o = dbias.mutable_data_ptr<acc_t>();
+      for (int64_t e = 0; e < g.heads * g.N * g.N; ++e) {
+        double s = 0;
+        for (const auto& a : acc_bias)
+          if (!a.empty()) s += a[e];
+        o[e] = static_cast<acc_t>(s);
+      }
+    }
+    if (want_logit) {
+      acc_t* o = dlogit.mutable_data_ptr<acc_t>();
+      const acc_t* ls = in.logit_scale.const_data_ptr<acc_t>();
+      for (int64_t h = 0; h < g.heads; ++h) {
+        double s = 0;
+        for (const auto& a : acc_logit)
+          if (!a.empty()) s += a[h];
+        // d tau / d logit_scale = tau below the clamp, 0 above it
+        o[h] = ls[h] < kLogitScaleMax ? static_cast<acc_t>(s * tau[h]) : acc_t(0);
+      }
+    }
+  }
+
+  // d(x / max(|x|, eps)): (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps otherwise.
+  void unnormalize_grad(acc_t* G, const acc_t* Xn, const acc_t* norm) const {
+    for (int64_t t = 0; t < g.N; ++t) {
+      acc_t* gr = G + t * Dp;
+      const acc_t* x = Xn + t * Dp;
+      if (norm[t] > acc_t(kNormEps)) {
+        acc_t dot = 0;
+        for (int64_t c = 0; c < g.hd; ++c) dot += x[c] * gr[c];
+        const acc_t inv = acc_t(1) / norm[t];
+        for (int64_t c = 0; c < g.hd; ++c) gr[c] = (gr[c] - x[c] * dot) * inv;
+      } else {
+        for (int64_t c = 0; c < g.hd; ++c) gr[c] /= acc_t(kNormEps);
+      }
+    }
+  }
+};
+
+template <typename F>
+void by_dtype(at::ScalarType dt, F&& f) {
+  switch (dt) {
+    case at::kFloat: return f(float());
+    case at::kDouble: return f(double());
+    case at::kBFloat16: return f(c10::BFloat16());
+    case at::kHalf: return f(c10::Half());
+    default: TORCH_CHECK(false, "window_attention: unsupported dtype ", dt);
+  }
+}
+
+}  // namespace
+
+void window_attention_fwd_kernel(const WindowAttentionInputs& in, at::Tensor& out, at::Tensor& lse) {
+  by_dtype(in.q.scalar_type(), [&](auto tag) {
+    Kernel<decltype(tag)> k(in);
+    k.forward(out, lse);
+  });
+}
+
+void window_attention_bwd_kernel(const WindowAttentionInputs& in, const at::Tensor& out, const at::Tensor& lse,
+                                 const at::Tensor& grad_out, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
+                                 at::Tensor& dlogit, at::Tensor& dbias) {
+  by_dtype(in.q.scalar_type(), [&](auto tag) {
+    Kernel<decltype(tag)> k(in);
+    k.backward(out, lse, grad_out, dq, dk, dv, dlogit, dbias);
+  });
+}
+
+}  // namespace skysense::CPU_CAPABILITY
