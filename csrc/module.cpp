@@ -5,6 +5,7 @@
 
 #include "cpu_capability.h"
 #include "sinkhorn/sinkhorn.h"
+#include "window_attention/window_attention.h"
 
 namespace py = pybind11;
 
@@ -55,6 +56,23 @@ PYBIND11_MODULE(_C, m) {
       "Checks sinkhorn's arguments; returns (scores as (B,N,K), log_a, log_b, batched)");
   m.def("sinkhorn_raise_status", &skysense::sinkhorn_raise_status);
   m.def("sinkhorn_check_out", &skysense::sinkhorn_check_out);
+  m.def(
+      "window_attention_prepare",
+      [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::vector<int64_t> window,
+         std::vector<int64_t> shift, std::optional<at::Tensor> logit_scale, std::optional<at::Tensor> bias,
+         std::optional<at::Tensor> mask, std::optional<double> scale) {
+        auto in = skysense::window_attention_prepare(q, k, v, window, shift, logit_scale, bias, mask, scale);
+        auto opt = [](const at::Tensor& t) { return t.defined() ? py::cast(t) : py::none(); };
+        const auto& g = in.g;
+        py::dict geom;
+        for (auto [name, val] : std::initializer_list<std::pair<const char*, int64_t>>{
+                 {"B", g.B}, {"H", g.H}, {"W", g.W}, {"heads", g.heads}, {"hd", g.hd}, {"wh", g.wh}, {"ww", g.ww},
+                 {"sh", g.sh}, {"sw", g.sw}, {"Hp", g.Hp}, {"Wp", g.Wp}, {"nWh", g.nWh}, {"nWw", g.nWw},
+                 {"nW", g.nW}, {"N", g.N}})
+          geom[name] = val;
+        return py::make_tuple(in.q, in.k, in.v, opt(in.logit_scale), opt(in.bias), opt(in.mask), in.scale, geom);
+      },
+      "Checks window_attention's arguments; returns (q, k, v, logit_scale, bias, mask, scale, geometry)");
 #if defined(SKYSENSE_WITH_CUDA)
   m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)",
         py::arg("scores"), py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"),

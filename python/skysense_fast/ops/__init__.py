@@ -2,5 +2,6 @@
 backend choice; kernels live in csrc/ (C++), kernels/ (CUDA C++) and triton/."""
 
 from .sinkhorn import sinkhorn, sinkhorn_reference
+from .window_attention import window_attention, window_attention_reference
 
-__all__ = ["sinkhorn", "sinkhorn_reference"]
+__all__ = ["sinkhorn", "sinkhorn_reference", "window_attention", "window_attention_reference"]
