@@ -7,10 +7,12 @@ True
 
 from __future__ import annotations
 
-from . import ops
+from . import nn, ops
 from ._lib import ExtensionNotBuilt, build_info
 from .backends import backends, use_backend
-from .ops import sinkhorn
+from .nn import accelerate
+from .ops import sinkhorn, window_attention
 
 __version__ = "0.1.0"
-__all__ = ["ExtensionNotBuilt", "backends", "build_info", "ops", "sinkhorn", "use_backend", "__version__"]
+__all__ = ["ExtensionNotBuilt", "accelerate", "backends", "build_info", "nn", "ops", "sinkhorn", "use_backend",
+           "window_attention", "__version__"]
