@@ -41,4 +41,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             mem = f.extra_info.get("peak_extra_over_output")
             if mem is not None:
                 ratios.append(f"peak extra memory {mem:.4f} x output")
+            mem = f.extra_info.get("peak_vs_eager")
+            if mem is not None:
+                ratios.append(f"peak memory {mem:.2f} x eager's")
             tr.write_line(f"    {fname}: " + "; ".join(ratios))

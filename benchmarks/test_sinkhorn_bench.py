@@ -50,7 +50,7 @@ def scores(shape_name: str) -> torch.Tensor:
 
 def peak_extra_over_output(shape) -> float:
     here = os.path.dirname(__file__)
-    out = subprocess.run([sys.executable, os.path.join(here, "peak_memory.py"), "fused", *map(str, shape)],
+    out = subprocess.run([sys.executable, os.path.join(here, "peak_memory.py"), "sinkhorn", "fused", *map(str, shape)],
                          capture_output=True, text=True, check=True, cwd=here,
                          env=dict(os.environ, PYTHONPATH=here)).stdout
     return float(out.split()[-1]) - 1.0  # minus the output itself

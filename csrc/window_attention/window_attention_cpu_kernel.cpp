@@ -113,26 +113,44 @@ struct Kernel {
     }
   }
 
-  // rows of src (B, H, W, heads, hd) for the tokens of this window/head into dst (N x Dp)
-  void gather(const scalar_t* src, int64_t b, int64_t h, const std::vector<int64_t>& offset, acc_t* dst) const {
-    const scalar_t* img = src + b * g.H * g.W * g.heads * g.hd;
+  // hd values, in vectors (a call to memcpy per 44-float row costs more than the copy)
+  void copy_row(acc_t* d, const acc_t* s) const {
+    int64_t c = 0;
+    for (; c + V <= g.hd; c += V) Vec::loadu(s + c).store(d + c);
+    if (c < g.hd) Vec::loadu(s + c, g.hd - c).store(d + c, g.hd - c);
+  }
+
+  // Rows of src (B, H, W, heads, hd; any strides but a contiguous last dim) for the
+  // tokens of this window and head into dst (N x Dp, padding columns left at 0).
+  void gather(const at::Tensor& src, int64_t b, int64_t h, const std::vector<int64_t>& offset, acc_t* dst) const {
+    const scalar_t* base = src.const_data_ptr<scalar_t>() + b * src.stride(0) + h * src.stride(3);
+    const int64_t sy = src.stride(1), sx = src.stride(2);
     for (int64_t t = 0; t < g.N; ++t) {
       acc_t* d = dst + t * Dp;
       if (offset[t] < 0) {
         std::fill(d, d + g.hd, acc_t(0));
         continue;
       }
-      const scalar_t* s = img + (offset[t] * g.heads + h) * g.hd;
-      for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<acc_t>(s[c]);
+      const scalar_t* s = base + (offset[t] / g.W) * sy + (offset[t] % g.W) * sx;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        copy_row(d, s);
+      } else {
+        for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<acc_t>(s[c]);
+      }
     }
   }
 
+  // The tokens' rows of src (N x Dp) into dst (contiguous like q); padding tokens dropped.
   void scatter(const acc_t* src, int64_t b, int64_t h, const std::vector<int64_t>& offset, scalar_t* dst) const {
     scalar_t* img = dst + b * g.H * g.W * g.heads * g.hd;
     for (int64_t t = 0; t < g.N; ++t) {
       if (offset[t] < 0) continue;
       scalar_t* d = img + (offset[t] * g.heads + h) * g.hd;
-      for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        copy_row(d, src + t * Dp);
+      } else {
+        for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
+      }
     }
   }
 
@@ -144,20 +162,21 @@ struct Kernel {
   // q^ = q / max(|q|, eps) in place, keeping |q| for the backward.
   void normalize_rows(acc_t* X, acc_t* norm) const {
     for (int64_t t = 0; t < g.N; ++t) {
-      acc_t s = 0;
-      for (int64_t c = 0; c < g.hd; ++c) s += X[t * Dp + c] * X[t * Dp + c];
-      norm[t] = std::sqrt(s);
-      const acc_t inv = acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps));
-      for (int64_t c = 0; c < g.hd; ++c) X[t * Dp + c] *= inv;
+      acc_t* x = X + t * Dp;
+      Vec ss(0);
+      for (int64_t c = 0; c < Dp; c += V) ss = at::vec::fmadd(Vec::loadu(x + c), Vec::loadu(x + c), ss);
+      norm[t] = std::sqrt(at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, ss));
+      const Vec inv(acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps)));
+      for (int64_t c = 0; c < Dp; c += V) (Vec::loadu(x + c) * inv).store(x + c);
     }
   }
 
   // Loads q, k (normalised for cosine) and v of one task, and C = q . k^T.
   void scores(Tiles& t, int64_t b, int64_t w, int64_t h) const {
     window_tokens(g, w, t.offset, t.region);
-    gather(in.q.const_data_ptr<scalar_t>(), b, h, t.offset, t.Q.data());
-    gather(in.k.const_data_ptr<scalar_t>(), b, h, t.offset, t.K.data());
-    gather(in.v.const_data_ptr<scalar_t>(), b, h, t.offset, t.Vv.data());
+    gather(in.q, b, h, t.offset, t.Q.data());
+    gather(in.k, b, h, t.offset, t.K.data());
+    gather(in.v, b, h, t.offset, t.Vv.data());
     if (cosine) {
       normalize_rows(t.Q.data(), t.norm_q.data());
       normalize_rows(t.K.data(), t.norm_k.data());
@@ -241,8 +260,8 @@ struct Kernel {
         const int64_t h = task % g.heads, bw = task / g.heads, w = bw % g.nW, b = bw / g.nW;
         scores(t, b, w, h);
         probabilities(t, b, w, h, l + task * g.N, nullptr);
-        gather(grad_out.const_data_ptr<scalar_t>(), b, h, t.offset, t.dO.data());
-        gather(out.const_data_ptr<scalar_t>(), b, h, t.offset, t.O.data());
+        gather(grad_out, b, h, t.offset, t.dO.data());
+        gather(out, b, h, t.offset, t.O.data());
         for (int64_t i = 0; i < g.N; ++i) {
           acc_t s = 0;
           for (int64_t c = 0; c < g.hd; ++c) s += t.dO[i * Dp + c] * t.O[i * Dp + c];

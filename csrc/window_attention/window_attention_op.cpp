@@ -68,7 +68,10 @@ WindowAttentionInputs window_attention_prepare(const at::Tensor& q, const at::Te
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
 
   WindowAttentionInputs in;
-  in.q = q.contiguous(), in.k = k.contiguous(), in.v = v.contiguous();
+  // Any strides (e.g. q, k, v as views into one qkv projection) as long as channels are
+  // contiguous; the kernels gather rows by stride.
+  auto rows = [](const at::Tensor& t) { return t.stride(4) == 1 ? t : t.contiguous(); };
+  in.q = rows(q), in.k = rows(k), in.v = rows(v);
   in.g = g;
   in.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(g.hd));
   TORCH_CHECK_VALUE(std::isfinite(in.scale), "window_attention: scale must be finite, got ", in.scale);
@@ -103,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_cpu(const at::Tensor& q, con
                                                         std::optional<double> scale) {
   WindowAttentionInputs in = window_attention_prepare(q, k, v, window, shift, logit_scale, bias, mask, scale);
   const auto& g = in.g;
-  at::Tensor out = at::empty_like(in.q);
+  at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor lse = at::empty({g.B * g.nW, g.heads, g.N}, in.q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   SKYSENSE_CPU_DISPATCH(window_attention_fwd_kernel, in, out, lse);
   return {out, lse};
@@ -120,10 +123,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_at
   TORCH_CHECK_VALUE(lse.dim() == 3 && lse.size(0) == g.B * g.nW && lse.size(1) == g.heads && lse.size(2) == g.N,
                     "window_attention_backward: lse must have shape (B * windows, heads, N) from the forward");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor dq = at::zeros_like(in.q), dk = at::zeros_like(in.q), dv = at::zeros_like(in.q);
+  auto zeros = [&] { return at::zeros(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous)); };
+  at::Tensor dq = zeros(), dk = zeros(), dv = zeros();
   at::Tensor dlogit = in.logit_scale.defined() ? at::empty({g.heads}, q.options().dtype(acc)) : at::Tensor();
   at::Tensor dbias = in.bias.defined() ? at::empty({g.heads, g.N, g.N}, q.options().dtype(acc)) : at::Tensor();
-  SKYSENSE_CPU_DISPATCH(window_attention_bwd_kernel, in, out.to(q.scalar_type()).contiguous(),
+  SKYSENSE_CPU_DISPATCH(window_attention_bwd_kernel, in, out.to(q.scalar_type()),
                         lse.to(acc).contiguous(), grad_out.to(q.scalar_type()).contiguous(), dq, dk, dv, dlogit,
                         dbias);
   if (!dlogit.defined()) dlogit = at::empty({0}, q.options().dtype(acc));

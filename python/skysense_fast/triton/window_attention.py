@@ -172,6 +172,7 @@ def _launch_args(q, logit_scale, bias, mask, scale, g):
 def window_attention_forward(q, k, v, logit_scale, bias, mask, scale, g):
     """(out, lse) for prepared arguments; lse (B * nW, heads, N) float32."""
     meta, geo, (ls, b, m), grid = _launch_args(q, logit_scale, bias, mask, scale, g)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # the kernels index contiguous maps
     out = torch.empty_like(q)
     lse = torch.empty((g["B"] * g["nW"], g["heads"], g["N"]), device=q.device, dtype=torch.float32)
     _fwd[grid](q, k, v, out, lse, ls, b, m, *geo, **meta)
@@ -181,6 +182,7 @@ def window_attention_forward(q, k, v, logit_scale, bias, mask, scale, g):
 def window_attention_backward(grad_out, out, lse, q, k, v, logit_scale, bias, mask, scale, g):
     """(dq, dk, dv, d logit_scale, d bias); the last two are (0,) when not applicable."""
     meta, geo, (ls, b, m), grid = _launch_args(q, logit_scale, bias, mask, scale, g)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dq, dk, dv = (torch.empty_like(q) for _ in range(3))
     dls = torch.zeros(g["heads"] if logit_scale is not None else 1, device=q.device, dtype=torch.float32)
     db = torch.zeros((g["heads"], g["N"], g["N"]) if bias is not None else (1,), device=q.device, dtype=torch.float32)
