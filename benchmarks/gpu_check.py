@@ -1,7 +1,12 @@
-"""GPU benchmark for `make gpu-check`: Sinkhorn-Knopp (float32 and bf16, 3 iterations) with
-the CUDA C++ and Triton kernels against the SwAV loop on the GPU, in one table, with the
-fraction of the card's device-to-device copy bandwidth reached (floor: one read of the
-scores and one write of Q per call). Writes the table to $OUT/gpu_check.md when OUT is set.
+"""GPU benchmark for `make gpu-check`, one markdown table per op (written to
+$OUT/gpu_check.md when OUT is set):
+
+* Sinkhorn-Knopp (float32 and bf16, 3 iterations): the CUDA C++ and Triton kernels against
+  the SwAV loop, with the fraction of the card's device-to-device copy bandwidth reached
+  (floor: one read of the scores and one write of Q per call);
+* window attention (bf16, SwinV2-H stage-1 and stage-3 shapes, forward+backward of the core):
+  the Triton kernel against timm's eager arithmetic and FlexAttention (compiled, bias and
+  shift mask as score_mod).
 """
 
 from __future__ import annotations
@@ -39,6 +44,80 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() * 4 / ms / 1e6  # GB/s
 
 
+def flex_core(q, k, v, window, shift, logit_scale, bias):
+    """FlexAttention over the partitioned windows; bias and shift mask in a score_mod."""
+    import torch.nn.functional as F
+
+    from skysense_fast.ops.window_attention_reference import LOGIT_SCALE_MAX, shift_mask
+
+    B, H, W, nh, hd = q.shape
+    N = window * window
+    nW = (H // window) * (W // window)
+
+    def windows(t):
+        t = torch.roll(t, (-shift, -shift), (1, 2)) if shift else t
+        return t.view(B, H // window, window, W // window, window, nh, hd).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, nh, N, hd)
+
+    tau = torch.clamp(logit_scale.view(nh, 1, 1), max=LOGIT_SCALE_MAX).exp()
+    qw = (F.normalize(windows(q).float(), dim=-1) * tau).to(q.dtype)
+    kw = F.normalize(windows(k).float(), dim=-1).to(k.dtype)
+    vw = windows(v)
+    smask = shift_mask(H, W, (window, window), (shift, shift), q.device) if shift else torch.zeros(nW, N, N, device=q.device)
+
+    def score_mod(score, b, h, i, j):
+        return score + bias[h, i, j] + smask[b % nW, i, j]
+
+    o = _compiled_flex()(qw, kw, vw, score_mod=score_mod, scale=1.0)
+    o = o.view(B, H // window, W // window, nh, window, window, hd).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, H, W, nh, hd)
+    return torch.roll(o, (shift, shift), (1, 2)) if shift else o
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def window_attention_table() -> list[str]:
+    from skysense_fast.ops.window_attention_reference import window_attention_reference
+
+    rows = ["", "| window attention core, bf16 fwd+bwd | impl | median ms | vs eager | vs flex |", "|---|---|---|---|---|"]
+    # SwinV2-H: head_dim 44, window 8; stage 1 (8 heads) and stage 3 (32 heads) of a 512 px tile
+    for name, (B, H, W, nh) in {"stage1 2x128x128x8": (2, 128, 128, 8), "stage3 8x32x32x32": (8, 32, 32, 32)}.items():
+        for shift in (0, 4):
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q, k, v = (torch.randn(B, H, W, nh, 44, device="cuda", generator=g, dtype=torch.bfloat16).requires_grad_()
+                       for _ in range(3))
+            ls = torch.full((nh,), 2.3, device="cuda")
+            bias = 16 * torch.rand(nh, 64, 64, device="cuda", generator=g)
+            go = torch.randn_like(q)
+            impls = {"triton": lambda: skysense_fast.window_attention(q, k, v, 8, shift, logit_scale=ls, bias=bias),
+                     "eager": lambda: window_attention_reference(q, k, v, (8, 8), (shift, shift), ls, bias),
+                     "flex": lambda: flex_core(q, k, v, 8, shift, ls, bias)}
+            times = {}
+            for impl, fn in impls.items():
+                try:
+                    times[impl] = time_ms(lambda: torch.autograd.grad(fn(), (q, k, v), go), reps=10)
+                except Exception as e:  # a baseline that cannot run here is reported, not fatal
+                    times[impl] = None
+                    print(f"{impl} failed: {type(e).__name__}: {str(e)[:200]}")
+            ref = impls["eager"]().float()
+            err = (impls["triton"]().float() - ref).abs().max().item()
+            for impl, t in times.items():
+                if t is None:
+                    rows.append(f"| {name} shift {shift} | {impl} | n/a | | |")
+                    continue
+                vs = lambda other: f"{times[other] / t:.2f}x" if times.get(other) else ""  # noqa: E731
+                extra = f" (max err {err:.1e})" if impl == "triton" else ""
+                rows.append(f"| {name} shift {shift} | {impl}{extra} | {t:.3f} | {vs('eager')} | {vs('flex')} |")
+    return rows
+
+
 def main() -> None:
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
@@ -66,6 +145,7 @@ def main() -> None:
                 rows.append(f"| {'x'.join(map(str, shape))} | {str(dtype)[6:]} | {k}{status} | {times[k]:.3f} | "
                             f"{times['swav_loop'] / times[k]:.1f}x | {gbs:.0f} | {100 * gbs / bw:.0f}% |")
             rows.append(f"| {'x'.join(map(str, shape))} | {str(dtype)[6:]} | swav_loop | {times['swav_loop']:.3f} | 1.0x | | |")
+    rows += window_attention_table()
     table = "\n".join(rows)
     print(table)
     out = os.environ.get("OUT")

@@ -77,6 +77,22 @@ def test_cpp_matches_reference(case, mode, dtype, poisoned):
         torch.testing.assert_close(g1.double(), g2, rtol=bwd_rtol, atol=bwd_atol * max(1.0, g2.abs().max().item()))
 
 
+def test_strided_views_of_one_qkv_tensor(poisoned):
+    # q, k, v as views into one (B, H, W, 3, heads, hd) projection, as the modules pass them
+    qkv = torch.randn(2, 9, 10, 3, 2, 6, dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv.unbind(3)
+    assert not q.is_contiguous()
+    bias = torch.rand(2, 16, 16, dtype=torch.float64)
+    out = window_attention(q, k, v, 4, 2, bias=bias)
+    assert out.is_contiguous()
+    qkv2 = qkv.detach().clone().requires_grad_()
+    ref = window_attention_reference(*[t.contiguous() for t in qkv2.unbind(3)], (4, 4), (2, 2), bias=bias)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(out, qkv, g)[0], torch.autograd.grad(ref, qkv2, g)[0],
+                               rtol=1e-9, atol=1e-9)
+
+
 def test_bfloat16_accepted():
     out, ref, grads, grads2 = run_both("cpp", CASES[3], "v2_bias", torch.bfloat16)
     assert out.dtype == torch.bfloat16
