@@ -30,14 +30,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for b in benches:
         groups.setdefault(b.group or b.name, {})[b.extra_info.get("impl", b.name)] = b
     tr = terminalreporter
-    tr.write_sep("=", "skysense_fast: speed ratios (baseline median / fast-path median, same run)")
+    tr.write_sep("=", "skysense_fast: speed ratios, baseline / fast path, same run: by median (by min)")
     tr.write_line(f"threads={torch.get_num_threads()}  THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}")
     for group, impls in sorted(groups.items()):
         fast = {k: v for k, v in impls.items() if k.startswith(FAST)}
         base = {k: v for k, v in impls.items() if not k.startswith(FAST)}
-        tr.write_line(group + ": " + ", ".join(f"{k} {v.stats.median * 1e3:.2f} ms" for k, v in sorted(impls.items())))
+        tr.write_line(group + ": " + ", ".join(f"{k} {v.stats.median * 1e3:.2f} ms ({v.stats.min * 1e3:.2f})"
+                                               for k, v in sorted(impls.items())))
         for fname, f in sorted(fast.items()):
-            ratios = [f"{b.stats.median / f.stats.median:.2f}x vs {bname}" for bname, b in sorted(base.items())]
+            ratios = [f"{b.stats.median / f.stats.median:.2f}x ({b.stats.min / f.stats.min:.2f}x) vs {bname}"
+                      for bname, b in sorted(base.items())]
             mem = f.extra_info.get("peak_extra_over_output")
             if mem is not None:
                 ratios.append(f"peak extra memory {mem:.4f} x output")

@@ -91,4 +91,4 @@ def test_swinv2_block_forward(benchmark, impl):
     with torch.no_grad():
         if impl == "fused":
             torch.testing.assert_close(mods["fused"](x), mods["timm"](x), rtol=1e-4, atol=1e-4)
-        benchmark.pedantic(mods[impl], args=(x,), rounds=6, warmup_rounds=1, setup=None)
+        benchmark.pedantic(mods[impl], args=(x,), rounds=10, warmup_rounds=2)

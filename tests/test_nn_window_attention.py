@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import skysense_fast
-from skysense_fast.nn import WindowAttention, WindowAttentionV2, accelerate
+from skysense_fast.nn import (SwinTransformerBlock, SwinTransformerV2Block, WindowAttention, WindowAttentionV2,
+                              accelerate)
+from skysense_fast.ops import window_attention_reference
 
 timm = pytest.importorskip("timm")
 from timm.models import swin_transformer as tv1  # noqa: E402
@@ -134,3 +136,39 @@ def test_accelerated_model_under_reference_backend():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), skysense_fast.use_backend("reference"):
         torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("res,window,shift", [((16, 16), 8, 4), ((8, 8), 8, 4), ((16, 24), 4, 2), ((6, 6), 8, 4)],
+                         ids=["16x16-w8-s4", "8x8-w8 (no shift)", "16x24-w4-s2", "6x6 (window shrinks)"])
+def test_v2_block_matches_timm(res, window, shift):
+    gen = torch.Generator().manual_seed(0)
+    ref = tv2.SwinTransformerV2Block(32, res, 4, window_size=window, shift_size=shift)
+    perturb(ref, gen)
+    ours = SwinTransformerV2Block(32, res, 4, window_size=window, shift_size=shift)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert (ours.window_size, ours.shift_size) == (tuple(ref.window_size), tuple(ref.shift_size))
+    compare(ours, ref, torch.randn(2, *res, 32, generator=gen), atol=2e-5)
+
+
+def test_v1_block_matches_timm():
+    gen = torch.Generator().manual_seed(0)
+    ref = tv1.SwinTransformerBlock(32, (14, 14), 4, window_size=7, shift_size=3)
+    ref.attn.fused_attn = False
+    perturb(ref, gen)
+    ours = SwinTransformerBlock(32, (14, 14), 4, window_size=7, shift_size=3)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    compare(ours, ref, torch.randn(2, 14, 14, 32, generator=gen), atol=2e-5)
+
+
+def test_block_pads_before_rolling_like_official_swinv2():
+    # 10 x 13 map, window 4, shift 2: pad to 12 x 16 before qkv, then roll (official order)
+    gen = torch.Generator().manual_seed(0)
+    blk = SwinTransformerV2Block(16, (10, 13), 2, window_size=4, shift_size=2)
+    perturb(blk, gen)
+    x = torch.randn(1, 10, 13, 16, generator=gen)
+    a = blk.attn
+    xp = torch.nn.functional.pad(x, (0, 0, 0, 3, 0, 2))
+    q, k, v = a._qkv(xp).view(1, 12, 16, 3, 2, 8).unbind(3)
+    o = window_attention_reference(q, k, v, (4, 4), (2, 2), logit_scale=a.logit_scale, bias=a.position_bias())
+    expected = a.proj(o.reshape(1, 12, 16, 16))[:, :10, :13]
+    torch.testing.assert_close(blk._attn(x), expected, rtol=1e-5, atol=1e-5)
