@@ -27,11 +27,11 @@ namespace skysense::CPU_CAPABILITY {
 
 #include "small_gemm.h"
 #include "vec_exp.h"
+#include "attention_tile.h"
 
 namespace {
 
 using at::vec::Vectorized;
-constexpr double kNormEps = 1e-12;  // F.normalize's eps
 
 // Where each token of window w lives in its image (row-major H x W index, -1 for padding),
 // and its region of the rolled map (tokens of different regions are masked when shifted).
@@ -88,30 +88,15 @@ struct Kernel {
                       : static_cast<acc_t>(in.scale);
   }
 
-  // Per-thread tiles.
-  struct Tiles {
-    std::vector<acc_t> Q, K, Vv, KT, C, P, O, norm_q, norm_k;
-    std::vector<acc_t> dO, VT, dP, PT, dQ, dK, dV, dCT;
+  using Tile = AttentionTile<acc_t>;
+
+  // Per-thread state: the attention tile and the current window's token map.
+  struct Tiles : Tile {
     std::vector<int64_t> offset;
     std::vector<int32_t> region;
     std::vector<acc_t> region_f;
+    Tiles(const Kernel& k, bool backward) : Tile(k.g.N, k.g.hd, k.cosine, backward), region_f(k.Np, acc_t(0)) {}
   };
-
-  void init(Tiles& t, bool backward) const {
-    const int64_t N = g.N;
-    for (auto* b : {&t.Q, &t.K, &t.Vv, &t.O}) b->assign(N * Dp, acc_t(0));
-    t.KT.assign(g.hd * Np, acc_t(0));
-    t.C.assign(N * Np, acc_t(0));
-    t.P.assign(N * Np, acc_t(0));
-    t.norm_q.assign(N, acc_t(1));
-    t.norm_k.assign(N, acc_t(1));
-    t.region_f.assign(Np, acc_t(0));
-    if (backward) {
-      for (auto* b : {&t.dO, &t.dQ, &t.dK, &t.dV}) b->assign(N * Dp, acc_t(0));
-      for (auto* b : {&t.dP, &t.PT, &t.dCT}) b->assign(N * Np, acc_t(0));
-      t.VT.assign(g.hd * Np, acc_t(0));
-    }
-  }
 
   // hd values, in vectors (a call to memcpy per 44-float row costs more than the copy)
   void copy_row(acc_t* d, const acc_t* s) const {
@@ -159,82 +144,40 @@ struct Kernel {
       for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 
-  // q^ = q / max(|q|, eps) in place, keeping |q| for the backward.
-  void normalize_rows(acc_t* X, acc_t* norm) const {
-    for (int64_t t = 0; t < g.N; ++t) {
-      acc_t* x = X + t * Dp;
-      Vec ss(0);
-      for (int64_t c = 0; c < Dp; c += V) ss = at::vec::fmadd(Vec::loadu(x + c), Vec::loadu(x + c), ss);
-      norm[t] = std::sqrt(at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, ss));
-      const Vec inv(acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps)));
-      for (int64_t c = 0; c < Dp; c += V) (Vec::loadu(x + c) * inv).store(x + c);
-    }
-  }
-
-  // Loads q, k (normalised for cosine) and v of one task, and C = q . k^T.
-  void scores(Tiles& t, int64_t b, int64_t w, int64_t h) const {
+  // Loads q, k, v of one task into the tile and forms the scores.
+  void load(Tiles& t, int64_t b, int64_t w, int64_t h) const {
     window_tokens(g, w, t.offset, t.region);
     gather(in.q, b, h, t.offset, t.Q.data());
     gather(in.k, b, h, t.offset, t.K.data());
     gather(in.v, b, h, t.offset, t.Vv.data());
-    if (cosine) {
-      normalize_rows(t.Q.data(), t.norm_q.data());
-      normalize_rows(t.K.data(), t.norm_k.data());
-    }
-    transpose(t.K.data(), g.N, g.hd, Dp, t.KT.data(), Np);
-    gemm_nn<acc_t>(g.N, Np, g.hd, t.Q.data(), Dp, t.KT.data(), Np, t.C.data(), Np, false);
+    t.scores();
   }
 
-  // P = softmax(C * tau + bias + shift mask + mask) row by row (padding columns get 0).
-  // Forward: writes lse_out. Backward: P = exp(logits - lse_in), from the forward's lse.
+  // Softmax with this window's bias, shift mask (from token regions) and mask.
   void probabilities(Tiles& t, int64_t b, int64_t w, int64_t h, const acc_t* lse_in, acc_t* lse_out) const {
-    const bool recompute = lse_in != nullptr;
-    const Vec vt(tau[h]);
     const bool shifted = g.sh != 0 || g.sw != 0;
     for (int64_t j = 0; j < g.N; ++j) t.region_f[j] = acc_t(t.region[j]);
     const acc_t* mask_w = mask_p.empty() ? nullptr : mask_p.data() + ((b * g.nW + w) % in.mask.size(0)) * g.N * Np;
-    for (int64_t i = 0; i < g.N; ++i) {
-      const acc_t* bias_row = bias_p.data() + (h * g.N + i) * Np;
-      acc_t* p = t.P.data() + i * Np;
-      const Vec ri(acc_t(t.region[i]));
-      Vec vmax(kNegInf);
-      for (int64_t j = 0; j < Np; j += V) {
-        Vec s = at::vec::fmadd(Vec::loadu(t.C.data() + i * Np + j), vt, Vec::loadu(bias_row + j));
-        if (shifted) s = s + Vec::blendv(Vec(0), Vec(acc_t(kWindowMaskValue)), Vec::loadu(t.region_f.data() + j) != ri);
-        if (mask_w) s = s + Vec::loadu(mask_w + i * Np + j);
-        s.store(p + j);
-        vmax = at::vec::maximum(vmax, s);
-      }
-      const acc_t m = recompute ? lse_in[i]
-                                : at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& c) { return at::vec::maximum(a, c); }, vmax);
-      const Vec vm(m);
-      Vec vsum(0);
-      for (int64_t j = 0; j < Np; j += V) {
-        const Vec e = fast_exp(Vec::loadu(p + j) - vm);
-        e.store(p + j);
-        vsum = vsum + e;
-      }
-      if (!recompute) {
-        const acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& c) { return a + c; }, vsum);
-        const Vec inv(acc_t(1) / s);
-        for (int64_t j = 0; j < Np; j += V) (Vec::loadu(p + j) * inv).store(p + j);
-        lse_out[i] = m + std::log(s);
-      }
-    }
+    t.probabilities(tau[h], [&](int64_t i, int64_t j, Vec s) {
+      s = s + Vec::loadu(bias_p.data() + (h * g.N + i) * Np + j);
+      if (shifted)
+        s = s + Vec::blendv(Vec(0), Vec(acc_t(kWindowMaskValue)),
+                            Vec::loadu(t.region_f.data() + j) != Vec(t.region_f[i]));
+      if (mask_w) s = s + Vec::loadu(mask_w + i * Np + j);
+      return s;
+    }, lse_in, lse_out);
   }
 
   void forward(at::Tensor& out, at::Tensor& lse) {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     acc_t* l = lse.mutable_data_ptr<acc_t>();
-    const int64_t tasks = g.B * g.nW * g.heads;
-    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
-      Tiles t;
-      init(t, false);
+    at::parallel_for(0, g.B * g.nW * g.heads, 1, [&](int64_t t0, int64_t t1) {
+      Tiles t(*this, false);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t h = task % g.heads, bw = task / g.heads, w = bw % g.nW, b = bw / g.nW;
-        scores(t, b, w, h);
+        load(t, b, w, h);
         probabilities(t, b, w, h, nullptr, l + task * g.N);
-        gemm_nn<acc_t>(g.N, Dp, g.N, t.P.data(), Np, t.Vv.data(), Dp, t.O.data(), Dp, false);
+        t.output();
         scatter(t.O.data(), b, h, t.offset, o);
       }
     });
@@ -246,55 +189,24 @@ struct Kernel {
     const int T = at::get_num_threads();
     const bool want_bias = dbias.defined(), want_logit = dlogit.defined();
     std::vector<std::vector<double>> acc_bias(T), acc_logit(T);
-    const int64_t tasks = g.B * g.nW * g.heads;
-    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, g.B * g.nW * g.heads, 1, [&](int64_t t0, int64_t t1) {
       const int tid = at::get_thread_num();
       std::vector<double>& db = acc_bias[tid];
       std::vector<double>& dl = acc_logit[tid];
       if (want_bias && db.empty()) db.assign(g.heads * g.N * g.N, 0.0);
       if (want_logit && dl.empty()) dl.assign(g.heads, 0.0);
-      Tiles t;
-      init(t, true);
-      std::vector<acc_t> D(g.N);
+      Tiles t(*this, true);
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t h = task % g.heads, bw = task / g.heads, w = bw % g.nW, b = bw / g.nW;
-        scores(t, b, w, h);
+        load(t, b, w, h);
         probabilities(t, b, w, h, l + task * g.N, nullptr);
         gather(grad_out, b, h, t.offset, t.dO.data());
         gather(out, b, h, t.offset, t.O.data());
-        for (int64_t i = 0; i < g.N; ++i) {
-          acc_t s = 0;
-          for (int64_t c = 0; c < g.hd; ++c) s += t.dO[i * Dp + c] * t.O[i * Dp + c];
-          D[i] = s;
-        }
-        // dV = P^T dO
-        transpose(t.P.data(), g.N, g.N, Np, t.PT.data(), Np);
-        gemm_nn<acc_t>(g.N, Dp, g.N, t.PT.data(), Np, t.dO.data(), Dp, t.dV.data(), Dp, false);
-        // dP = dO V^T; dS = P * (dP - D); dC = dS * tau (kept in dP)
-        transpose(t.Vv.data(), g.N, g.hd, Dp, t.VT.data(), Np);
-        gemm_nn<acc_t>(g.N, Np, g.hd, t.dO.data(), Dp, t.VT.data(), Np, t.dP.data(), Np, false);
-        double logit_sum = 0;
-        for (int64_t i = 0; i < g.N; ++i) {
-          acc_t* dp = t.dP.data() + i * Np;
-          const acc_t* p = t.P.data() + i * Np;
-          const acc_t* c = t.C.data() + i * Np;
-          for (int64_t j = 0; j < g.N; ++j) {
-            const acc_t ds = p[j] * (dp[j] - D[i]);
-            if (want_bias) db[(h * g.N + i) * g.N + j] += ds;
-            if (want_logit) logit_sum += double(ds) * c[j];
-            dp[j] = ds * tau[h];
-          }
-          for (int64_t j = g.N; j < Np; ++j) dp[j] = 0;
-        }
-        if (want_logit) dl[h] += logit_sum;
-        // dq^ = dC k^, dk^ = dC^T q^
-        gemm_nn<acc_t>(g.N, Dp, g.N, t.dP.data(), Np, t.K.data(), Dp, t.dQ.data(), Dp, false);
-        transpose(t.dP.data(), g.N, g.N, Np, t.dCT.data(), Np);
-        gemm_nn<acc_t>(g.N, Dp, g.N, t.dCT.data(), Np, t.Q.data(), Dp, t.dK.data(), Dp, false);
-        if (cosine) {
-          unnormalize_grad(t.dQ.data(), t.Q.data(), t.norm_q.data());
-          unnormalize_grad(t.dK.data(), t.K.data(), t.norm_k.data());
-        }
+        double* dbh = want_bias ? db.data() + h * g.N * g.N : nullptr;
+        const double c_sum = t.backward(tau[h], [&](int64_t i, int64_t j, acc_t ds) {
+          if (dbh) dbh[i * g.N + j] += ds;
+        });
+        if (want_logit) dl[h] += c_sum;
         scatter(t.dQ.data(), b, h, t.offset, dq.mutable_data_ptr<scalar_t>());
         scatter(t.dK.data(), b, h, t.offset, dk.mutable_data_ptr<scalar_t>());
         scatter(t.dV.data(), b, h, t.offset, dv.mutable_data_ptr<scalar_t>());
@@ -318,22 +230,6 @@ struct Kernel {
           if (!a.empty()) s += a[h];
         // d tau / d logit_scale = tau below the clamp, 0 above it
         o[h] = ls[h] < kLogitScaleMax ? static_cast<acc_t>(s * tau[h]) : acc_t(0);
-      }
-    }
-  }
-
-  // d(x / max(|x|, eps)): (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps otherwise.
-  void unnormalize_grad(acc_t* G, const acc_t* Xn, const acc_t* norm) const {
-    for (int64_t t = 0; t < g.N; ++t) {
-      acc_t* gr = G + t * Dp;
-      const acc_t* x = Xn + t * Dp;
-      if (norm[t] > acc_t(kNormEps)) {
-        acc_t dot = 0;
-        for (int64_t c = 0; c < g.hd; ++c) dot += x[c] * gr[c];
-        const acc_t inv = acc_t(1) / norm[t];
-        for (int64_t c = 0; c < g.hd; ++c) gr[c] = (gr[c] - x[c] * dot) * inv;
-      } else {
-        for (int64_t c = 0; c < g.hd; ++c) gr[c] /= acc_t(kNormEps);
       }
     }
   }

@@ -1,0 +1,167 @@
+// One attention problem held in small padded tiles (N tokens x hd channels, N <= 256): the
+// math shared by the CPU window-attention and temporal-attention kernels. Compiled per
+// CPU_CAPABILITY: include inside the kernel's CPU_CAPABILITY namespace, after small_gemm.h
+// and vec_exp.h.
+//
+// Scores are C * tau with C = q . k (dot product, tau = scale) or C = q^ . k^, q^ = q / |q|
+// (cosine, tau = the clamped exp(logit_scale)). The caller fills Q, K, V (and dO, O for the
+// backward) row by row (rows padded to Dp with zeros), supplies the additive terms of each
+// logit row (bias, masks; -inf in the padding columns j >= N), and reads O / dQ, dK, dV.
+// The forward keeps one log-sum-exp per row; the backward recomputes P from it.
+#pragma once
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+template <typename acc_t>
+struct AttentionTile {
+  using Vec = at::vec::Vectorized<acc_t>;
+  static constexpr int64_t V = Vec::size();
+  static constexpr double kNormEps = 1e-12;  // F.normalize's eps
+
+  int64_t N, hd, Np, Dp;  // Np, Dp: N and hd rounded up to whole vectors
+  bool cosine;
+  std::vector<acc_t> Q, K, Vv, KT, C, P, O, norm_q, norm_k;
+  std::vector<acc_t> dO, VT, dP, PT, dQ, dK, dV, dCT, D;
+
+  AttentionTile(int64_t n, int64_t d, bool cos, bool backward)
+      : N(n), hd(d), Np(round_up(n, V)), Dp(round_up(d, V)), cosine(cos) {
+    for (auto* b : {&Q, &K, &Vv, &O}) b->assign(N * Dp, acc_t(0));
+    KT.assign(hd * Np, acc_t(0));
+    C.assign(N * Np, acc_t(0));
+    P.assign(N * Np, acc_t(0));
+    norm_q.assign(N, acc_t(1));
+    norm_k.assign(N, acc_t(1));
+    if (backward) {
+      for (auto* b : {&dO, &dQ, &dK, &dV}) b->assign(N * Dp, acc_t(0));
+      for (auto* b : {&dP, &PT, &dCT}) b->assign(N * Np, acc_t(0));
+      VT.assign(hd * Np, acc_t(0));
+      D.assign(N, acc_t(0));
+    }
+  }
+
+  static acc_t hsum(const Vec& v) {
+    return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, v);
+  }
+
+  static void transpose(const acc_t* src, int64_t rows, int64_t cols, int64_t lds, acc_t* dst, int64_t ldd) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+
+  // x^ = x / max(|x|, eps) row by row, in place, keeping |x| for the backward.
+  void normalize_rows(acc_t* X, acc_t* norm) const {
+    for (int64_t t = 0; t < N; ++t) {
+      acc_t* x = X + t * Dp;
+      Vec ss(0);
+      for (int64_t c = 0; c < Dp; c += V) ss = at::vec::fmadd(Vec::loadu(x + c), Vec::loadu(x + c), ss);
+      norm[t] = std::sqrt(hsum(ss));
+      const Vec inv(acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps)));
+      for (int64_t c = 0; c < Dp; c += V) (Vec::loadu(x + c) * inv).store(x + c);
+    }
+  }
+
+  // After Q, K are loaded: normalise (cosine) and C = Q K^T.
+  void scores() {
+    if (cosine) {
+      normalize_rows(Q.data(), norm_q.data());
+      normalize_rows(K.data(), norm_k.data());
+    }
+    transpose(K.data(), N, hd, Dp, KT.data(), Np);
+    gemm_nn<acc_t>(N, Np, hd, Q.data(), Dp, KT.data(), Np, C.data(), Np, false);
+  }
+
+  // P = softmax over each row of C * tau + add(i, j, s) (add returns s plus the row's additive
+  // terms for columns j..j+V, -inf for j >= N). Forward: writes lse_out. Backward (lse_in
+  // given): P = exp(logits - lse). Returns false if a row has no finite logit.
+  template <typename AddFn>
+  bool probabilities(acc_t tau, AddFn&& add, const acc_t* lse_in, acc_t* lse_out) {
+    const Vec vt(tau);
+    constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t i = 0; i < N; ++i) {
+      acc_t* p = P.data() + i * Np;
+      Vec vmax(kNegInf);
+      for (int64_t j = 0; j < Np; j += V) {
+        const Vec s = add(i, j, Vec::loadu(C.data() + i * Np + j) * vt);
+        s.store(p + j);
+        vmax = at::vec::maximum(vmax, s);
+      }
+      const acc_t m = lse_in ? lse_in[i]
+                             : at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
+      if (!(m > kNegInf)) return false;
+      const Vec vm(m);
+      Vec vsum(0);
+      for (int64_t j = 0; j < Np; j += V) {
+        const Vec e = fast_exp(Vec::loadu(p + j) - vm);
+        e.store(p + j);
+        vsum = vsum + e;
+      }
+      if (!lse_in) {
+        const acc_t s = hsum(vsum);
+        const Vec inv(acc_t(1) / s);
+        for (int64_t j = 0; j < Np; j += V) (Vec::loadu(p + j) * inv).store(p + j);
+        lse_out[i] = m + std::log(s);
+      }
+    }
+    return true;
+  }
+
+  void output() { gemm_nn<acc_t>(N, Dp, N, P.data(), Np, Vv.data(), Dp, O.data(), Dp, false); }
+
+  // After probabilities() (recomputed) with dO and O loaded: dV, dQ, dK. on_ds(i, j, ds) sees
+  // every score gradient (for a bias gradient); returns sum(ds * C) (for the scale's).
+  template <typename DsFn>
+  double backward(acc_t tau, DsFn&& on_ds) {
+    for (int64_t i = 0; i < N; ++i) {
+      Vec s(0);
+      for (int64_t c = 0; c < Dp; c += V) s = at::vec::fmadd(Vec::loadu(dO.data() + i * Dp + c), Vec::loadu(O.data() + i * Dp + c), s);
+      D[i] = hsum(s);
+    }
+    transpose(P.data(), N, N, Np, PT.data(), Np);  // dV = P^T dO
+    gemm_nn<acc_t>(N, Dp, N, PT.data(), Np, dO.data(), Dp, dV.data(), Dp, false);
+    transpose(Vv.data(), N, hd, Dp, VT.data(), Np);  // dP = dO V^T
+    gemm_nn<acc_t>(N, Np, hd, dO.data(), Dp, VT.data(), Np, dP.data(), Np, false);
+    double c_sum = 0;
+    for (int64_t i = 0; i < N; ++i) {  // dS = P (dP - D); dC = dS tau, kept in dP
+      acc_t* dp = dP.data() + i * Np;
+      const acc_t* p = P.data() + i * Np;
+      const acc_t* c = C.data() + i * Np;
+      for (int64_t j = 0; j < N; ++j) {
+        const acc_t ds = p[j] * (dp[j] - D[i]);
+        on_ds(i, j, ds);
+        c_sum += double(ds) * c[j];
+        dp[j] = ds * tau;
+      }
+      for (int64_t j = N; j < Np; ++j) dp[j] = 0;
+    }
+    gemm_nn<acc_t>(N, Dp, N, dP.data(), Np, K.data(), Dp, dQ.data(), Dp, false);  // dq^ = dC k^
+    transpose(dP.data(), N, N, Np, dCT.data(), Np);  // dk^ = dC^T q^
+    gemm_nn<acc_t>(N, Dp, N, dCT.data(), Np, Q.data(), Dp, dK.data(), Dp, false);
+    if (cosine) {
+      unnormalize_grad(dQ.data(), Q.data(), norm_q.data());
+      unnormalize_grad(dK.data(), K.data(), norm_k.data());
+    }
+    return c_sum;
+  }
+
+  // d(x / max(|x|, eps)): (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps otherwise.
+  void unnormalize_grad(acc_t* G, const acc_t* Xn, const acc_t* norm) const {
+    for (int64_t t = 0; t < N; ++t) {
+      acc_t* gr = G + t * Dp;
+      const acc_t* x = Xn + t * Dp;
+      if (norm[t] > acc_t(kNormEps)) {
+        Vec s(0);
+        for (int64_t c = 0; c < Dp; c += V) s = at::vec::fmadd(Vec::loadu(x + c), Vec::loadu(gr + c), s);
+        const Vec dot(hsum(s)), inv(acc_t(1) / norm[t]);
+        for (int64_t c = 0; c < Dp; c += V)
+          ((Vec::loadu(gr + c) - Vec::loadu(x + c) * dot) * inv).store(gr + c);
+      } else {
+        const Vec inv(acc_t(1 / kNormEps));
+        for (int64_t c = 0; c < Dp; c += V) (Vec::loadu(gr + c) * inv).store(gr + c);
+      }
+    }
+  }
+};
