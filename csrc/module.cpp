@@ -5,6 +5,7 @@
 
 #include "cpu_capability.h"
 #include "sinkhorn/sinkhorn.h"
+#include "temporal_attention/temporal_attention.h"
 #include "window_attention/window_attention.h"
 
 namespace py = pybind11;
@@ -73,6 +74,15 @@ PYBIND11_MODULE(_C, m) {
         return py::make_tuple(in.q, in.k, in.v, opt(in.logit_scale), opt(in.bias), opt(in.mask), in.scale, geom);
       },
       "Checks window_attention's arguments; returns (q, k, v, logit_scale, bias, mask, scale, geometry)");
+  m.def(
+      "temporal_attention_prepare",
+      [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<at::Tensor> key_padding_mask,
+         std::optional<double> scale) {
+        auto in = skysense::temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+        return py::make_tuple(in.q, in.k, in.v, in.key_mask.defined() ? py::cast(in.key_mask) : py::none(), in.scale);
+      },
+      "Checks temporal_attention's arguments; returns (q, k, v, additive key mask or None, scale)");
+  m.def("temporal_attention_output_like", &skysense::temporal_attention_output_like);
 #if defined(SKYSENSE_WITH_CUDA)
   m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)",
         py::arg("scores"), py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"),

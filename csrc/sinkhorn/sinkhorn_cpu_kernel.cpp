@@ -23,14 +23,13 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "float_dispatch.h"
 #include "sinkhorn/sinkhorn.h"
 
 namespace skysense::CPU_CAPABILITY {
@@ -428,13 +427,9 @@ void run_batch(const at::Tensor& scores, const at::Tensor& log_a, const at::Tens
 void sinkhorn_cpu_kernel(const at::Tensor& scores, const at::Tensor& log_a, const at::Tensor& log_b,
                          double epsilon, int64_t num_iters, double tol, at::Tensor& out, at::Tensor& iters,
                          at::Tensor& status) {
-  switch (scores.scalar_type()) {
-    case at::kFloat: return run_batch<float>(scores, log_a, log_b, epsilon, num_iters, tol, out, iters, status);
-    case at::kDouble: return run_batch<double>(scores, log_a, log_b, epsilon, num_iters, tol, out, iters, status);
-    case at::kBFloat16: return run_batch<c10::BFloat16>(scores, log_a, log_b, epsilon, num_iters, tol, out, iters, status);
-    case at::kHalf: return run_batch<c10::Half>(scores, log_a, log_b, epsilon, num_iters, tol, out, iters, status);
-    default: TORCH_CHECK(false, "sinkhorn_cpu_kernel: unsupported dtype ", scores.scalar_type());
-  }
+  dispatch_float(scores.scalar_type(), "sinkhorn", [&](auto tag) {
+    run_batch<decltype(tag)>(scores, log_a, log_b, epsilon, num_iters, tol, out, iters, status);
+  });
 }
 
 }  // namespace skysense::CPU_CAPABILITY

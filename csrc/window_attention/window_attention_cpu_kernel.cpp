@@ -14,13 +14,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "float_dispatch.h"
 #include "window_attention/window_attention.h"
 
 namespace skysense::CPU_CAPABILITY {
@@ -235,21 +234,10 @@ struct Kernel {
   }
 };
 
-template <typename F>
-void by_dtype(at::ScalarType dt, F&& f) {
-  switch (dt) {
-    case at::kFloat: return f(float());
-    case at::kDouble: return f(double());
-    case at::kBFloat16: return f(c10::BFloat16());
-    case at::kHalf: return f(c10::Half());
-    default: TORCH_CHECK(false, "window_attention: unsupported dtype ", dt);
-  }
-}
-
 }  // namespace
 
 void window_attention_fwd_kernel(const WindowAttentionInputs& in, at::Tensor& out, at::Tensor& lse) {
-  by_dtype(in.q.scalar_type(), [&](auto tag) {
+  dispatch_float(in.q.scalar_type(), "window_attention", [&](auto tag) {
     Kernel<decltype(tag)> k(in);
     k.forward(out, lse);
   });
@@ -258,7 +246,7 @@ void window_attention_fwd_kernel(const WindowAttentionInputs& in, at::Tensor& ou
 void window_attention_bwd_kernel(const WindowAttentionInputs& in, const at::Tensor& out, const at::Tensor& lse,
                                  const at::Tensor& grad_out, at::Tensor& dq, at::Tensor& dk, at::Tensor& dv,
                                  at::Tensor& dlogit, at::Tensor& dbias) {
-  by_dtype(in.q.scalar_type(), [&](auto tag) {
+  dispatch_float(in.q.scalar_type(), "window_attention", [&](auto tag) {
     Kernel<decltype(tag)> k(in);
     k.backward(out, lse, grad_out, dq, dk, dv, dlogit, dbias);
   });

@@ -2,6 +2,8 @@
 backend choice; kernels live in csrc/ (C++), kernels/ (CUDA C++) and triton/."""
 
 from .sinkhorn import sinkhorn, sinkhorn_reference
+from .temporal_attention import temporal_attention, temporal_attention_reference
 from .window_attention import window_attention, window_attention_reference
 
-__all__ = ["sinkhorn", "sinkhorn_reference", "window_attention", "window_attention_reference"]
+__all__ = ["sinkhorn", "sinkhorn_reference", "temporal_attention", "temporal_attention_reference", "window_attention",
+           "window_attention_reference"]

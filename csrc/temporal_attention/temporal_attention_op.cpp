@@ -1,0 +1,122 @@
+// skysense::temporal_attention and its backward: schemas, argument checks shared by every
+// backend, and the CPU kernels' registration. The CUDA key is registered from Python.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "temporal_attention/temporal_attention.h"
+
+namespace skysense {
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
+}  // namespace
+
+TemporalAttentionInputs temporal_attention_prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                   const std::optional<at::Tensor>& key_padding_mask,
+                                                   std::optional<double> scale) {
+  TORCH_CHECK_VALUE(q.defined() && k.defined() && v.defined(), "temporal_attention: q, k and v must be tensors");
+  TORCH_CHECK_VALUE(q.dim() == 4, "temporal_attention: q must have shape (S, heads, T, head_dim), got ",
+                    shape_str(q.sizes()));
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+                    "temporal_attention: q, k and v must have the same shape, got ", shape_str(q.sizes()), ", ",
+                    shape_str(k.sizes()), " and ", shape_str(v.sizes()));
+  const auto dt = q.scalar_type();
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
+                    "temporal_attention: q must be float32, float64, bfloat16 or float16, got ", dt);
+  TORCH_CHECK_VALUE(k.scalar_type() == dt && v.scalar_type() == dt,
+                    "temporal_attention: q, k and v must have the same dtype, got ", dt, ", ", k.scalar_type(),
+                    " and ", v.scalar_type());
+  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
+                    "temporal_attention: q, k and v must be on the same device, got ", q.device(), ", ",
+                    k.device(), " and ", v.device());
+  TemporalAttentionInputs in;
+  in.S = q.size(0), in.heads = q.size(1), in.T = q.size(2), in.hd = q.size(3);
+  TORCH_CHECK_VALUE(in.S >= 1 && in.heads >= 1 && in.T >= 1 && in.hd >= 1,
+                    "temporal_attention: q has an empty dimension: ", shape_str(q.sizes()));
+  TORCH_CHECK_VALUE(in.T <= kMaxTemporalTokens, "temporal_attention: sequences of at most ", kMaxTemporalTokens,
+                    " tokens, got T = ", in.T);
+  auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  in.q = rows(q), in.k = rows(k), in.v = rows(v);
+  in.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(in.hd));
+  TORCH_CHECK_VALUE(std::isfinite(in.scale), "temporal_attention: scale must be finite, got ", in.scale);
+  if (key_padding_mask.has_value()) {
+    const at::Tensor& m = *key_padding_mask;
+    TORCH_CHECK_VALUE(m.device() == q.device(), "temporal_attention: key_padding_mask must be on ", q.device(),
+                      " like q, got ", m.device());
+    TORCH_CHECK_VALUE(m.scalar_type() == at::kBool, "temporal_attention: key_padding_mask must be bool "
+                      "(True = ignore that key), got ", m.scalar_type());
+    TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == in.S && m.size(1) == in.T,
+                      "temporal_attention: key_padding_mask must have shape (S, T) = (", in.S, ", ", in.T, "), got ",
+                      shape_str(m.sizes()));
+    const at::Tensor empty = m.all(1);
+    TORCH_CHECK_VALUE(!empty.any().item<bool>(), "temporal_attention: key_padding_mask ignores every key of sequence ",
+                      empty.nonzero().flatten()[0].item<int64_t>(),
+                      "; a sequence needs at least one valid key (its attention would be undefined)");
+    const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
+    in.key_mask = at::zeros({in.S, in.T}, q.options().dtype(acc)).masked_fill_(m, -INFINITY);
+  }
+  return in;
+}
+
+at::Tensor temporal_attention_output_like(const at::Tensor& q) {
+  return at::empty({q.size(0), q.size(2), q.size(1), q.size(3)}, q.options().memory_format(at::MemoryFormat::Contiguous))
+      .permute({0, 2, 1, 3});
+}
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                          const std::optional<at::Tensor>& key_padding_mask,
+                                                          std::optional<double> scale) {
+  TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  at::Tensor out = temporal_attention_output_like(q);
+  at::Tensor lse = at::empty({in.S, in.heads, in.T}, q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  SKYSENSE_CPU_DISPATCH(temporal_attention_fwd_kernel, in, out, lse);
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
+  TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                    "temporal_attention_backward: grad_out and out must have the shape of q");
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({in.S, in.heads, in.T}),
+                    "temporal_attention_backward: lse must have shape (S, heads, T) from the forward");
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto rows = [&](const at::Tensor& t) {
+    at::Tensor c = t.to(q.scalar_type());
+    return c.stride(3) == 1 ? c : c.contiguous();
+  };
+  at::Tensor dq = temporal_attention_output_like(q), dk = temporal_attention_output_like(q),
+             dv = temporal_attention_output_like(q);
+  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, rows(out), lse.to(acc).contiguous(), rows(grad_out), dq, dk,
+                        dv);
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(skysense, m) {
+  // q, k, v (S, heads, T, head_dim); key_padding_mask (S, T), True = ignore that key. Returns
+  // out (S, heads, T, head_dim), stored as (S, T, heads, head_dim), and lse (S, heads, T).
+  m.def("temporal_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, float? scale=None) "
+        "-> (Tensor, Tensor)");
+  m.def("temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "Tensor? key_padding_mask, float? scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(skysense, CPU, m) {
+  m.impl("temporal_attention", &temporal_attention_cpu);
+  m.impl("temporal_attention_backward", &temporal_attention_backward_cpu);
+}
+
+}  // namespace skysense

@@ -1,0 +1,148 @@
+"""Multi-head attention over many short sequences (``torch.ops.skysense.temporal_attention``).
+
+SkySense's fusion runs a transformer over every pixel's sequence of tokens (the HR token,
+the Sentinel-2 and Sentinel-1 acquisitions, a class token): tens to hundreds of thousands of
+sequences of ~31 tokens, past the 65,535-sequence launch limit of fused GPU attention and
+poorly served by SDPA on CPUs. Pieces, as for every op of this package:
+
+* schemas and CPU kernels (forward, backward): ``csrc/temporal_attention/`` (C++, on the
+  tile math shared with window attention, ``csrc/attention_tile.h``);
+* CUDA: ``skysense_fast.triton.temporal_attention``, registered here;
+* fake kernels and the autograd formula: here; :func:`temporal_attention_reference`: the
+  specification.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _lib
+from ..backends import select
+
+__all__ = ["temporal_attention", "temporal_attention_reference"]
+
+IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
+CUDA_ORDER = ("triton",)
+
+
+def temporal_attention_reference(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
+                                 scale: float | None = None) -> Tensor:
+    """softmax(q k^T * scale, keys where key_padding_mask is True excluded) v.
+
+    Args:
+        q, k, v: (S, heads, T, head_dim), SDPA's layout: S independent sequences of T tokens.
+        key_padding_mask: (S, T) bool, True = ignore that key (nn.MultiheadAttention's
+            convention). A sequence whose keys are all ignored is an error (its attention is
+            undefined): the fusion's class token is never masked, so it never happens there.
+        scale: default head_dim ** -0.5.
+
+    Returns:
+        (S, heads, T, head_dim).
+    """
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def temporal_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
+                       scale: float | None = None) -> Tensor:
+    """Fused :func:`temporal_attention_reference`, differentiable in q, k, v.
+
+    Any number of sequences; T <= 256. q, k, v may be any views with contiguous channels
+    (e.g. slices of one (S, T, 3, heads, head_dim) projection, transposed). The result is an
+    (S, heads, T, head_dim) tensor stored as (S, T, heads, head_dim), so
+    ``out.transpose(1, 2).reshape(S, T, -1)`` for the output projection is free.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"temporal_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    backend = select("temporal_attention", q.device, IMPLEMENTED, CUDA_ORDER)
+    if backend == "reference":
+        if _lib.load_error() is None:  # the kernels' argument checks, for the same errors
+            _lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale)
+        return temporal_attention_reference(q, k, v, key_padding_mask, scale)
+    _lib.native()
+    if backend == "triton" and q.device.type == "cpu":  # the Triton interpreter (tests)
+        return _TritonOnCpu.apply(q, k, v, key_padding_mask, scale)
+    return torch.ops.skysense.temporal_attention(q, k, v, key_padding_mask, scale)[0]
+
+
+def _triton_forward(q, k, v, key_padding_mask, scale):
+    from ..triton.temporal_attention import temporal_attention_forward  # lazy: TRITON_INTERPRET
+
+    return temporal_attention_forward(*_lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale))
+
+
+def _triton_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
+    from ..triton.temporal_attention import temporal_attention_backward
+
+    qq, kk, vv, km, sc = _lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale)
+    return temporal_attention_backward(grad_out, out, lse, qq, kk, vv, km, sc)
+
+
+class _TritonOnCpu(torch.autograd.Function):
+    """The Triton kernels on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, scale):
+        out, lse = _triton_forward(q, k, v, key_padding_mask, scale)
+        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        return (*_triton_backward(grad_out, q, k, v, out, lse, mask, ctx.scale), None, None)
+
+
+def _register() -> None:
+    if _lib.load_error() is not None:
+        return
+
+    @torch.library.impl("skysense::temporal_attention", "CUDA")
+    def _cuda(q, k, v, key_padding_mask, scale):
+        if select("temporal_attention", q.device, IMPLEMENTED, CUDA_ORDER) == "reference":
+            out = temporal_attention_reference(q, k, v, key_padding_mask, scale)
+            return _lib.native().temporal_attention_output_like(q).copy_(out), q.new_empty((0,), dtype=torch.float32)
+        return _triton_forward(q, k, v, key_padding_mask, scale)
+
+    @torch.library.impl("skysense::temporal_attention_backward", "CUDA")
+    def _cuda_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
+        return _triton_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale)
+
+    def _like(q):  # (S, heads, T, hd) stored as (S, T, heads, hd), as the kernels write it
+        S, heads, T, hd = q.shape
+        return q.new_empty((S, T, heads, hd)).permute(0, 2, 1, 3)
+
+    def _acc(dtype):
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    @torch.library.register_fake("skysense::temporal_attention")
+    def _fake(q, k, v, key_padding_mask=None, scale=None):
+        if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+            raise ValueError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
+        return _like(q), q.new_empty(q.shape[:3], dtype=_acc(q.dtype))
+
+    @torch.library.register_fake("skysense::temporal_attention_backward")
+    def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
+        return _like(q), _like(q), _like(q)
+
+    def _setup(ctx, inputs, output):
+        q, k, v, key_padding_mask, scale = inputs
+        out, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+        ctx.scale = scale
+
+    def _backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse, mask = ctx.saved_tensors
+        dq, dk, dv = torch.ops.skysense.temporal_attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale)
+        return dq, dk, dv, None, None
+
+    torch.library.register_autograd("skysense::temporal_attention", _backward, setup_context=_setup)
+
+
+_register()
