@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "cpu_capability.h"
+#include "fusion_tokens/fusion_tokens.h"
 #include "sinkhorn/sinkhorn.h"
 #include "temporal_attention/temporal_attention.h"
 #include "window_attention/window_attention.h"
@@ -83,6 +84,14 @@ PYBIND11_MODULE(_C, m) {
       },
       "Checks temporal_attention's arguments; returns (q, k, v, additive key mask or None, scale)");
   m.def("temporal_attention_output_like", &skysense::temporal_attention_output_like);
+  m.def(
+      "fusion_tokens_check",
+      [](std::optional<at::Tensor> hr, std::optional<at::Tensor> s2, std::optional<at::Tensor> s1,
+         std::optional<at::Tensor> doy_hr, std::optional<at::Tensor> doy_s2, std::optional<at::Tensor> doy_s1,
+         std::optional<at::Tensor> valid_s2, std::optional<at::Tensor> valid_s1, std::optional<at::Tensor> table) {
+        skysense::fusion_tokens_prepare(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, table);
+      },
+      "Checks fusion_tokens' arguments (ValueError naming the problem)");
 #if defined(SKYSENSE_WITH_CUDA)
   m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)",
         py::arg("scores"), py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"),
