@@ -2,7 +2,8 @@
 
 from .accelerate import AccelerateReport, accelerate
 from .swin_block import Mlp, SwinTransformerBlock, SwinTransformerV2Block
+from .temporal_fusion import MultimodalTemporalFusion, TemporalPositionEncoding, TransformerLayer
 from .window_attention import WindowAttention, WindowAttentionV2
 
-__all__ = ["AccelerateReport", "Mlp", "SwinTransformerBlock", "SwinTransformerV2Block", "WindowAttention",
-           "WindowAttentionV2", "accelerate"]
+__all__ = ["AccelerateReport", "Mlp", "MultimodalTemporalFusion", "SwinTransformerBlock", "SwinTransformerV2Block",
+           "TemporalPositionEncoding", "TransformerLayer", "WindowAttention", "WindowAttentionV2", "accelerate"]
