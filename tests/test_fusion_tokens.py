@@ -49,7 +49,8 @@ def check(kw, backend="cpp", tol=1e-12):
     gb = torch.autograd.grad(ref, [up[k] for k in diff], g, allow_unused=True)  # an unused table: no grad
     gb = [torch.zeros_like(up[k]) if b is None else b for k, b in zip(diff, gb)]
     for k, a, b in zip(diff, ga, gb):
-        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * 10, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a.double(), b, rtol=20 * tol, atol=20 * tol * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"{k}: {m}")
 
 
 @pytest.mark.parametrize("mods", ["hr+s2+s1", "s2", "hr", "s1", "hr+s1", "s2+s1"])

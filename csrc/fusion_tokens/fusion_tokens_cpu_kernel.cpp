@@ -5,6 +5,8 @@
 // gradient over pixels for its day's table row.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <vector>
 
@@ -14,7 +16,7 @@
 namespace skysense::CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kBlock = 32;  // channels x pixels per transposed block
+constexpr int64_t kBlock = 64;  // channels x pixels per transposed block (16 KB of floats)
 
 struct Frame {
   int m;        // modality
@@ -66,10 +68,20 @@ void forward(const FusionInputs& in, at::Tensor& tokens) {
       const scalar_t* emb = row >= 0 ? table + row * C : nullptr;
       for (int64_t c0 = 0; c0 < C; c0 += kBlock) {
         const int64_t c1 = std::min(c0 + kBlock, C);
-        for (int64_t p = p0; p < p1; ++p) {
-          scalar_t* d = dst + p * L * C;
-          for (int64_t c = c0; c < c1; ++c)
-            d[c] = static_cast<scalar_t>(static_cast<acc_t>(src[c * HW + p]) + (emb ? static_cast<acc_t>(emb[c]) : acc_t(0)));
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // (channels x pixels) block -> (pixels x channels) rows: AVX-512 16x16 transposes
+          at::vec::transpose_mxn<float>(src + c0 * HW + p0, HW, dst + p0 * L * C + c0, L * C, int(c1 - c0),
+                                        int(p1 - p0));
+          if (emb)
+            for (int64_t p = p0; p < p1; ++p)
+              at::vec::map2<float>([](auto a, auto b) { return a + b; }, dst + p * L * C + c0, dst + p * L * C + c0,
+                                   emb + c0, c1 - c0);
+        } else {
+          for (int64_t p = p0; p < p1; ++p) {
+            scalar_t* d = dst + p * L * C;
+            for (int64_t c = c0; c < c1; ++c)
+              d[c] = static_cast<scalar_t>(static_cast<acc_t>(src[c * HW + p]) + (emb ? static_cast<acc_t>(emb[c]) : acc_t(0)));
+          }
         }
       }
     }
@@ -99,16 +111,20 @@ void backward(const FusionInputs& in, const at::Tensor& grad, std::array<at::Ten
         const int64_t c1 = std::min(c0 + kBlock, C);
         for (int64_t p0 = 0; p0 < HW; p0 += kBlock) {
           const int64_t p1 = std::min(p0 + kBlock, HW);
-          for (int64_t c = c0; c < c1; ++c) {
-            acc_t s = 0;
-            for (int64_t p = p0; p < p1; ++p) {
-              const scalar_t v = src[p * L * C + c];
-              dst[c * HW + p] = v;
-              s += static_cast<acc_t>(v);
-            }
-            if (sum) sum[c] += s;
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            at::vec::transpose_mxn<float>(src + p0 * L * C + c0, L * C, dst + c0 * HW + p0, HW, int(p1 - p0),
+                                          int(c1 - c0));
+          } else {
+            for (int64_t c = c0; c < c1; ++c)
+              for (int64_t p = p0; p < p1; ++p) dst[c * HW + p] = src[p * L * C + c];
           }
         }
+        if (sum)  // the frame's gradient summed over pixels, for its day's table row
+          for (int64_t c = c0; c < c1; ++c) {
+            acc_t s = 0;
+            for (int64_t p = 0; p < HW; ++p) s += static_cast<acc_t>(dst[c * HW + p]);
+            sum[c] += s;
+          }
       }
     }
   });
