@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 template <typename acc_t>
@@ -48,8 +49,12 @@ struct AttentionTile {
   }
 
   static void transpose(const acc_t* src, int64_t rows, int64_t cols, int64_t lds, acc_t* dst, int64_t ldd) {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+    if constexpr (std::is_same_v<acc_t, float>) {
+      at::vec::transpose_mxn<float>(src, lds, dst, ldd, int(rows), int(cols));  // 16x16 blocks on AVX-512
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+    }
   }
 
   // x^ = x / max(|x|, eps) row by row, in place, keeping |x| for the backward.
@@ -111,10 +116,10 @@ struct AttentionTile {
 
   void output() { gemm_nn<acc_t>(N, Dp, N, P.data(), Np, Vv.data(), Dp, O.data(), Dp, false); }
 
-  // After probabilities() (recomputed) with dO and O loaded: dV, dQ, dK. on_ds(i, j, ds) sees
-  // every score gradient (for a bias gradient); returns sum(ds * C) (for the scale's).
-  template <typename DsFn>
-  double backward(acc_t tau, DsFn&& on_ds) {
+  // After probabilities() (recomputed) with dO and O loaded: dV, dQ, dK. Adds the score
+  // gradients dS into dbias (N x Np, when given, for a bias gradient); returns sum(dS * C)
+  // when want_c_sum (for the scale's gradient), else 0.
+  double backward(acc_t tau, acc_t* dbias, bool want_c_sum) {
     for (int64_t i = 0; i < N; ++i) {
       Vec s(0);
       for (int64_t c = 0; c < Dp; c += V) s = at::vec::fmadd(Vec::loadu(dO.data() + i * Dp + c), Vec::loadu(O.data() + i * Dp + c), s);
@@ -124,18 +129,16 @@ struct AttentionTile {
     gemm_nn<acc_t>(N, Dp, N, PT.data(), Np, dO.data(), Dp, dV.data(), Dp, false);
     transpose(Vv.data(), N, hd, Dp, VT.data(), Np);  // dP = dO V^T
     gemm_nn<acc_t>(N, Np, hd, dO.data(), Dp, VT.data(), Np, dP.data(), Np, false);
-    double c_sum = 0;
-    for (int64_t i = 0; i < N; ++i) {  // dS = P (dP - D); dC = dS tau, kept in dP
-      acc_t* dp = dP.data() + i * Np;
-      const acc_t* p = P.data() + i * Np;
-      const acc_t* c = C.data() + i * Np;
-      for (int64_t j = 0; j < N; ++j) {
-        const acc_t ds = p[j] * (dp[j] - D[i]);
-        on_ds(i, j, ds);
-        c_sum += double(ds) * c[j];
-        dp[j] = ds * tau;
+    const Vec vt(tau);
+    Vec c_sum(0);
+    for (int64_t i = 0; i < N; ++i) {  // dS = P (dP - D); dC = dS tau, kept in dP (P is 0 past N)
+      const Vec di(D[i]);
+      for (int64_t j = 0; j < Np; j += V) {
+        const Vec ds = Vec::loadu(P.data() + i * Np + j) * (Vec::loadu(dP.data() + i * Np + j) - di);
+        if (dbias) (Vec::loadu(dbias + i * Np + j) + ds).store(dbias + i * Np + j);
+        if (want_c_sum) c_sum = at::vec::fmadd(ds, Vec::loadu(C.data() + i * Np + j), c_sum);
+        (ds * vt).store(dP.data() + i * Np + j);
       }
-      for (int64_t j = N; j < Np; ++j) dp[j] = 0;
     }
     gemm_nn<acc_t>(N, Dp, N, dP.data(), Np, K.data(), Dp, dQ.data(), Dp, false);  // dq^ = dC k^
     transpose(dP.data(), N, N, Np, dCT.data(), Np);  // dk^ = dC^T q^
@@ -144,7 +147,7 @@ struct AttentionTile {
       unnormalize_grad(dQ.data(), Q.data(), norm_q.data());
       unnormalize_grad(dK.data(), K.data(), norm_k.data());
     }
-    return c_sum;
+    return want_c_sum ? double(hsum(c_sum)) : 0.0;
   }
 
   // d(x / max(|x|, eps)): (g - x^ (x^ . g)) / |x| where |x| > eps, g / eps otherwise.

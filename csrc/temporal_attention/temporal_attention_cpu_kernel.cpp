@@ -63,7 +63,14 @@ struct Kernel {
   void scatter(const acc_t* src, int64_t s, int64_t h, int64_t Dp, scalar_t* dst) const {
     for (int64_t t = 0; t < in.T; ++t) {
       scalar_t* d = dst + ((s * in.T + t) * in.heads + h) * in.hd;
-      for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
+      const acc_t* r = src + t * Dp;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        int64_t c = 0;
+        for (; c + Vec::size() <= in.hd; c += Vec::size()) Vec::loadu(r + c).store(d + c);
+        if (c < in.hd) Vec::loadu(r + c, in.hd - c).store(d + c, in.hd - c);
+      } else {
+        for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<scalar_t>(r[c]);
+      }
     }
   }
 
@@ -102,7 +109,7 @@ struct Kernel {
                          l + (s * in.heads + h) * in.T, nullptr);
       gather(grad_out, s, h, tile.dO.data(), tile.Dp);
       gather(out, s, h, tile.O.data(), tile.Dp);
-      tile.backward(static_cast<acc_t>(in.scale), [](int64_t, int64_t, acc_t) {});
+      tile.backward(static_cast<acc_t>(in.scale), nullptr, false);
       scatter(tile.dQ.data(), s, h, tile.Dp, dq.mutable_data_ptr<scalar_t>());
       scatter(tile.dK.data(), s, h, tile.Dp, dk.mutable_data_ptr<scalar_t>());
       scatter(tile.dV.data(), s, h, tile.Dp, dv.mutable_data_ptr<scalar_t>());

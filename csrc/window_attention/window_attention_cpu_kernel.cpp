@@ -132,7 +132,7 @@ struct Kernel {
       scalar_t* d = img + (offset[t] * g.heads + h) * g.hd;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         copy_row(d, src + t * Dp);
-      } else {
+      } else {  // (bf16 / fp16 outputs)
         for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
       }
     }
@@ -187,12 +187,14 @@ struct Kernel {
     const acc_t* l = lse.const_data_ptr<acc_t>();
     const int T = at::get_num_threads();
     const bool want_bias = dbias.defined(), want_logit = dlogit.defined();
-    std::vector<std::vector<double>> acc_bias(T), acc_logit(T);
+    // per thread: d bias (heads x N x Np) and d logit sums (heads)
+    std::vector<std::vector<acc_t>> acc_bias(T);
+    std::vector<std::vector<double>> acc_logit(T);
     at::parallel_for(0, g.B * g.nW * g.heads, 1, [&](int64_t t0, int64_t t1) {
       const int tid = at::get_thread_num();
-      std::vector<double>& db = acc_bias[tid];
+      std::vector<acc_t>& db = acc_bias[tid];
       std::vector<double>& dl = acc_logit[tid];
-      if (want_bias && db.empty()) db.assign(g.heads * g.N * g.N, 0.0);
+      if (want_bias && db.empty()) db.assign(g.heads * g.N * Np, acc_t(0));
       if (want_logit && dl.empty()) dl.assign(g.heads, 0.0);
       Tiles t(*this, true);
       for (int64_t task = t0; task < t1; ++task) {
@@ -201,10 +203,7 @@ struct Kernel {
         probabilities(t, b, w, h, l + task * g.N, nullptr);
         gather(grad_out, b, h, t.offset, t.dO.data());
         gather(out, b, h, t.offset, t.O.data());
-        double* dbh = want_bias ? db.data() + h * g.N * g.N : nullptr;
-        const double c_sum = t.backward(tau[h], [&](int64_t i, int64_t j, acc_t ds) {
-          if (dbh) dbh[i * g.N + j] += ds;
-        });
+        const double c_sum = t.backward(tau[h], want_bias ? db.data() + h * g.N * Np : nullptr, want_logit);
         if (want_logit) dl[h] += c_sum;
         scatter(t.dQ.data(), b, h, t.offset, dq.mutable_data_ptr<scalar_t>());
         scatter(t.dK.data(), b, h, t.offset, dk.mutable_data_ptr<scalar_t>());
@@ -213,12 +212,13 @@ struct Kernel {
     });
     if (want_bias) {
       acc_t* o = dbias.mutable_data_ptr<acc_t>();
-      for (int64_t e = 0; e < g.heads * g.N * g.N; ++e) {
-        double s = 0;
-        for (const auto& a : acc_bias)
-          if (!a.empty()) s += a[e];
-        o[e] = static_cast<acc_t>(s);
-      }
+      for (int64_t hi = 0; hi < g.heads * g.N; ++hi)
+        for (int64_t j = 0; j < g.N; ++j) {
+          double s = 0;
+          for (const auto& a : acc_bias)
+            if (!a.empty()) s += a[hi * Np + j];
+          o[hi * g.N + j] = static_cast<acc_t>(s);
+        }
     }
     if (want_logit) {
       acc_t* o = dlogit.mutable_data_ptr<acc_t>();
