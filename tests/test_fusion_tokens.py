@@ -62,6 +62,16 @@ def test_cpp_matches_reference(mods, padded, poisoned):
     assert tok.shape == (2 * 3 * 5, ("hr" in mods) + 4 * ("s2" in mods) + 3 * ("s1" in mods), 7)
 
 
+@pytest.mark.parametrize("mods", ["hr+s2+s1", "s2+s1"])
+def test_triton_matches_reference(mods):
+    from skysense_fast.backends import triton_interpreted
+
+    if not triton_interpreted():
+        pytest.skip("Triton runs on the GPU on this machine (see the gpu tests)")
+    kw = make(C=20, h=3, w=5, dtype=torch.float32, hr="hr" in mods)
+    check(kw, backend="triton", tol=1e-6)
+
+
 def test_float32_bfloat16_and_large_blocks():
     check(make(C=70, h=9, w=40, dtype=torch.float32), tol=1e-6)
     kw = make(C=40, dtype=torch.bfloat16)

@@ -5,9 +5,9 @@ Sentinel-2 acquisition and every Sentinel-1 acquisition of that pixel form one s
 with a learned day-of-year embedding added. Eagerly that is permute + cat + index + add over
 the whole feature volume (several passes); here it is one blocked transpose per frame.
 
-Pieces: schemas and CPU kernels (forward, backward) in ``csrc/fusion_tokens/``; fake kernels
-and autograd here; :func:`fusion_tokens_reference`, the specification. On CUDA the op runs the
-reference composition (memory-bound torch ops) until it has a kernel of its own.
+Pieces: schemas and CPU kernels (forward, backward) in ``csrc/fusion_tokens/``; the CUDA
+kernels in ``skysense_fast.triton.fusion_tokens``; fake kernels and autograd here;
+:func:`fusion_tokens_reference`, the specification.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from ..backends import select
 
 __all__ = ["fusion_tokens", "fusion_tokens_reference"]
 
-IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",)}
+IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
+CUDA_ORDER = ("triton",)
 DATE_TABLE_DAYS = 365
 
 
@@ -75,13 +76,40 @@ def fusion_tokens(hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor
     present = next((x for x in (hr, s2, s1) if x is not None), None)
     if present is None:
         raise ValueError("fusion_tokens: at least one of hr, s2, s1 must be given")
-    backend = select("fusion_tokens", present.device, IMPLEMENTED, ("reference",))
+    backend = select("fusion_tokens", present.device, IMPLEMENTED, CUDA_ORDER)
     if backend == "reference":
         if _lib.load_error() is None:  # the kernels' argument checks, for the same errors
             _lib.native().fusion_tokens_check(*args)
         return fusion_tokens_reference(*args)
     _lib.native()
+    if backend == "triton" and present.device.type == "cpu":  # the Triton interpreter (tests)
+        return _TritonOnCpu.apply(*args)
     return torch.ops.skysense.fusion_tokens(*args)
+
+
+class _TritonOnCpu(torch.autograd.Function):
+    """The Triton kernels on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        from ..triton.fusion_tokens import fusion_tokens_forward
+
+        _lib.native().fusion_tokens_check(*args)
+        ctx.save_for_backward(*args)
+        tokens, mask = fusion_tokens_forward(*args)
+        ctx.mark_non_differentiable(mask)
+        return tokens, mask
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        from ..triton.fusion_tokens import fusion_tokens_backward
+
+        args = ctx.saved_tensors
+        g_hr, g_s2, g_s1, g_t = fusion_tokens_backward(grad, *args)
+        table = args[8]
+        keep = lambda g, t: None if t is None else g  # noqa: E731
+        return (keep(g_hr, args[0]), keep(g_s2, args[1]), keep(g_s1, args[2]), None, None, None, None, None,
+                None if table is None else g_t.reshape(table.shape).to(table.dtype))
 
 
 def _register() -> None:
@@ -91,22 +119,18 @@ def _register() -> None:
     @torch.library.impl("skysense::fusion_tokens", "CUDA")
     def _cuda(*args):
         _lib.native().fusion_tokens_check(*args)
-        tokens, mask = fusion_tokens_reference(*args)
-        return tokens.contiguous(), mask.contiguous()
+        if select("fusion_tokens", torch.device("cuda"), IMPLEMENTED, CUDA_ORDER) == "reference":
+            tokens, mask = fusion_tokens_reference(*args)
+            return tokens.contiguous(), mask.contiguous()
+        from ..triton.fusion_tokens import fusion_tokens_forward
+
+        return fusion_tokens_forward(*args)
 
     @torch.library.impl("skysense::fusion_tokens_backward", "CUDA")
-    def _cuda_backward(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table):
-        inputs = [None if t is None else t.detach().requires_grad_() for t in (hr, s2, s1, date_table)]
-        with torch.enable_grad():
-            tokens, _ = fusion_tokens_reference(inputs[0], inputs[1], inputs[2], doy_hr, doy_s2, doy_s1, valid_s2,
-                                                valid_s1, inputs[3])
-            need = [t for t in inputs if t is not None]
-            grads = iter(torch.autograd.grad(tokens, need, grad, allow_unused=True))
-        out = []
-        for t in inputs:
-            g = next(grads) if t is not None else None
-            out.append(grad.new_empty((0,)) if g is None else g)
-        return tuple(out)
+    def _cuda_backward(grad, *args):
+        from ..triton.fusion_tokens import fusion_tokens_backward
+
+        return fusion_tokens_backward(grad, *args)
 
     def _shape(hr, s2, s1):
         x5 = [t if t.dim() == 5 else t.unsqueeze(1) for t in (hr, s2, s1) if t is not None]
