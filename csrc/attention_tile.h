@@ -44,6 +44,13 @@ struct AttentionTile {
     }
   }
 
+  // n contiguous values, in vectors with a masked tail (memcpy per short row costs more).
+  static void copy(acc_t* d, const acc_t* s, int64_t n) {
+    int64_t c = 0;
+    for (; c + V <= n; c += V) Vec::loadu(s + c).store(d + c);
+    if (c < n) Vec::loadu(s + c, n - c).store(d + c, n - c);
+  }
+
   static acc_t hsum(const Vec& v) {
     return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, v);
   }

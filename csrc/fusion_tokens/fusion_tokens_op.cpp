@@ -3,18 +3,12 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <sstream>
+#include "op_checks.h"
 
 #include "fusion_tokens/fusion_tokens.h"
 
 namespace skysense {
 namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
 
 const char* kNames[3] = {"hr", "s2", "s1"};
 const char* kDoy[3] = {"doy_hr", "doy_s2", "doy_s1"};

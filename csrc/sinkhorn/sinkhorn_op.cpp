@@ -4,18 +4,12 @@
 #include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
-#include <sstream>
+#include "op_checks.h"
 
 #include "sinkhorn/sinkhorn.h"
 
 namespace skysense {
 namespace {
-
-std::string shape_str(const at::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
-}
 
 // Checks one marginal; returns it as (B, L) in the accumulation dtype on the scores' device.
 at::Tensor check_marginal(const at::Tensor& m, const char* name, const char* what, int64_t B,
@@ -26,7 +20,7 @@ at::Tensor check_marginal(const at::Tensor& m, const char* name, const char* wha
                     " must be a floating tensor, got ", m.scalar_type());
   const bool ok = (m.dim() == 1 && m.size(0) == L) || (m.dim() == 2 && m.size(0) == B && m.size(1) == L);
   TORCH_CHECK_VALUE(ok, "sinkhorn: ", name, " must have shape (", L, ",) or (", B, ", ", L,
-                    ") (one entry per ", what, "), got ", shape_str(m));
+                    ") (one entry per ", what, "), got ", shape_str(m.sizes()));
   at::Tensor m2 = m.to(acc).expand({B, L}).contiguous();
   TORCH_CHECK_VALUE(at::isfinite(m2).all().item<bool>() && (m2 > 0).all().item<bool>(),
                     "sinkhorn: ", name, " must be finite and > 0 everywhere");
@@ -41,7 +35,7 @@ SinkhornInputs sinkhorn_prepare(const at::Tensor& scores, double epsilon, int64_
   TORCH_CHECK_VALUE(scores.defined(), "sinkhorn: scores is undefined");
   TORCH_CHECK_VALUE(scores.dim() == 2 || scores.dim() == 3,
                     "sinkhorn: scores must have shape (N, K) or (B, N, K), got shape ",
-                    shape_str(scores));
+                    shape_str(scores.sizes()));
   const auto dt = scores.scalar_type();
   TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
                     "sinkhorn: scores must be float32, float64, bfloat16 or float16, got ", dt);
@@ -55,7 +49,7 @@ SinkhornInputs sinkhorn_prepare(const at::Tensor& scores, double epsilon, int64_
   const int64_t B = s3.size(0), N = s3.size(1), K = s3.size(2);
   TORCH_CHECK_VALUE(B >= 1 && N >= 1 && K >= 1,
                     "sinkhorn: scores must have at least one problem, sample and prototype, got shape ",
-                    shape_str(scores));
+                    shape_str(scores.sizes()));
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
   const auto opts = s3.options().dtype(acc);
 
@@ -85,7 +79,7 @@ SinkhornInputs sinkhorn_prepare(const at::Tensor& scores, double epsilon, int64_
 void sinkhorn_check_out(const at::Tensor& out, const at::Tensor& scores) {
   TORCH_CHECK_VALUE(out.defined(), "sinkhorn: out is undefined");
   TORCH_CHECK_VALUE(out.sizes() == scores.sizes(), "sinkhorn: out must have the shape of scores ",
-                    shape_str(scores), ", got ", shape_str(out));
+                    shape_str(scores.sizes()), ", got ", shape_str(out.sizes()));
   TORCH_CHECK_VALUE(out.scalar_type() == scores.scalar_type(), "sinkhorn: out must have the dtype of scores (",
                     scores.scalar_type(), "), got ", out.scalar_type());
   TORCH_CHECK_VALUE(out.device() == scores.device(), "sinkhorn: out must be on ", scores.device(),

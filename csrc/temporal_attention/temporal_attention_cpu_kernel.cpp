@@ -50,9 +50,7 @@ struct Kernel {
       const scalar_t* r = base + t * st;
       acc_t* d = dst + t * Dp;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        int64_t c = 0;
-        for (; c + Vec::size() <= in.hd; c += Vec::size()) Vec::loadu(r + c).store(d + c);
-        if (c < in.hd) Vec::loadu(r + c, in.hd - c).store(d + c, in.hd - c);
+        Tile::copy(d, r, in.hd);
       } else {
         for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<acc_t>(r[c]);
       }
@@ -65,9 +63,7 @@ struct Kernel {
       scalar_t* d = dst + ((s * in.T + t) * in.heads + h) * in.hd;
       const acc_t* r = src + t * Dp;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        int64_t c = 0;
-        for (; c + Vec::size() <= in.hd; c += Vec::size()) Vec::loadu(r + c).store(d + c);
-        if (c < in.hd) Vec::loadu(r + c, in.hd - c).store(d + c, in.hd - c);
+        Tile::copy(d, r, in.hd);
       } else {
         for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<scalar_t>(r[c]);
       }

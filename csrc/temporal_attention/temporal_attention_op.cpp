@@ -4,39 +4,17 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <sstream>
 
+#include "op_checks.h"
 #include "temporal_attention/temporal_attention.h"
 
 namespace skysense {
-namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
-
-}  // namespace
 
 TemporalAttentionInputs temporal_attention_prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                    const std::optional<at::Tensor>& key_padding_mask,
                                                    std::optional<double> scale) {
-  TORCH_CHECK_VALUE(q.defined() && k.defined() && v.defined(), "temporal_attention: q, k and v must be tensors");
-  TORCH_CHECK_VALUE(q.dim() == 4, "temporal_attention: q must have shape (S, heads, T, head_dim), got ",
-                    shape_str(q.sizes()));
-  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-                    "temporal_attention: q, k and v must have the same shape, got ", shape_str(q.sizes()), ", ",
-                    shape_str(k.sizes()), " and ", shape_str(v.sizes()));
+  check_qkv("temporal_attention", q, k, v, 4, "(S, heads, T, head_dim)");
   const auto dt = q.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
-                    "temporal_attention: q must be float32, float64, bfloat16 or float16, got ", dt);
-  TORCH_CHECK_VALUE(k.scalar_type() == dt && v.scalar_type() == dt,
-                    "temporal_attention: q, k and v must have the same dtype, got ", dt, ", ", k.scalar_type(),
-                    " and ", v.scalar_type());
-  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
-                    "temporal_attention: q, k and v must be on the same device, got ", q.device(), ", ",
-                    k.device(), " and ", v.device());
   TemporalAttentionInputs in;
   in.S = q.size(0), in.heads = q.size(1), in.T = q.size(2), in.hd = q.size(3);
   TORCH_CHECK_VALUE(in.S >= 1 && in.heads >= 1 && in.T >= 1 && in.hd >= 1,

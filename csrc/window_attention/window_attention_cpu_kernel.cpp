@@ -97,13 +97,6 @@ struct Kernel {
     Tiles(const Kernel& k, bool backward) : Tile(k.g.N, k.g.hd, k.cosine, backward), region_f(k.Np, acc_t(0)) {}
   };
 
-  // hd values, in vectors (a call to memcpy per 44-float row costs more than the copy)
-  void copy_row(acc_t* d, const acc_t* s) const {
-    int64_t c = 0;
-    for (; c + V <= g.hd; c += V) Vec::loadu(s + c).store(d + c);
-    if (c < g.hd) Vec::loadu(s + c, g.hd - c).store(d + c, g.hd - c);
-  }
-
   // Rows of src (B, H, W, heads, hd; any strides but a contiguous last dim) for the
   // tokens of this window and head into dst (N x Dp, padding columns left at 0).
   void gather(const at::Tensor& src, int64_t b, int64_t h, const std::vector<int64_t>& offset, acc_t* dst) const {
@@ -117,7 +110,7 @@ struct Kernel {
       }
       const scalar_t* s = base + (offset[t] / g.W) * sy + (offset[t] % g.W) * sx;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        copy_row(d, s);
+        Tile::copy(d, s, g.hd);
       } else {
         for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<acc_t>(s[c]);
       }
@@ -131,7 +124,7 @@ struct Kernel {
       if (offset[t] < 0) continue;
       scalar_t* d = img + (offset[t] * g.heads + h) * g.hd;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        copy_row(d, src + t * Dp);
+        Tile::copy(d, src + t * Dp, g.hd);
       } else {  // (bf16 / fp16 outputs)
         for (int64_t c = 0; c < g.hd; ++c) d[c] = static_cast<scalar_t>(src[t * Dp + c]);
       }

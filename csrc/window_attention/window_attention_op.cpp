@@ -4,18 +4,12 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <sstream>
 
+#include "op_checks.h"
 #include "window_attention/window_attention.h"
 
 namespace skysense {
 namespace {
-
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
 
 at::Tensor check_aux(const at::Tensor& t, const char* name, const at::Tensor& q, at::ScalarType acc) {
   TORCH_CHECK_VALUE(t.device() == q.device(), "window_attention: ", name, " must be on ", q.device(),
@@ -32,21 +26,8 @@ WindowAttentionInputs window_attention_prepare(const at::Tensor& q, const at::Te
                                                const std::optional<at::Tensor>& logit_scale,
                                                const std::optional<at::Tensor>& bias,
                                                const std::optional<at::Tensor>& mask, std::optional<double> scale) {
-  TORCH_CHECK_VALUE(q.defined() && k.defined() && v.defined(), "window_attention: q, k and v must be tensors");
-  TORCH_CHECK_VALUE(q.dim() == 5, "window_attention: q must have shape (B, H, W, heads, head_dim), got ",
-                    shape_str(q.sizes()));
-  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(),
-                    "window_attention: q, k and v must have the same shape, got ", shape_str(q.sizes()), ", ",
-                    shape_str(k.sizes()), " and ", shape_str(v.sizes()));
+  check_qkv("window_attention", q, k, v, 5, "(B, H, W, heads, head_dim)");
   const auto dt = q.scalar_type();
-  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf,
-                    "window_attention: q must be float32, float64, bfloat16 or float16, got ", dt);
-  TORCH_CHECK_VALUE(k.scalar_type() == dt && v.scalar_type() == dt,
-                    "window_attention: q, k and v must have the same dtype, got ", dt, ", ", k.scalar_type(),
-                    " and ", v.scalar_type());
-  TORCH_CHECK_VALUE(k.device() == q.device() && v.device() == q.device(),
-                    "window_attention: q, k and v must be on the same device, got ", q.device(), ", ",
-                    k.device(), " and ", v.device());
   TORCH_CHECK_VALUE(window.size() == 2 && shift.size() == 2,
                     "window_attention: window and shift must have two entries (height, width)");
   WindowGeometry g{};
