@@ -132,3 +132,14 @@ def test_gpu_matches_reference():
     ref, ref_mask = fusion_tokens_reference(**kw)
     torch.testing.assert_close(tok.cpu(), ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(mask.cpu(), ref_mask)
+
+
+def test_gradcheck_cpp():
+    kw = make(B=1, C=3, h=2, w=2, T1=2, T2=1)
+    names = [k for k, v in kw.items() if v.is_floating_point()]
+    rest = {k: v for k, v in kw.items() if k not in names}
+
+    def f(*xs):
+        return fusion_tokens(**dict(zip(names, xs)), **rest)[0]
+
+    assert torch.autograd.gradcheck(f, tuple(kw[n] for n in names), eps=1e-6, atol=1e-6)
