@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skysense_fast.ops import fusion_tokens, fusion_tokens_reference, temporal_attention, temporal_attention_reference
+from skysense_fast.ops import (fusion_tokens, fusion_tokens_reference, temporal_attention, temporal_attention_qkv,
+                               temporal_attention_reference)
 
 S, T, HEADS, HD = 4096, 31, 16, 64
 
@@ -35,6 +36,8 @@ def heads_first(proj):  # (S, heads, T, hd) views
 ATTN = {
     # each returns (S, T, heads * hd), what the output projection consumes
     "fused": lambda proj, m: temporal_attention(*heads_first(proj), m).transpose(1, 2).reshape(S, T, -1),
+    # the same kernel on the packed projection, as the fusion layers call it (one gradient buffer)
+    "fused_qkv": lambda proj, m: temporal_attention_qkv(proj, m).transpose(1, 2).reshape(S, T, -1),
     "sdpa": lambda proj, m: F.scaled_dot_product_attention(*[t.contiguous() for t in heads_first(proj)],
                                                            attn_mask=~m[:, None, None, :]).transpose(1, 2).reshape(S, T, -1),
     "reference": lambda proj, m: temporal_attention_reference(*heads_first(proj), m).transpose(1, 2).reshape(S, T, -1),
@@ -46,8 +49,8 @@ def test_temporal_attention_forward(benchmark, impl):
     proj, mask, _ = qkv(False)
     benchmark.group = f"temporal attention fwd ({S} seqs x {T} tokens, {HEADS} heads x {HD})"
     benchmark.extra_info["impl"] = impl
-    if impl == "fused":
-        torch.testing.assert_close(ATTN["fused"](proj, mask), ATTN["sdpa"](proj, mask), rtol=1e-4, atol=1e-4)
+    if impl.startswith("fused"):
+        torch.testing.assert_close(ATTN[impl](proj, mask), ATTN["sdpa"](proj, mask), rtol=1e-4, atol=1e-4)
     benchmark.pedantic(ATTN[impl], args=(proj, mask), rounds=5, warmup_rounds=1)
 
 

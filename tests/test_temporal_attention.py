@@ -56,6 +56,30 @@ def test_strided_projection_views_and_output_layout():
     assert out.shape == (3, 2, 5, 4) and out.transpose(1, 2).is_contiguous()
 
 
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_packed_qkv_matches(backend, poisoned):
+    from skysense_fast.ops import temporal_attention_qkv
+
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(6, 9, 3, 2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(6, 9, generator=gen) > 0.6
+    mask[:, 0] = False
+    with skysense_fast.use_backend(backend):
+        out = temporal_attention_qkv(qkv, mask)
+    qkv2 = qkv.detach().clone().requires_grad_()
+    ref = temporal_attention_reference(*[t.transpose(1, 2) for t in qkv2.unbind(2)], mask)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, qkv, g)[0], torch.autograd.grad(ref, qkv2, g)[0],
+                               rtol=1e-9, atol=1e-9)
+    if backend == "cpp":
+        torch.library.opcheck(torch.ops.skysense.temporal_attention_qkv.default, (qkv.detach(), mask, None))
+        assert torch.autograd.gradcheck(lambda x: temporal_attention_qkv(x, mask[:2, :4]),
+                                        (qkv[:2, :4].detach().requires_grad_(),))
+    with pytest.raises(ValueError, match="qkv must have shape"):
+        temporal_attention_qkv(qkv[:, :, :2])
+
+
 def test_gradcheck_cpp():
     gen = torch.Generator().manual_seed(0)
     (q, k, v), mask = make((3, 2, 5, 3), torch.float64, True, gen)

@@ -26,7 +26,9 @@ at::Tensor temporal_attention_output_like(const at::Tensor& q);
 
 }  // namespace skysense
 
-// out: from temporal_attention_output_like; lse (S, heads, T) in the accumulation dtype.
+// out (S, heads, T, hd), any strides with contiguous channels (temporal_attention_output_like
+// stores it as (S, T, heads, hd)); lse (S, heads, T) in the accumulation dtype. The backward
+// writes dq, dk, dv through their strides too (e.g. into one packed (S, T, 3, heads, hd)).
 SKYSENSE_DECLARE_CPU_KERNEL(void, temporal_attention_fwd_kernel,
                             (const skysense::TemporalAttentionInputs& in, at::Tensor& out, at::Tensor& lse))
 SKYSENSE_DECLARE_CPU_KERNEL(void, temporal_attention_bwd_kernel,

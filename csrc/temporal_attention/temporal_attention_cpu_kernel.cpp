@@ -57,10 +57,11 @@ struct Kernel {
     }
   }
 
-  // into dst laid out as (S, T, heads, hd)
-  void scatter(const acc_t* src, int64_t s, int64_t h, int64_t Dp, scalar_t* dst) const {
+  // into dst (S, heads, T, hd; any strides but contiguous channels)
+  void scatter(const acc_t* src, int64_t s, int64_t h, int64_t Dp, at::Tensor& dst) const {
+    scalar_t* base = dst.mutable_data_ptr<scalar_t>() + s * dst.stride(0) + h * dst.stride(1);
     for (int64_t t = 0; t < in.T; ++t) {
-      scalar_t* d = dst + ((s * in.T + t) * in.heads + h) * in.hd;
+      scalar_t* d = base + t * dst.stride(2);
       const acc_t* r = src + t * Dp;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         Tile::copy(d, r, in.hd);
@@ -87,13 +88,12 @@ struct Kernel {
   }
 
   void forward(at::Tensor& out, at::Tensor& lse) const {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     acc_t* l = lse.mutable_data_ptr<acc_t>();
     tasks(false, [&](Tile& tile, int64_t s, int64_t h, const acc_t* keys) {
       tile.probabilities(static_cast<acc_t>(in.scale), [&](int64_t, int64_t j, Vec x) { return x + Vec::loadu(keys + j); },
                          nullptr, l + (s * in.heads + h) * in.T);
       tile.output();
-      scatter(tile.O.data(), s, h, tile.Dp, o);
+      scatter(tile.O.data(), s, h, tile.Dp, out);
     });
   }
 
@@ -106,9 +106,9 @@ struct Kernel {
       gather(grad_out, s, h, tile.dO.data(), tile.Dp);
       gather(out, s, h, tile.O.data(), tile.Dp);
       tile.backward(static_cast<acc_t>(in.scale), nullptr, false);
-      scatter(tile.dQ.data(), s, h, tile.Dp, dq.mutable_data_ptr<scalar_t>());
-      scatter(tile.dK.data(), s, h, tile.Dp, dk.mutable_data_ptr<scalar_t>());
-      scatter(tile.dV.data(), s, h, tile.Dp, dv.mutable_data_ptr<scalar_t>());
+      scatter(tile.dQ.data(), s, h, tile.Dp, dq);
+      scatter(tile.dK.data(), s, h, tile.Dp, dk);
+      scatter(tile.dV.data(), s, h, tile.Dp, dv);
     });
   }
 };

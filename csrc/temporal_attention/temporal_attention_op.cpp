@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 
 #include "op_checks.h"
@@ -81,9 +82,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
   return {dq, dk, dv};
 }
 
+// q, k, v (S, heads, T, hd) views of one packed projection (S, T, 3, heads, hd).
+std::array<at::Tensor, 3> unpack_qkv(const at::Tensor& qkv) {
+  TORCH_CHECK_VALUE(qkv.dim() == 5 && qkv.size(2) == 3,
+                    "temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got ", shape_str(qkv.sizes()));
+  return {qkv.select(2, 0).transpose(1, 2), qkv.select(2, 1).transpose(1, 2), qkv.select(2, 2).transpose(1, 2)};
+}
+
+std::tuple<at::Tensor, at::Tensor> temporal_attention_qkv_cpu(const at::Tensor& qkv,
+                                                              const std::optional<at::Tensor>& key_padding_mask,
+                                                              std::optional<double> scale) {
+  auto [q, k, v] = unpack_qkv(qkv);
+  return temporal_attention_cpu(q, k, v, key_padding_mask, scale);
+}
+
+// The gradient of the packed projection, written in place by the kernel (no stack copy).
+at::Tensor temporal_attention_qkv_backward_cpu(const at::Tensor& grad_out, const at::Tensor& qkv, const at::Tensor& out,
+                                               const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask,
+                                               std::optional<double> scale) {
+  auto [q, k, v] = unpack_qkv(qkv);
+  TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
+                    "temporal_attention_qkv_backward: grad_out and out must have shape (S, heads, T, head_dim)");
+  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto rows = [&](const at::Tensor& t) {
+    at::Tensor c = t.to(q.scalar_type());
+    return c.stride(3) == 1 ? c : c.contiguous();
+  };
+  at::Tensor grad = at::empty(qkv.sizes(), qkv.options().memory_format(at::MemoryFormat::Contiguous));
+  auto [dq, dk, dv] = unpack_qkv(grad);
+  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, rows(out), lse.to(acc).contiguous(), rows(grad_out), dq, dk,
+                        dv);
+  return grad;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(skysense, m) {
+  // The same on one packed projection qkv (S, T, 3, heads, head_dim), as a layer computes
+  // it: the backward returns that projection's gradient directly.
+  m.def("temporal_attention_qkv(Tensor qkv, Tensor? key_padding_mask=None, float? scale=None) -> (Tensor, Tensor)");
+  m.def("temporal_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, "
+        "Tensor? key_padding_mask, float? scale) -> Tensor");
   // q, k, v (S, heads, T, head_dim); key_padding_mask (S, T), True = ignore that key. Returns
   // out (S, heads, T, head_dim), stored as (S, T, heads, head_dim), and lse (S, heads, T).
   m.def("temporal_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, float? scale=None) "
@@ -95,6 +135,8 @@ TORCH_LIBRARY_FRAGMENT(skysense, m) {
 TORCH_LIBRARY_IMPL(skysense, CPU, m) {
   m.impl("temporal_attention", &temporal_attention_cpu);
   m.impl("temporal_attention_backward", &temporal_attention_backward_cpu);
+  m.impl("temporal_attention_qkv", &temporal_attention_qkv_cpu);
+  m.impl("temporal_attention_qkv_backward", &temporal_attention_qkv_backward_cpu);
 }
 
 }  // namespace skysense

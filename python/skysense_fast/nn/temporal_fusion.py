@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
-from ..ops.temporal_attention import temporal_attention
+from ..ops.temporal_attention import temporal_attention_qkv
 
 
 class TemporalPositionEncoding(nn.Module):
@@ -46,8 +46,8 @@ class _MultiheadAttention(nn.Module):
         if not fused:
             return a(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
         S, T, C = x.shape
-        q, k, v = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(S, T, 3, a.num_heads, -1).unbind(2)
-        o = temporal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), key_padding_mask)
+        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(S, T, 3, a.num_heads, -1)
+        o = temporal_attention_qkv(qkv, key_padding_mask)
         return a.out_proj(o.transpose(1, 2).reshape(S, T, C))  # free: o is stored (S, T, heads, hd)
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from .. import _lib
 from ..backends import select
 
-__all__ = ["temporal_attention", "temporal_attention_reference"]
+__all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
 IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
 CUDA_ORDER = ("triton",)
@@ -69,6 +69,25 @@ def temporal_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor
     return torch.ops.skysense.temporal_attention(q, k, v, key_padding_mask, scale)[0]
 
 
+def _unpack(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got {tuple(qkv.shape)}")
+    return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
+
+
+def temporal_attention_qkv(qkv: Tensor, key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """:func:`temporal_attention` on one packed projection qkv (S, T, 3, heads, head_dim), the
+    way a transformer layer computes it. Same result; the backward writes the projection's
+    gradient in one buffer instead of three gradients and a stack copy."""
+    if not isinstance(qkv, Tensor):
+        raise TypeError(f"temporal_attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    backend = select("temporal_attention", qkv.device, IMPLEMENTED, CUDA_ORDER)
+    if backend == "reference" or (backend == "triton" and qkv.device.type == "cpu"):
+        return temporal_attention(*_unpack(qkv), key_padding_mask, scale)
+    _lib.native()
+    return torch.ops.skysense.temporal_attention_qkv(qkv, key_padding_mask, scale)[0]
+
+
 def _triton_forward(q, k, v, key_padding_mask, scale):
     from ..triton.temporal_attention import temporal_attention_forward  # lazy: TRITON_INTERPRET
 
@@ -113,6 +132,15 @@ def _register() -> None:
     def _cuda_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
         return _triton_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale)
 
+    @torch.library.impl("skysense::temporal_attention_qkv", "CUDA")
+    def _cuda_qkv(qkv, key_padding_mask, scale):
+        return _cuda(*_unpack(qkv), key_padding_mask, scale)
+
+    @torch.library.impl("skysense::temporal_attention_qkv_backward", "CUDA")
+    def _cuda_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):
+        return torch.stack(_triton_backward(grad_out, *_unpack(qkv), out, lse, key_padding_mask, scale), 0).permute(
+            1, 3, 0, 2, 4).contiguous()
+
     def _like(q):  # (S, heads, T, hd) stored as (S, T, heads, hd), as the kernels write it
         S, heads, T, hd = q.shape
         return q.new_empty((S, T, heads, hd)).permute(0, 2, 1, 3)
@@ -129,6 +157,27 @@ def _register() -> None:
     @torch.library.register_fake("skysense::temporal_attention_backward")
     def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
         return _like(q), _like(q), _like(q)
+
+    @torch.library.register_fake("skysense::temporal_attention_qkv")
+    def _fake_qkv(qkv, key_padding_mask=None, scale=None):
+        q = _unpack(qkv)[0]
+        return _like(q), q.new_empty(q.shape[:3], dtype=_acc(q.dtype))
+
+    @torch.library.register_fake("skysense::temporal_attention_qkv_backward")
+    def _fake_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):
+        return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+    def _setup_qkv(ctx, inputs, output):
+        qkv, key_padding_mask, scale = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(qkv, output[0], output[1], key_padding_mask)
+        ctx.scale = scale
+
+    def _backward_qkv(ctx, grad_out, grad_lse):
+        qkv, out, lse, mask = ctx.saved_tensors
+        return torch.ops.skysense.temporal_attention_qkv_backward(grad_out, qkv, out, lse, mask, ctx.scale), None, None
+
+    torch.library.register_autograd("skysense::temporal_attention_qkv", _backward_qkv, setup_context=_setup_qkv)
 
     def _setup(ctx, inputs, output):
         q, k, v, key_padding_mask, scale = inputs
