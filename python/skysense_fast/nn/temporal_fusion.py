@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
-from ..ops.temporal_attention import temporal_attention_qkv
+from ..ops.temporal_attention import MAX_TOKENS, temporal_attention_qkv
 
 
 class TemporalPositionEncoding(nn.Module):
@@ -47,8 +47,13 @@ class _MultiheadAttention(nn.Module):
             return a(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
         S, T, C = x.shape
         qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(S, T, 3, a.num_heads, -1)
-        o = temporal_attention_qkv(qkv, key_padding_mask)
-        return a.out_proj(o.transpose(1, 2).reshape(S, T, C))  # free: o is stored (S, T, heads, hd)
+        if T > MAX_TOKENS:  # long sequences (a ViT's 257 tokens): few of them, torch's SDPA serves them
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            o = temporal_attention_qkv(qkv, key_padding_mask)
+        return a.out_proj(o.transpose(1, 2).reshape(S, T, C))  # free for the fused op: o is stored (S, T, heads, hd)
 
 
 class _FFN(nn.Module):

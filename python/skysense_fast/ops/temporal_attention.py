@@ -23,6 +23,7 @@ from ..backends import select
 __all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
 IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
+MAX_TOKENS = 256  # per sequence; the scores of a sequence stay in registers / L1
 CUDA_ORDER = ("triton",)
 
 

@@ -1,0 +1,78 @@
+"""SkySense's Sentinel-2 / Sentinel-1 branches: ViT (mmseg 0.x layout) and the UPHead.
+
+Parameter names follow the official checkpoints (SKYSENSE_SPEC.md §4-5): ``patch_embed.
+projection``, ``cls_token``, ``pos_embed`` (1, 1 + 16 x 16, dim), ``layers.i.{ln1, attn.attn.*,
+ln2, ffn.layers.*}`` (pre-norm, no final norm), and the head's ``decoder.0`` (1 x 1 conv to
+16 x 2816 channels, then PixelShuffle(4)). The transformer layers are the fusion's, so their
+attention runs on the fused temporal-attention op.
+"""
+
+from __future__ import annotations
+
+
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.temporal_fusion import TransformerLayer
+
+
+class ViTEncoder(nn.Module):
+    """Patch 4 ViT over each acquisition; acquisitions folded into the batch.
+
+    Defaults are the official ViT-L (1024 wide, 24 layers, 16 heads, MLP 4096, 64 x 64 input
+    tiles: a 16 x 16 position grid). Other input sizes get the position grid resized
+    bicubically (the class token's entry kept), as the official code does.
+    """
+
+    def __init__(self, in_chans: int = 10, embed_dim: int = 1024, depth: int = 24, num_heads: int = 16,
+                 mlp_ratio: float = 4.0, patch: int = 4, img_size: int = 64, ln_eps: float = 1e-5):
+        super().__init__()
+        self.in_chans, self.patch = in_chans, patch
+        self.grid = img_size // patch
+        self.patch_embed = nn.Module()
+        self.patch_embed.projection = nn.Conv2d(in_chans, embed_dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid * self.grid, embed_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.layers = nn.ModuleList(TransformerLayer(embed_dim, num_heads, int(embed_dim * mlp_ratio), ln_eps)
+                                    for _ in range(depth))
+
+    def _pos(self, h: int, w: int) -> Tensor:
+        if (h, w) == (self.grid, self.grid):
+            return self.pos_embed
+        grid = self.pos_embed[:, 1:].reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return torch.cat([self.pos_embed[:, :1], grid.flatten(2).transpose(1, 2)], 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, in_chans, H, W) -> (N, dim, ceil(H/4), ceil(W/4)), the last layer's tokens."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"ViTEncoder: expected (N, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+        ph, pw = (-x.shape[2]) % self.patch, (-x.shape[3]) % self.patch
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        x = self.patch_embed.projection(x)
+        N, C, h, w = x.shape
+        x = torch.cat([self.cls_token.expand(N, -1, -1), x.flatten(2).transpose(1, 2)], 1) + self._pos(h, w)
+        for layer in self.layers:
+            x = layer(x)
+        return x[:, 1:].transpose(1, 2).reshape(N, C, h, w)
+
+
+class UPHead(nn.Module):
+    """1 x 1 conv to out_dim x 16 channels, PixelShuffle(4): the ViT map to the Swin stage-3
+    width and grid (``decoder.0`` in the official files)."""
+
+    def __init__(self, in_dim: int = 1024, out_dim: int = 2816, scale: int = 4):
+        super().__init__()
+        self.decoder = nn.Sequential(nn.Conv2d(in_dim, out_dim * scale * scale, 1), nn.PixelShuffle(scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(x)
+
+
+__all__ = ["UPHead", "ViTEncoder"]
+
