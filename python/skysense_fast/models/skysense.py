@@ -1,0 +1,102 @@
+"""The SkySense assembly: factorized multimodal spatiotemporal encoder + geo-context.
+
+Spatial rule (SKYSENSE_SPEC.md §7): the HR image has 32 pixels per Sentinel pixel, so the
+HR stage-3 map (H/32) and the Sentinel maps after the ViT (/4) and the UPHead (x4) share the
+fusion grid: HR (B, 3, 32 h, 32 w) <-> S2 (B, T1, 10, h, w) <-> S1 (B, T2, 2, h, w).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..nn.temporal_fusion import MultimodalTemporalFusion, TemporalPositionEncoding
+from .config import SkySenseConfig, get_config
+from .geo_context import GeoContext
+from .swinv2 import SwinV2Encoder
+from .vit import UPHead, ViTEncoder
+
+
+class SkySense(nn.Module):
+    """Encoders per modality, per-pixel temporal fusion, geo-context.
+
+    Submodules (and the official checkpoint files they load from): ``hr`` (SwinV2, the HR
+    backbone file), ``s2`` / ``s1`` (ViT backbones), ``head_s2`` / ``head_s1`` (UPHeads),
+    ``fusion``, ``ctpe`` (the date table, shipped in the S2 file), ``geo`` (the prototype
+    bank; not in any released file).
+    """
+
+    def __init__(self, config: SkySenseConfig | str = "skysense-2b"):
+        super().__init__()
+        cfg = get_config(config) if isinstance(config, str) else config
+        self.config = cfg
+        out = cfg.hr_out_dim
+        self.hr = SwinV2Encoder(cfg.hr_in_chans, cfg.hr_embed_dim, cfg.hr_depths, cfg.hr_heads, cfg.window_size,
+                                extra_norm_every_n_blocks=cfg.extra_norm_every_n_blocks,
+                                out_indices=(len(cfg.hr_depths) - 1,))
+        vit = dict(embed_dim=cfg.vit_dim, depth=cfg.vit_depth, num_heads=cfg.vit_heads, img_size=cfg.vit_img_size)
+        self.s2 = ViTEncoder(cfg.s2_in_chans, **vit)
+        self.s1 = ViTEncoder(cfg.s1_in_chans, **vit)
+        self.head_s2 = UPHead(cfg.vit_dim, out)
+        self.head_s1 = UPHead(cfg.vit_dim, out)
+        self.ctpe = TemporalPositionEncoding(out)
+        self.fusion = MultimodalTemporalFusion(out, cfg.fusion_dim, cfg.fusion_layers, cfg.fusion_heads)
+        self.geo = GeoContext(cfg.fusion_dim, cfg.geo_regions, cfg.geo_prototypes)
+
+    def _series(self, x: Tensor, name: str, encoder: ViTEncoder, head: UPHead) -> Tensor:
+        """(B, T, C, h, w) -> (B, T, out, h, w): acquisitions folded into the batch."""
+        if x.dim() != 5 or x.shape[2] != encoder.in_chans:
+            raise ValueError(f"SkySense: {name} must have shape (B, T, {encoder.in_chans}, h, w) "
+                             f"({encoder.in_chans} bands), got {tuple(x.shape)}")
+        B, T = x.shape[:2]
+        y = head(encoder(x.flatten(0, 1)))
+        return y.view(B, T, *y.shape[1:])
+
+    def forward(self, hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor | None = None, *,
+                doy_s2: Tensor | None = None, doy_s1: Tensor | None = None, valid_s2: Tensor | None = None,
+                valid_s1: Tensor | None = None, latlon: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Any subset of modalities.
+
+        Args:
+            hr: (B, hr_in_chans, 32 h, 32 w) normalised HR image.
+            s2: (B, T1, 10, h, w) Sentinel-2 series; doy_s2 (B, T1) days of year (required).
+            s1: (B, T2, 2, h, w) Sentinel-1 series; doy_s1 (B, T2) (required).
+            valid_s2, valid_s1: (B, T) bool, False for padding acquisitions.
+            latlon: (B, 2) degrees; with it the geo-context map is returned.
+
+        Returns:
+            {"hr", "s2", "s1": per-modality maps on the fusion grid (None if absent),
+             "fused": (B, fusion_dim, h, w), "geo": (B, 2 fusion_dim, h, w) or None}.
+        """
+        cfg = self.config
+        if hr is None and s2 is None and s1 is None:
+            raise ValueError("SkySense: give at least one of hr, s2, s1")
+        maps: dict[str, Tensor | None] = {"hr": None, "s2": None, "s1": None}
+        if hr is not None:
+            if hr.dim() != 4 or hr.shape[1] != cfg.hr_in_chans:
+                raise ValueError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} bands), "
+                                 f"got {tuple(hr.shape)}")
+            maps["hr"] = self.hr(hr)[0]
+        for name, x, doy, enc, head in (("s2", s2, doy_s2, self.s2, self.head_s2), ("s1", s1, doy_s1, self.s1, self.head_s1)):
+            if x is None:
+                continue
+            if doy is None:
+                raise ValueError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) are required")
+            maps[name] = self._series(x, name, enc, head)
+        grids = {k: tuple(v.shape[-2:]) for k, v in maps.items() if v is not None}
+        if len(set(grids.values())) > 1:
+            raise ValueError(f"SkySense: the modalities do not share the fusion grid: {grids} "
+                             "(HR needs 32 pixels per Sentinel pixel)")
+        dates = {f"doy_{n}": d for n, d in (("s2", doy_s2), ("s1", doy_s1)) if n in cfg.date_embedding and maps[n] is not None}
+        fused = self.fusion.forward_maps(maps["hr"], maps["s2"], maps["s1"], date_table=self.ctpe.ctpe if dates else None,
+                                         valid_s2=valid_s2 if s2 is not None else None,
+                                         valid_s1=valid_s1 if s1 is not None else None, **dates)
+        geo = self.geo(fused, latlon) if latlon is not None else None
+        return {**maps, "fused": fused, "geo": geo}
+
+
+def create(name: str = "skysense-2b", **overrides) -> SkySense:
+    """A SkySense model of a named configuration (``list_configs()``), fields overridable."""
+    return SkySense(get_config(name, **overrides))
+
+
+__all__ = ["SkySense", "create"]
