@@ -1,0 +1,56 @@
+"""The package's own weights: safetensors files with the config in their metadata, written
+atomically (a temporary file, then a rename: an interrupted save never leaves a partial file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def _config_json(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    if cfg is None or not dataclasses.is_dataclass(cfg):
+        return "{}"
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
+    return json.dumps(d, sort_keys=True)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    path = os.fspath(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", "skysense_config": _config_json(model)})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
+    """Load a file written by :func:`save_weights`; a file of another config is a ValueError."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weights not found: {path}")
+    with safe_open(path, framework="pt") as f:
+        saved = json.loads((f.metadata() or {}).get("skysense_config", "{}"))
+    mine = json.loads(_config_json(model))
+    if saved and mine and saved != mine:
+        diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
+        raise ValueError(f"{path} was saved for another config; differing fields (file, model): {diff}")
+    state = load_file(path)
+    own = model.state_dict()
+    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"{path}: shapes differ from the model: " + "; ".join(bad[:5]))
+    return model.load_state_dict(state, strict=strict)

@@ -1,0 +1,125 @@
+"""Loading the officially released SkySense checkpoints (SKYSENSE_SPEC.md §2).
+
+Released files: ``skysense_model_backbone_hr.pth`` (``backbone.<swin key>``, plus
+``mask_token``), ``..._backbone_s2.pth`` (bare ViT keys + ``ctpe``), ``..._backbone_s1.pth``,
+``..._head_s2.pth`` / ``..._head_s1.pth`` (``decoder.0.*``, maybe under ``backbone.``) and
+``..._fusion.pth``; or one full checkpoint whose keys carry the branch prefixes
+``backbone_gep.``, ``backbone_s2.``, ``backbone_s1.``, ``fusion.``, ``head_s2.``, ``head_s1.``.
+The mapping is explicit: wrapper prefixes are stripped, buffers the model rebuilds are
+dropped, ``ctpe`` goes to the date table, and everything else must match exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+WRAPPERS = ("module.", "backbone.", "model.")
+BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "fusion.": "fusion",
+            "head_s2.": "head_s2", "head_s1.": "head_s1"}
+REBUILT = ("relative_coords_table", "relative_position_index")  # buffers the model recomputes
+UNUSED = ("mask_token",)  # pretraining-only (masked HR tokens); not part of the encoders
+
+
+@dataclass
+class LoadReport:
+    loaded: dict[str, int] = field(default_factory=dict)        # part -> tensors loaded
+    missing: list[str] = field(default_factory=list)            # model keys the files lack
+    unexpected: list[str] = field(default_factory=list)         # file keys the model lacks
+    ignored: list[str] = field(default_factory=list)            # dropped on purpose (see REBUILT, UNUSED)
+
+    def __str__(self) -> str:
+        lines = [f"loaded {sum(self.loaded.values())} tensors: " + ", ".join(f"{k} {v}" for k, v in self.loaded.items())]
+        for name in ("missing", "unexpected", "ignored"):
+            keys = getattr(self, name)
+            if keys:
+                lines.append(f"{name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+        return "\n".join(lines)
+
+
+def read_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict from a path (``torch.load`` of tensors only) or a mapping; unwraps
+    ``{"model": ...}`` / ``{"state_dict": ...}``."""
+    if isinstance(source, Mapping):
+        sd = dict(source)
+    else:
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"checkpoint not found: {source}")
+        sd = torch.load(source, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        if key in sd and isinstance(sd[key], Mapping):
+            sd = dict(sd[key])
+    return sd
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in WRAPPERS:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def split_full_checkpoint(sd: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """A full checkpoint's keys per part, by branch prefix; keys without one (``ctpe``) go to
+    ``"ctpe"`` as the official converter keeps them."""
+    parts: dict[str, dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        k = key[len("module."):] if key.startswith("module.") else key
+        part = next((name for p, name in BRANCHES.items() if k.startswith(p)), None)
+        if part is None:
+            parts.setdefault("extra", {})[_strip(k)] = value
+        else:
+            parts.setdefault(part, {})[_strip(k[len(next(p for p in BRANCHES if k.startswith(p))):])] = value
+    return parts
+
+
+def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
+    """Load official weights into a :class:`~skysense_fast.models.SkySense`.
+
+    ``source``: one full checkpoint (path or state dict), or a dict part -> file with parts
+    ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion``. Parts not given are left as
+    they are. Strict: a key the model lacks, a model key a given part lacks, or a shape that
+    differs (a checkpoint for another config) raises ValueError naming it.
+    """
+    if isinstance(source, Mapping) and set(source) <= set(BRANCHES.values()):
+        parts = {part: {_strip(k): v for k, v in read_checkpoint(src).items()} for part, src in source.items()}
+    else:
+        parts = split_full_checkpoint(read_checkpoint(source))
+    report = LoadReport()
+    for part, sd in parts.items():
+        if "ctpe" in sd:  # shipped in the S2 file (and kept by the converter in every file)
+            _copy(model.ctpe.ctpe, sd.pop("ctpe"), "ctpe")
+            report.loaded["ctpe"] = 1
+        for key in [k for k in sd if k.split(".")[-1] in REBUILT or k in UNUSED]:
+            report.ignored.append(f"{part}.{key}")
+            del sd[key]
+        if part == "extra":
+            report.unexpected += [f"{k}" for k in sd]
+            continue
+        target: nn.Module = getattr(model, part)
+        own = target.state_dict()
+        report.unexpected += [f"{part}.{k}" for k in sd if k not in own]
+        report.missing += [f"{part}.{k}" for k in own if k not in sd]
+        for key, value in sd.items():
+            if key in own:
+                _copy(own[key], value, f"{part}.{key}")
+        report.loaded[part] = sum(k in own for k in sd)
+    if strict and (report.missing or report.unexpected):
+        raise ValueError("official checkpoint does not match the model (use strict=False to load what matches):\n"
+                         + str(report))
+    return report
+
+
+def _copy(dst: Tensor, src: Tensor, name: str) -> None:
+    if tuple(dst.shape) != tuple(src.shape):
+        raise ValueError(f"{name}: the checkpoint has shape {tuple(src.shape)}, the model {tuple(dst.shape)} "
+                         "(a checkpoint for another config?)")
+    with torch.no_grad():
+        dst.copy_(src)
