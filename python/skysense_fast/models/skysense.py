@@ -82,7 +82,7 @@ class SkySense(nn.Module):
             if doy is None:
                 raise ValueError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) are required")
             maps[name] = self._series(x, name, enc, head)
-        grids = {k: tuple(v.shape[-2:]) for k, v in maps.items() if v is not None}
+        grids = {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in maps.items() if v is not None}
         if len(set(grids.values())) > 1:
             raise ValueError(f"SkySense: the modalities do not share the fusion grid: {grids} "
                              "(HR needs 32 pixels per Sentinel pixel)")

@@ -173,8 +173,8 @@ class WindowAttentionV2(_FusedWindowAttention):
     def position_bias(self) -> Tensor:
         """16 sigmoid(MLP(offsets)), (heads, N, N)."""
         cacheable = not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        key = tuple((p.data_ptr(), p._version) for p in self.cpb_mlp.parameters()) + (
-            self.relative_coords_table.data_ptr(),)
+        key = tuple((id(p), p._version) for p in self.cpb_mlp.parameters()) + (
+            id(self.relative_coords_table), self.relative_coords_table._version)
         if cacheable and self._bias_cache is not None and self._bias_cache[0] == key:
             return self._bias_cache[1]
         N = self.window_size[0] * self.window_size[1]
