@@ -56,6 +56,18 @@ def test_gradients_reach_every_parameter():
     assert missing == []
 
 
+def test_grad_checkpointing_gives_the_same_gradients():
+    x = inputs(torch.Generator().manual_seed(0))
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        m = models.create("skysense-tiny").set_grad_checkpointing(ckpt).train()
+        m(**x)["geo"].square().mean().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_input(model):
     x = inputs(torch.Generator().manual_seed(0))
     cases = [

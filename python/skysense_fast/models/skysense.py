@@ -42,6 +42,14 @@ class SkySense(nn.Module):
         self.fusion = MultimodalTemporalFusion(out, cfg.fusion_dim, cfg.fusion_layers, cfg.fusion_heads)
         self.geo = GeoContext(cfg.fusion_dim, cfg.geo_regions, cfg.geo_prototypes)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> SkySense:
+        """Recompute each transformer block in the backward instead of storing its activations
+        (training only): Swin blocks, ViT layers, fusion layers."""
+        for m in self.modules():
+            if hasattr(type(m), "grad_checkpointing"):
+                m.grad_checkpointing = enable
+        return self
+
     def _series(self, x: Tensor, name: str, encoder: ViTEncoder, head: UPHead) -> Tensor:
         """(B, T, C, h, w) -> (B, T, out, h, w): acquisitions folded into the batch."""
         if x.dim() != 5 or x.shape[2] != encoder.in_chans:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..nn.temporal_fusion import _FFN
 from ..nn.window_attention import WindowAttentionV2
@@ -102,11 +103,13 @@ class SwinV2Stage(nn.Module):
                         extra_norm=extra_every > 0 and (b + 1) % extra_every == 0)
             for b in range(depth))
 
+    grad_checkpointing = False
+
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
         for blk in self.blocks:
-            x = blk(x)
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and self.training else blk(x)
         return x
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..nn.temporal_fusion import TransformerLayer
 
 
 class ViTEncoder(nn.Module):
+    grad_checkpointing = False
+
     """Patch 4 ViT over each acquisition; acquisitions folded into the batch.
 
     Defaults are the official ViT-L (1024 wide, 24 layers, 16 heads, MLP 4096, 64 x 64 input
@@ -58,7 +61,7 @@ class ViTEncoder(nn.Module):
         N, C, h, w = x.shape
         x = torch.cat([self.cls_token.expand(N, -1, -1), x.flatten(2).transpose(1, 2)], 1) + self._pos(h, w)
         for layer in self.layers:
-            x = layer(x)
+            x = checkpoint(layer, x, use_reentrant=False) if self.grad_checkpointing and self.training else layer(x)
         return x[:, 1:].transpose(1, 2).reshape(N, C, h, w)
 
 

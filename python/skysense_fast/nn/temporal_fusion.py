@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
 from ..ops.temporal_attention import MAX_TOKENS, temporal_attention_qkv
@@ -92,6 +93,8 @@ class MultimodalTemporalFusion(nn.Module):
     fused op (same weights): the reference for tests and A/B.
     """
 
+    grad_checkpointing = False
+
     def __init__(self, in_dims: int = 2816, embed_dims: int = 1024, num_layers: int = 24, num_heads: int = 16,
                  mlp_ratio: float = 4.0, ln_eps: float = 1e-5, fused: bool = True, device=None, dtype=None):
         super().__init__()
@@ -111,7 +114,10 @@ class MultimodalTemporalFusion(nn.Module):
         if key_padding_mask is not None:  # the class token is always a valid key
             key_padding_mask = torch.cat([key_padding_mask.new_zeros(N, 1), key_padding_mask], 1)
         for layer in self.layers:
-            x = layer(x, key_padding_mask, self.fused)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(layer, x, key_padding_mask, self.fused, use_reentrant=False)
+            else:
+                x = layer(x, key_padding_mask, self.fused)
         return x[:, 0]
 
     def forward_maps(self, hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor | None = None, *,
