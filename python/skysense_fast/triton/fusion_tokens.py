@@ -16,14 +16,18 @@ DAYS = 365
 
 
 @triton.jit
-def _fwd(X, Tok, Doy, Valid, Table, HW, C, L, T, slot0,
-         HAS_DOY: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _block(HW, C, T, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's frame (b, t) and its (pixels x channels) block, with the bounds mask."""
     bt = tl.program_id(0)
-    b = bt // T
-    t = bt % T
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = (p[:, None] < HW) & (c[None, :] < C)
+    return bt, bt // T, bt % T, p, c, (p[:, None] < HW) & (c[None, :] < C)
+
+
+@triton.jit
+def _fwd(X, Tok, Doy, Valid, Table, HW, C, L, T, slot0,
+         HAS_DOY: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    bt, b, t, p, c, m = _block(HW, C, T, BLOCK_P, BLOCK_C)
     x = tl.load(X + (bt.to(tl.int64) * C + c[None, :]) * HW + p[:, None], mask=m, other=0.0).to(tl.float32)
     if HAS_DOY:
         row = tl.maximum(tl.minimum(tl.load(Doy + bt), 365) - 1, 0)
@@ -37,12 +41,7 @@ def _fwd(X, Tok, Doy, Valid, Table, HW, C, L, T, slot0,
 @triton.jit
 def _bwd(G, GX, Doy, Valid, GTable, HW, C, L, T, slot0,
          HAS_DOY: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    bt = tl.program_id(0)
-    b = bt // T
-    t = bt % T
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    m = (p[:, None] < HW) & (c[None, :] < C)
+    bt, b, t, p, c, m = _block(HW, C, T, BLOCK_P, BLOCK_C)
     g = tl.load(G + ((b.to(tl.int64) * HW + p[:, None]) * L + slot0 + t) * C + c[None, :], mask=m, other=0.0)
     g = g.to(tl.float32)
     if HAS_VALID:

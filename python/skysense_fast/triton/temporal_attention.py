@@ -24,6 +24,16 @@ def _tile(X, s, h, st0, st1, st2, T, hd, BLOCK_T: tl.constexpr, BLOCK_D: tl.cons
 
 
 @triton.jit
+def _load_qkv(Q, K, V, T, hd, sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2,
+              BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (sequence, head) and its q, k, v tiles."""
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    return (s, h, _tile(Q, s, h, sq0, sq1, sq2, T, hd, BLOCK_T, BLOCK_D),
+            _tile(K, s, h, sk0, sk1, sk2, T, hd, BLOCK_T, BLOCK_D), _tile(V, s, h, sv0, sv1, sv2, T, hd, BLOCK_T, BLOCK_D))
+
+
+@triton.jit
 def _probs(q, k, keymask, s, T, scale, HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr):
     if IEEE:
         sc = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
@@ -39,11 +49,7 @@ def _probs(q, k, keymask, s, T, scale, HAS_MASK: tl.constexpr, IEEE: tl.constexp
 def _fwd(Q, K, V, Out, Lse, keymask, T, heads, hd, scale,
          sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2,
          HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    s = tl.program_id(0)
-    h = tl.program_id(1)
-    q = _tile(Q, s, h, sq0, sq1, sq2, T, hd, BLOCK_T, BLOCK_D)
-    k = _tile(K, s, h, sk0, sk1, sk2, T, hd, BLOCK_T, BLOCK_D)
-    v = _tile(V, s, h, sv0, sv1, sv2, T, hd, BLOCK_T, BLOCK_D)
+    s, h, q, k, v = _load_qkv(Q, K, V, T, hd, sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, BLOCK_T, BLOCK_D)
     sc = _probs(q, k, keymask, s, T, scale, HAS_MASK, IEEE, BLOCK_T)
     mx = tl.max(sc, 1)
     p = tl.exp(sc - mx[:, None])
@@ -65,11 +71,7 @@ def _fwd(Q, K, V, Out, Lse, keymask, T, heads, hd, scale,
 def _bwd(Q, K, V, Out, dOut, Lse, keymask, dQ, dK, dV, T, heads, hd, scale,
          sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, so0, so1, so2, sg0, sg1, sg2,
          HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    s = tl.program_id(0)
-    h = tl.program_id(1)
-    q = _tile(Q, s, h, sq0, sq1, sq2, T, hd, BLOCK_T, BLOCK_D)
-    k = _tile(K, s, h, sk0, sk1, sk2, T, hd, BLOCK_T, BLOCK_D)
-    v = _tile(V, s, h, sv0, sv1, sv2, T, hd, BLOCK_T, BLOCK_D)
+    s, h, q, k, v = _load_qkv(Q, K, V, T, hd, sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, BLOCK_T, BLOCK_D)
     o = _tile(Out, s, h, so0, so1, so2, T, hd, BLOCK_T, BLOCK_D).to(tl.float32)
     do = _tile(dOut, s, h, sg0, sg1, sg2, T, hd, BLOCK_T, BLOCK_D)
     t = tl.arange(0, BLOCK_T)

@@ -80,6 +80,21 @@ def _normalize(x, COSINE: tl.constexpr):
 
 
 @triton.jit
+def _load_scores(Q, K, V, ls, bias, mask, pid_bw, h, H, W, Hp, Wp, nW, nWw, heads, hd, M, scale,
+                 WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                 COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One window and head: offsets, q^ / k^ with their norms, v, and (C, logits, tau)."""
+    offs, m2, t, region = _tokens(pid_bw, nW, nWw, H, W, Hp, Wp, heads, hd, h, WH, WW, SH, SW, BLOCK_N, BLOCK_D)
+    qn, nq = _normalize(tl.load(Q + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
+    kn, nk = _normalize(tl.load(K + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
+    v = tl.load(V + offs, mask=m2, other=0.0)
+    c, s, tau = _logits(qn.to(v.dtype), kn.to(v.dtype), bias, mask, ls, pid_bw, h, t, region, M, scale,
+                        WH * WW, COSINE, HAS_BIAS, HAS_MASK, SH > 0 or SW > 0, IEEE)
+    return offs, m2, t, qn, nq, kn, nk, v, c, s, tau
+
+
+@triton.jit
 def _fwd(Q, K, V, Out, Lse, ls, bias, mask, H, W, Hp, Wp, nW, nWw, heads, hd, M, scale,
          WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
          COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, IEEE: tl.constexpr,
@@ -87,13 +102,10 @@ def _fwd(Q, K, V, Out, Lse, ls, bias, mask, H, W, Hp, Wp, nW, nWw, heads, hd, M,
     pid_bw = tl.program_id(0)
     h = tl.program_id(1)
     N: tl.constexpr = WH * WW
-    offs, m2, t, region = _tokens(pid_bw, nW, nWw, H, W, Hp, Wp, heads, hd, h, WH, WW, SH, SW, BLOCK_N, BLOCK_D)
-    q, _ = _normalize(tl.load(Q + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
-    k, _ = _normalize(tl.load(K + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
-    v = tl.load(V + offs, mask=m2, other=0.0)
+    offs, m2, t, _, _, _, _, v, _, s, _ = _load_scores(
+        Q, K, V, ls, bias, mask, pid_bw, h, H, W, Hp, Wp, nW, nWw, heads, hd, M, scale,
+        WH, WW, SH, SW, COSINE, HAS_BIAS, HAS_MASK, IEEE, BLOCK_N, BLOCK_D)
     dt = v.dtype
-    _, s, _ = _logits(q.to(dt), k.to(dt), bias, mask, ls, pid_bw, h, t, region, M, scale,
-                      N, COSINE, HAS_BIAS, HAS_MASK, SH > 0 or SW > 0, IEEE)
     mx = tl.max(s, 1)
     p = tl.exp(s - mx[:, None])
     den = tl.sum(p, 1)
@@ -115,15 +127,12 @@ def _bwd(Q, K, V, Out, dOut, Lse, ls, bias, mask, dQ, dK, dV, dLs, dBias,
     pid_bw = tl.program_id(0)
     h = tl.program_id(1)
     N: tl.constexpr = WH * WW
-    offs, m2, t, region = _tokens(pid_bw, nW, nWw, H, W, Hp, Wp, heads, hd, h, WH, WW, SH, SW, BLOCK_N, BLOCK_D)
-    qn, nq = _normalize(tl.load(Q + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
-    kn, nk = _normalize(tl.load(K + offs, mask=m2, other=0.0).to(tl.float32), COSINE)
-    v = tl.load(V + offs, mask=m2, other=0.0)
+    offs, m2, t, qn, nq, kn, nk, v, c, s, tau = _load_scores(
+        Q, K, V, ls, bias, mask, pid_bw, h, H, W, Hp, Wp, nW, nWw, heads, hd, M, scale,
+        WH, WW, SH, SW, COSINE, HAS_BIAS, HAS_MASK, IEEE, BLOCK_N, BLOCK_D)
     dt = v.dtype
     do = tl.load(dOut + offs, mask=m2, other=0.0)
     o = tl.load(Out + offs, mask=m2, other=0.0).to(tl.float32)
-    c, s, tau = _logits(qn.to(dt), kn.to(dt), bias, mask, ls, pid_bw, h, t, region, M, scale,
-                        N, COSINE, HAS_BIAS, HAS_MASK, SH > 0 or SW > 0, IEEE)
     lse = tl.load(Lse + (pid_bw * heads + h) * N + t, mask=t < N, other=0.0)
     p = tl.exp(s - lse[:, None])
     D = tl.sum(do.to(tl.float32) * o, 1)
