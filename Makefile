@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors pytest pytest-benchmark hypothesis expecttest timm
+BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pytest pytest-benchmark hypothesis expecttest timm
 SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
 
 .PHONY: install demo test test-all bench gpu-check clean

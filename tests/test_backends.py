@@ -80,6 +80,6 @@ def test_cli_info_and_demo(capsys):
 
     assert main(["info"]) == 0
     assert '"cpp"' in capsys.readouterr().out
-    assert main(["demo", "--batch", "2", "--samples", "300", "--prototypes", "30"]) == 0
+    assert main(["sinkhorn-demo", "--batch", "2", "--samples", "300", "--prototypes", "30"]) == 0
     out = capsys.readouterr().out
     assert "rows sum to 1" in out and "max |Q - Q_ref|" in out

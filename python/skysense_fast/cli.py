@@ -1,4 +1,5 @@
-"""The ``skysense-fast`` command: ``info`` (build and backends) and ``demo``."""
+"""The ``skysense-fast`` command: ``embed`` (GeoTIFF -> feature GeoTIFF), ``demo``, ``info``,
+``sinkhorn-demo``. User errors print one line and exit with status 2, no traceback."""
 
 from __future__ import annotations
 
@@ -20,7 +21,107 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from skysense_fast import models
+    from skysense_fast.weights import load_weights
+
+    torch.manual_seed(0)
+    model = models.create(args.config)
+    if args.weights:
+        load_weights(model, args.weights)
+    else:
+        print(f"note: no --weights given: {args.config} runs with random weights (the pipeline, not the features)")
+    return model
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from skysense_fast.data import open_raster
+    from skysense_fast.infer import embed_scene
+
+    open_raster(args.input, bands=3).close()  # a missing or unusable input fails before the model loads
+    model = _load_model(args)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    t0 = time.perf_counter()
+    info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                       device=args.device, dtype=dtype, output=args.features, progress=args.progress)
+    C, h, w = info["shape"]
+    print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
+          f"{info['tiles']} tiles in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _synthetic_scene(path: str, size: int = 512) -> None:
+    """A deterministic RGB scene with fields, a river and a road (EPSG:32633, 0.5 m pixels)."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    fields = ((xx // 96 + yy // 80) % 4).astype(np.float32)
+    palette = np.array([[94, 130, 60], [160, 150, 90], [70, 110, 50], [180, 170, 120]], np.float32)
+    img = palette[fields.astype(int)].transpose(2, 0, 1)
+    river = np.abs(yy - (size * 0.6 + 40 * np.sin(xx / 60))) < 12
+    road = np.abs(xx - yy * 0.7 - 60) < 4
+    img[:, river] = np.array([40, 70, 110], np.float32)[:, None]
+    img[:, road] = np.array([200, 200, 200], np.float32)[:, None]
+    img += rng.normal(0, 6, img.shape).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 0.5, 0.5)) as d:
+        d.write(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _pca_png(scene: str, features: str, png: str) -> None:
+    """The input next to a 3-component PCA of the features (upsampled), as one PNG."""
+    import numpy as np
+    import rasterio
+    from PIL import Image
+
+    with rasterio.open(scene) as s, rasterio.open(features) as f:
+        rgb = s.read([1, 2, 3]).transpose(1, 2, 0)
+        feat = f.read().astype(np.float64)
+    C, h, w = feat.shape
+    x = feat.reshape(C, -1).T
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    pcs = (x @ vt[:3].T).reshape(h, w, 3)
+    pcs = (pcs - pcs.min((0, 1))) / np.maximum(np.ptp(pcs, (0, 1)), 1e-12)
+    pca = Image.fromarray((pcs * 255).astype(np.uint8)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
+    canvas = Image.new("RGB", (rgb.shape[1] * 2 + 8, rgb.shape[0]), "white")
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    canvas.paste(pca, (rgb.shape[1] + 8, 0))
+    tmp = png + ".partial.png"
+    canvas.save(tmp)
+    import os
+
+    os.replace(tmp, png)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """embed on the bundled (generated) scene; writes the features and a PNG next to it."""
+    import os
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    scene = os.path.join(args.out_dir, "demo_scene.tif")
+    feats = os.path.join(args.out_dir, "demo_features.tif")
+    png = os.path.join(args.out_dir, "demo.png")
+    _synthetic_scene(scene)
+    print(f"scene: {scene} (512 x 512 px, synthetic: fields, a river, a road)")
+    ns = argparse.Namespace(config=args.config, weights=args.weights, input=scene, output=feats, tile=256, overlap=64,
+                            batch_size=4, device="cpu", dtype="float32", features="fused", progress=False)
+    _cmd_embed(ns)
+    _pca_png(scene, feats, png)
+    print(f"wrote {png}: the scene next to a 3-component PCA of its features")
+    return 0
+
+
+def _cmd_sinkhorn_demo(args: argparse.Namespace) -> int:
     """Prototype assignment on a bundled synthetic problem, checked against the reference."""
     import torch
 
@@ -53,13 +154,38 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="skysense-fast", description="SkySense with fused kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="build, backends and devices").set_defaults(fn=_cmd_info)
-    d = sub.add_parser("demo", help="run the bundled demo")
-    d.add_argument("--batch", type=int, default=8)
-    d.add_argument("--samples", type=int, default=4096)
-    d.add_argument("--prototypes", type=int, default=100)
+
+    def model_args(q):
+        q.add_argument("--config", default="skysense-tiny", help="model config (skysense-2b, -base, -tiny)")
+        q.add_argument("--weights", help="safetensors weights saved by skysense_fast.weights.save_weights")
+
+    e = sub.add_parser("embed", help="embed an HR GeoTIFF into a georeferenced feature GeoTIFF")
+    e.add_argument("input", help="RGB GeoTIFF (0-255)")
+    e.add_argument("-o", "--output", required=True, help="output GeoTIFF (written atomically)")
+    model_args(e)
+    e.add_argument("--tile", type=int, default=256, help="tile size in pixels (multiple of 32)")
+    e.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (multiple of 32)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    e.add_argument("--features", choices=("fused", "geo"), default="fused")
+    e.add_argument("--progress", action="store_true")
+    e.set_defaults(fn=_cmd_embed)
+    d = sub.add_parser("demo", help="embed the bundled scene; write its features and a PCA picture")
+    d.add_argument("--out-dir", default="demo_output")
+    model_args(d)
     d.set_defaults(fn=_cmd_demo)
+    sd = sub.add_parser("sinkhorn-demo", help="Sinkhorn-Knopp prototype assignment on a synthetic problem")
+    sd.add_argument("--batch", type=int, default=8)
+    sd.add_argument("--samples", type=int, default=4096)
+    sd.add_argument("--prototypes", type=int, default=100)
+    sd.set_defaults(fn=_cmd_sinkhorn_demo)
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"skysense-fast {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

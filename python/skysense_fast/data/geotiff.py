@@ -1,0 +1,46 @@
+"""GeoTIFF access for inference: open with checks, centre geolocation, HR normalisation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# HR RGB statistics on 0-255 values (SKYSENSE_SPEC.md §8: ImageNet's, as the official configs use)
+HR_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+HR_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+
+def open_raster(path: str | os.PathLike, bands: int | None = None):
+    """rasterio dataset for reading; a missing file, a non-raster or a wrong band count is a
+    ValueError / FileNotFoundError that names the file and what was expected."""
+    import rasterio
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input not found: {path}")
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise ValueError(f"{path} is not a readable raster ({e})") from None
+    if bands is not None and ds.count < bands:
+        ds.close()
+        raise ValueError(f"{path} has {ds.count} band(s); the HR branch needs {bands} (R, G, B)")
+    if ds.crs is None:
+        ds.close()
+        raise ValueError(f"{path} has no CRS: it is not georeferenced")
+    return ds
+
+
+def scene_latlon(ds) -> tuple[float, float]:
+    """Latitude and longitude (degrees, WGS84) of the raster's centre, for the geo-context."""
+    from rasterio.warp import transform
+
+    cx, cy = ds.transform * (ds.width / 2, ds.height / 2)
+    lon, lat = transform(ds.crs, "EPSG:4326", [cx], [cy])
+    return float(lat[0]), float(lon[0])
+
+
+def normalise_hr(tile: np.ndarray) -> np.ndarray:
+    """(3, h, w) 0-255 values -> normalised float32."""
+    return ((tile[:3].astype(np.float32) - HR_MEAN[:, None, None]) / HR_STD[:, None, None]).astype(np.float32)

@@ -1,0 +1,146 @@
+"""Tiled, streaming SkySense inference over an HR scene of any size.
+
+The scene is read in tiles of ``tile`` pixels overlapping by ``overlap``, batched through the
+model, and each tile's fused feature map (one feature pixel per 32 image pixels) is blended
+into the output with a cosine (Hann) weight so that no seams appear. Tiles go row by row;
+only one band of output rows (a tile's height) is held, and finished rows are written to a
+tiled, compressed GeoTIFF as soon as no later tile touches them, so memory is bounded by
+the tile row, not the scene. The file is written under a temporary name and renamed when
+complete: an interrupted run leaves no partial output at the final path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+
+SCALE = 32  # image pixels per feature pixel (the HR stage-3 grid)
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins on the 32-pixel grid (stride is a multiple of 32); the last tile may be
+    cut short by the edge."""
+    starts = [0]
+    while starts[-1] + tile < size:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def _weight(n: int) -> np.ndarray:
+    """Cosine blending weight over n feature pixels, never exactly 0 (edges still count)."""
+    w = np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
+    return np.maximum(w, 1e-3).astype(np.float32)
+
+
+def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
+                overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False) -> dict:
+    """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
+
+    Args:
+        model: a :class:`~skysense_fast.models.SkySense` (its HR branch, fusion and geo-context).
+        src: RGB GeoTIFF (0-255 values), any size (edges are zero-padded to whole tiles).
+        dst: output path; written atomically.
+        tile, overlap: tile size and overlap in image pixels, multiples of 32.
+        output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
+
+    Returns: a summary (tiles, output shape, feature bands).
+    """
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+
+    if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
+    if output not in ("fused", "geo"):
+        raise ValueError(f"output must be 'fused' or 'geo', got {output!r}")
+    dst = os.fspath(dst)
+    model = model.eval().to(device)
+    with open_raster(src, bands=3) as ds:
+        H, W = ds.height, ds.width
+        oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
+        latlon = torch.tensor([scene_latlon(ds)], dtype=torch.float32)
+        t = tile // SCALE
+        stride = tile - overlap
+        rows, cols = _starts(H, tile, stride), _starts(W, tile, stride)
+        nodata = ds.nodata
+        profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
+                       transform=ds.transform * Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+        tmp = dst + ".partial"
+        written = 0
+        try:
+            out = None
+            acc = wsum = None
+            band_top = 0  # output row of acc[0]
+            for r in rows:
+                tiles = [(r, c) for c in cols]
+                feats = list(_run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata))
+                C = feats[0][1].shape[0]
+                if out is None:
+                    out = rasterio.open(tmp, "w", count=C, **profile)
+                    for i in range(C):
+                        out.set_band_description(i + 1, f"skysense_{output}_{i}")
+                    acc = np.zeros((C, 2 * t + 1, ow), np.float32)
+                    wsum = np.zeros((2 * t + 1, ow), np.float32)
+                r0 = r // SCALE
+                for (_, c), f in feats:
+                    c0 = c // SCALE
+                    fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
+                    wgt = np.outer(_weight(f.shape[1])[:fh], _weight(f.shape[2])[:fw])
+                    y0 = r0 - band_top
+                    acc[:, y0:y0 + fh, c0:c0 + fw] += f[:, :fh, :fw] * wgt
+                    wsum[y0:y0 + fh, c0:c0 + fw] += wgt
+                # rows above the next tile row are final
+                next_top = (r + stride) // SCALE if r != rows[-1] else oh
+                done = min(next_top, oh) - band_top
+                if done > 0:
+                    block = acc[:, :done] / np.maximum(wsum[:done], 1e-12)
+                    out.write(block.astype(np.float32), window=Window(0, band_top, ow, done))
+                    written += done
+                    acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
+                    wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
+                    band_top += done
+                if progress:
+                    print(f"  rows {band_top}/{oh}", flush=True)
+            out.close()
+            os.replace(tmp, dst)
+        except BaseException:
+            if out is not None and not out.closed:
+                out.close()
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    return {"tiles": len(rows) * len(cols), "shape": (C, oh, ow), "rows_written": written}
+
+
+def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata) -> Iterator:
+    """Features of each tile. Tiles at the scene's edge are read at their true size (the model
+    pads internally, exactly as on a whole image) and batched with tiles of the same size."""
+    from rasterio.windows import Window
+
+    H, W = ds.height, ds.width
+    by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in tiles:
+        by_size.setdefault((min(tile, H - r), min(tile, W - c)), []).append((r, c))
+    for (h, w), group in by_size.items():
+        for i in range(0, len(group), batch_size):
+            chunk = group[i:i + batch_size]
+            arr = []
+            for r, c in chunk:
+                a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+                x = normalise_hr(a)
+                if nodata is not None:  # nodata pixels become zero features, like padding
+                    x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
+                arr.append(x)
+            x = torch.from_numpy(np.stack(arr)).to(device)
+            dev_type = torch.device(device).type
+            with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
+                res = model(hr=x, latlon=latlon.expand(len(chunk), 2).to(device))
+            yield from zip(chunk, res[output].float().cpu().numpy())

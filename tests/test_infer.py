@@ -1,0 +1,112 @@
+"""Tiled GeoTIFF inference and the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.transform import from_origin  # noqa: E402
+
+from skysense_fast import models  # noqa: E402
+from skysense_fast.cli import main  # noqa: E402
+from skysense_fast.data.geotiff import normalise_hr, scene_latlon  # noqa: E402
+from skysense_fast.infer import embed_scene  # noqa: E402
+
+
+def write_scene(path, H, W, nodata=None, seed=0):
+    img = (np.random.default_rng(seed).random((3, H, W)) * 255).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", height=H, width=W, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 0.5, 0.5), nodata=nodata) as d:
+        d.write(img)
+    return img
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return models.create("skysense-tiny").eval()
+
+
+def test_one_tile_equals_whole_image_inference(model, tmp_path):
+    img = write_scene(tmp_path / "s.tif", 200, 300)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=320, overlap=0)
+    with rasterio.open(tmp_path / "s.tif") as d:
+        ll = torch.tensor([scene_latlon(d)])
+    with torch.no_grad():
+        ref = model(hr=torch.from_numpy(normalise_hr(img))[None], latlon=ll)["fused"][0].numpy()
+    with rasterio.open(tmp_path / "f.tif") as f:
+        np.testing.assert_allclose(f.read(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_output_georeferencing_and_blending(model, tmp_path):
+    img = write_scene(tmp_path / "s.tif", 400, 700)
+    info = embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=256, overlap=64, batch_size=3)
+    assert info["tiles"] == 8 and info["shape"] == (64, 13, 22) and info["rows_written"] == 13
+    with rasterio.open(tmp_path / "s.tif") as s, rasterio.open(tmp_path / "f.tif") as f:
+        a = f.read()
+        assert f.crs == s.crs and f.transform == s.transform * rasterio.Affine.scale(32, 32)
+        assert f.descriptions[0] == "skysense_fused_0" and f.profile["compress"] == "deflate" and f.profile["tiled"]
+    assert np.isfinite(a).all()
+    # where only one tile reaches (tile (0, 0) minus the overlaps: 6 x 6 feature pixels) the
+    # output is exactly that tile's features: the blend weights are normalised
+    with rasterio.open(tmp_path / "s.tif") as d:
+        ll = torch.tensor([scene_latlon(d)])
+    with torch.no_grad():
+        tile = model(hr=torch.from_numpy(normalise_hr(img[:, :256, :256]))[None], latlon=ll)["fused"][0].numpy()
+    np.testing.assert_allclose(a[:, :6, :6], tile[:, :6, :6], rtol=1e-5, atol=1e-5)
+    # and batching does not change anything
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=256, overlap=64, batch_size=1)
+    with rasterio.open(tmp_path / "g.tif") as g:
+        np.testing.assert_allclose(g.read(), a, rtol=1e-4, atol=1e-4)
+
+
+def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
+    write_scene(tmp_path / "s.tif", 300, 300)
+    import skysense_fast.infer.tiled as tiled
+
+    calls = {"n": 0}
+    real = tiled._run_tiles
+
+    def failing(*a, **k):
+        for item in real(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(tiled, "_run_tiles", failing)
+    with pytest.raises(KeyboardInterrupt):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_bad_arguments(model, tmp_path):
+    write_scene(tmp_path / "s.tif", 64, 64)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=100)
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        embed_scene(model, tmp_path / "missing.tif", tmp_path / "f.tif")
+    (tmp_path / "text.tif").write_text("not a raster")
+    with pytest.raises(ValueError, match="not a readable raster"):
+        embed_scene(model, tmp_path / "text.tif", tmp_path / "f.tif")
+    with rasterio.open(tmp_path / "one.tif", "w", driver="GTiff", height=8, width=8, count=1, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(0, 0, 1, 1)) as d:
+        d.write(np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match="has 1 band\\(s\\); the HR branch needs 3"):
+        embed_scene(model, tmp_path / "one.tif", tmp_path / "f.tif")
+
+
+def test_cli_embed_demo_info_and_errors(tmp_path, capsys):
+    write_scene(tmp_path / "s.tif", 128, 160)
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "f.tif"), "--tile", "128",
+                 "--overlap", "32"]) == 0
+    assert "feature bands" in capsys.readouterr().out and (tmp_path / "f.tif").exists()
+    assert main(["embed", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "g.tif")]) == 2
+    assert "input not found" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "g.tif"), "--config", "skysense-9b"]) == 2
+    assert "unknown SkySense config" in capsys.readouterr().err
+    assert main(["demo", "--out-dir", str(tmp_path / "demo")]) == 0
+    assert {p.name for p in (tmp_path / "demo").iterdir()} == {"demo_scene.tif", "demo_features.tif", "demo.png"}
+    assert main(["info"]) == 0
