@@ -110,3 +110,20 @@ def test_cli_embed_demo_info_and_errors(tmp_path, capsys):
     assert main(["demo", "--out-dir", str(tmp_path / "demo")]) == 0
     assert {p.name for p in (tmp_path / "demo").iterdir()} == {"demo_scene.tif", "demo_features.tif", "demo.png"}
     assert main(["info"]) == 0
+
+
+@pytest.mark.parametrize("fmt,part", [("export", "hr"), ("torchscript", "model")])
+def test_cli_export(tmp_path, fmt, part, capsys):
+    out = tmp_path / f"m.{'pt2' if fmt == 'export' else 'pt'}"
+    assert main(["export", "-o", str(out), "--format", fmt, "--part", part, "--size", "128"]) == 0
+    x = torch.randn(1, 3, 128, 128)
+    if fmt == "export":
+        loaded = torch.export.load(str(out)).module()
+        torch.manual_seed(0)
+        ref = models.create("skysense-tiny").eval().hr
+        torch.testing.assert_close(loaded(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+    else:
+        loaded = torch.jit.load(str(out))
+        assert loaded(x, torch.tensor([[1.0, 2.0]]))[0].shape == (1, 64, 4, 4)
+    assert main(["export", "-o", str(out), "--size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err

@@ -121,6 +121,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hr_path(model):
+    """The model's HR path as a module with positional inputs and a tuple output (what export
+    and trace want): (hr, latlon) -> (fused, geo)."""
+    import torch
+
+    class HRPath(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, hr, latlon):
+            out = self.m(hr=hr, latlon=latlon)
+            return out["fused"], out["geo"]
+
+    return HRPath(model)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """torch.export (.pt2) or TorchScript (trace) file of the HR encoder or the HR model path."""
+    import os
+
+    import torch
+
+    model = _load_model(args).eval()
+    size = args.size
+    if size % 32:
+        raise ValueError(f"--size must be a multiple of 32, got {size}")
+    hr = torch.randn(1, model.config.hr_in_chans, size, size)
+    if args.part == "hr":
+        module, example = model.hr, (hr,)
+    else:
+        module, example = _hr_path(model), (hr, torch.tensor([[45.0, 7.0]]))
+    tmp = args.output + ".partial"
+    with torch.no_grad():
+        if args.format == "export":
+            torch.export.save(torch.export.export(module, example), tmp)
+        else:
+            torch.jit.trace(module, example, check_trace=False).save(tmp)
+    os.replace(tmp, args.output)
+    print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example input {tuple(hr.shape)})")
+    return 0
+
+
 def _cmd_sinkhorn_demo(args: argparse.Namespace) -> int:
     """Prototype assignment on a bundled synthetic problem, checked against the reference."""
     import torch
@@ -175,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--out-dir", default="demo_output")
     model_args(d)
     d.set_defaults(fn=_cmd_demo)
+    x = sub.add_parser("export", help="write a torch.export (.pt2) or TorchScript file of the HR encoder / HR model")
+    x.add_argument("-o", "--output", required=True)
+    model_args(x)
+    x.add_argument("--part", choices=("hr", "model"), default="hr", help="hr: SwinV2 encoder; model: HR -> fused, geo")
+    x.add_argument("--format", choices=("export", "torchscript"), default="export")
+    x.add_argument("--size", type=int, default=256, help="example HR input size (pixels, multiple of 32)")
+    x.set_defaults(fn=_cmd_export)
     sd = sub.add_parser("sinkhorn-demo", help="Sinkhorn-Knopp prototype assignment on a synthetic problem")
     sd.add_argument("--batch", type=int, default=8)
     sd.add_argument("--samples", type=int, default=4096)
