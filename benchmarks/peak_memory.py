@@ -4,6 +4,8 @@
         prints (peak RSS during the call - RSS before it) / (bytes of the output)
     python benchmarks/peak_memory.py window_attention IMPL B H W HEADS HD WINDOW SHIFT [fwd|fwdbwd]
         prints the peak RSS increase in bytes
+    python benchmarks/peak_memory.py embed SCENE.tif OUT.tif
+        prints the peak RSS increase of `embed` (tiny config, tile 256) in bytes
 """
 
 from __future__ import annotations
@@ -68,9 +70,23 @@ def window_attention_case(impl: str, B, H, W, nh, hd, window, shift, mode="fwd")
     print(peak_rss() - before)
 
 
+def embed_case(scene: str, out: str) -> None:
+    from skysense_fast import models
+    from skysense_fast.infer import embed_scene
+
+    torch.manual_seed(0)
+    model = models.create("skysense-tiny").eval()
+    before = rss_now()
+    reset_peak()
+    embed_scene(model, scene, out, tile=256, overlap=64, batch_size=4)
+    print(peak_rss() - before)
+
+
 def main() -> None:
     op, impl, *rest = sys.argv[1:]
-    if op == "sinkhorn":
+    if op == "embed":
+        embed_case(impl, *rest)
+    elif op == "sinkhorn":
         sinkhorn_case(impl, *map(int, rest))
     else:
         window_attention_case(impl, *map(int, rest[:7]), *rest[7:])

@@ -40,7 +40,8 @@ def _weight(n: int) -> np.ndarray:
 
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False) -> dict:
+                dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
+                gdal_cache_mb: int = 64) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -49,6 +50,8 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         dst: output path; written atomically.
         tile, overlap: tile size and overlap in image pixels, multiples of 32.
         output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
+        gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
+            with the scene: each block is read about once here, so a small cache loses nothing).
 
     Returns: a summary (tiles, output shape, feature bands).
     """
@@ -62,7 +65,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         raise ValueError(f"output must be 'fused' or 'geo', got {output!r}")
     dst = os.fspath(dst)
     model = model.eval().to(device)
-    with open_raster(src, bands=3) as ds:
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
         latlon = torch.tensor([scene_latlon(ds)], dtype=torch.float32)
