@@ -41,7 +41,7 @@ def _weight(n: int) -> np.ndarray:
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
-                gdal_cache_mb: int = 64) -> dict:
+                gdal_cache_mb: int = 64, prefetch: bool = True) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -50,6 +50,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         dst: output path; written atomically.
         tile, overlap: tile size and overlap in image pixels, multiples of 32.
         output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
+        prefetch: read the next batch of tiles while the model runs (overlapped I/O).
         gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
             with the scene: each block is read about once here, so a small cache loses nothing).
 
@@ -84,7 +85,8 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             band_top = 0  # output row of acc[0]
             for r in rows:
                 tiles = [(r, c) for c in cols]
-                feats = list(_run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata))
+                feats = list(_run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata,
+                                        prefetch))
                 C = feats[0][1].shape[0]
                 if out is None:
                     out = rasterio.open(tmp, "w", count=C, **profile)
@@ -123,27 +125,40 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     return {"tiles": len(rows) * len(cols), "shape": (C, oh, ow), "rows_written": written}
 
 
-def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata) -> Iterator:
+def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True) -> Iterator:
     """Features of each tile. Tiles at the scene's edge are read at their true size (the model
-    pads internally, exactly as on a whole image) and batched with tiles of the same size."""
+    pads internally, exactly as on a whole image) and batched with tiles of the same size.
+    With prefetch, the next batch is read (and decoded) in a background thread while the model
+    runs the current one; only that thread touches the input dataset meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from rasterio.windows import Window
 
     H, W = ds.height, ds.width
     by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for r, c in tiles:
         by_size.setdefault((min(tile, H - r), min(tile, W - c)), []).append((r, c))
-    for (h, w), group in by_size.items():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i:i + batch_size]
-            arr = []
-            for r, c in chunk:
-                a = ds.read([1, 2, 3], window=Window(c, r, w, h))
-                x = normalise_hr(a)
-                if nodata is not None:  # nodata pixels become zero features, like padding
-                    x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
-                arr.append(x)
-            x = torch.from_numpy(np.stack(arr)).to(device)
-            dev_type = torch.device(device).type
+    batches = [(h, w, group[i:i + batch_size]) for (h, w), group in by_size.items()
+               for i in range(0, len(group), batch_size)]
+
+    def read(batch):
+        h, w, chunk = batch
+        arr = []
+        for r, c in chunk:
+            a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+            x = normalise_hr(a)
+            if nodata is not None:  # nodata pixels become zero features, like padding
+                x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
+            arr.append(x)
+        return chunk, torch.from_numpy(np.stack(arr))
+
+    dev_type = torch.device(device).type
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, batches[0]) if prefetch else None
+        for i, batch in enumerate(batches):
+            chunk, x = pending.result() if prefetch else read(batch)
+            if prefetch and i + 1 < len(batches):
+                pending = pool.submit(read, batches[i + 1])
             with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
-                res = model(hr=x, latlon=latlon.expand(len(chunk), 2).to(device))
+                res = model(hr=x.to(device), latlon=latlon.expand(len(chunk), 2).to(device))
             yield from zip(chunk, res[output].float().cpu().numpy())
