@@ -127,3 +127,52 @@ def test_cli_export(tmp_path, fmt, part, capsys):
         assert loaded(x, torch.tensor([[1.0, 2.0]]))[0].shape == (1, 64, 4, 4)
     assert main(["export", "-o", str(out), "--size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+def write_series(folder, names, bands, crs, transform, size, linear=False, seed=0):
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for n in names:
+        x = rng.random((bands, *size)).astype(np.float32) * (0.2 if linear else 3000)
+        with rasterio.open(folder / n, "w", driver="GTiff", height=size[0], width=size[1], count=bands,
+                           dtype="float32", crs=crs, transform=transform, nodata=-9999) as d:
+            d.write(x)
+
+
+def test_parse_dates_and_find_series(tmp_path):
+    import datetime as dt
+
+    from skysense_fast.data import find_series, parse_date
+
+    assert parse_date("S2A_MSIL2A_20210615T103021_N0300.tif") == dt.date(2021, 6, 15)
+    assert parse_date("s1_2020-02-29.tif") == dt.date(2020, 2, 29)
+    with pytest.raises(ValueError, match="no acquisition date"):
+        parse_date("scene_final.tif")
+    write_series(tmp_path / "s2", ["b_20210701.tif", "a_20210301.tif"], 10, "EPSG:32633",
+                 from_origin(500000, 5000000, 10, 10), (20, 20))
+    acq = find_series(tmp_path / "s2")
+    assert [a.doy for a in acq] == [60, 182]  # sorted by date
+    with pytest.raises(FileNotFoundError, match="series folder not found"):
+        find_series(tmp_path / "nope")
+
+
+def test_multimodal_embed_reprojects_series(model, tmp_path):
+    write_scene(tmp_path / "s.tif", 256, 320)  # EPSG:32633, 0.5 m: 128 m x 160 m
+    # S2 in geographic coordinates around the scene; S1 in linear power, UTM at 10 m
+    write_series(tmp_path / "s2", ["S2_20210301.tif", "S2_20210601.tif"], 10, "EPSG:4326",
+                 from_origin(14.99, 45.14, 0.0002, 0.0002), (200, 200))
+    write_series(tmp_path / "s1", ["S1_20210310.tif"], 2, "EPSG:32633", from_origin(499950, 5000050, 10, 10), (30, 30),
+                 linear=True)
+    info = embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=0, s2=tmp_path / "s2",
+                       s1=tmp_path / "s1")
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "hr.tif", tile=128, overlap=0)
+    with rasterio.open(tmp_path / "f.tif") as f, rasterio.open(tmp_path / "hr.tif") as g:
+        a, b = f.read(), g.read()
+    assert info["shape"] == (64, 8, 10) and np.isfinite(a).all()
+    assert np.abs(a - b).max() > 1e-3  # the series changed the fused features
+    write_series(tmp_path / "bad", ["x_20210101.tif"], 4, "EPSG:32633", from_origin(499950, 5000050, 10, 10), (30, 30))
+    with pytest.raises(ValueError, match="has 4 band\\(s\\); S2 needs 10"):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=128, overlap=0, s2=tmp_path / "bad")
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--tile", "128", "--overlap", "0",
+                 "--s2", str(tmp_path / "s2"), "--s1", str(tmp_path / "s1")]) == 0
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--s2", str(tmp_path / "bad")]) == 2

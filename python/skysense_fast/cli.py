@@ -49,7 +49,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()
     info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                       device=args.device, dtype=dtype, output=args.features, progress=args.progress)
+                       device=args.device, dtype=dtype, output=args.features, progress=args.progress,
+                       s2=getattr(args, "s2", None), s1=getattr(args, "s1", None))
     C, h, w = info["shape"]
     print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
           f"{info['tiles']} tiles in {time.perf_counter() - t0:.1f} s")
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     e.add_argument("--features", choices=("fused", "geo"), default="fused")
     e.add_argument("--progress", action="store_true")
+    e.add_argument("--s2", help="folder of Sentinel-2 GeoTIFFs (10 bands B2..B12, dates in the file names)")
+    e.add_argument("--s1", help="folder of Sentinel-1 GeoTIFFs (VV, VH; dB or linear)")
     e.set_defaults(fn=_cmd_embed)
     d = sub.add_parser("demo", help="embed the bundled scene; write its features and a PCA picture")
     d.add_argument("--out-dir", default="demo_output")

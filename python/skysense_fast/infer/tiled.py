@@ -41,7 +41,7 @@ def _weight(n: int) -> np.ndarray:
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
-                gdal_cache_mb: int = 64, prefetch: bool = True) -> dict:
+                gdal_cache_mb: int = 64, prefetch: bool = True, s2=None, s1=None) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -51,6 +51,10 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         tile, overlap: tile size and overlap in image pixels, multiples of 32.
         output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
         prefetch: read the next batch of tiles while the model runs (overlapped I/O).
+        s2, s1: optional Sentinel-2 / Sentinel-1 series (a folder of GeoTIFFs with dates in the
+            file names, or a list of :class:`~skysense_fast.data.series.Acquisition`); each tile's
+            area is resampled onto its fusion grid (any CRS / resolution), acquisitions with
+            less than half their pixels valid there are masked.
         gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
             with the scene: each block is read about once here, so a small cache loses nothing).
 
@@ -66,6 +70,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         raise ValueError(f"output must be 'fused' or 'geo', got {output!r}")
     dst = os.fspath(dst)
     model = model.eval().to(device)
+    series = {k: _as_series(v) for k, v in (("s2", s2), ("s1", s1))}
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
@@ -86,7 +91,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             for r in rows:
                 tiles = [(r, c) for c in cols]
                 feats = list(_run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata,
-                                        prefetch))
+                                        prefetch, series))
                 C = feats[0][1].shape[0]
                 if out is None:
                     out = rasterio.open(tmp, "w", count=C, **profile)
@@ -125,7 +130,17 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     return {"tiles": len(rows) * len(cols), "shape": (C, oh, ow), "rows_written": written}
 
 
-def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True) -> Iterator:
+def _as_series(v):
+    """None, a list of Acquisitions, or what find_series takes (a folder, a list of files)."""
+    from ..data.series import Acquisition, find_series
+
+    if v is None or (isinstance(v, list) and v and isinstance(v[0], Acquisition)):
+        return v
+    return find_series(v)
+
+
+def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
+               series=None) -> Iterator:
     """Features of each tile. Tiles at the scene's edge are read at their true size (the model
     pads internally, exactly as on a whole image) and batched with tiles of the same size.
     With prefetch, the next batch is read (and decoded) in a background thread while the model
@@ -141,24 +156,42 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
     batches = [(h, w, group[i:i + batch_size]) for (h, w), group in by_size.items()
                for i in range(0, len(group), batch_size)]
 
+    from rasterio.transform import Affine
+
+    from ..data.series import read_on_grid
+
+    series = {k: v for k, v in (series or {}).items() if v}
+
     def read(batch):
         h, w, chunk = batch
-        arr = []
+        arr, extra = [], {k: ([], []) for k in series}
+        grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
             a = ds.read([1, 2, 3], window=Window(c, r, w, h))
             x = normalise_hr(a)
             if nodata is not None:  # nodata pixels become zero features, like padding
                 x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
             arr.append(x)
-        return chunk, torch.from_numpy(np.stack(arr))
+            tile_grid = ds.transform * Affine.translation(c, r) * Affine.scale(SCALE, SCALE)
+            for k, acq in series.items():
+                xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k)
+                extra[k][0].append(xs)
+                extra[k][1].append(ok)
+        kw = {}
+        for k, acq in series.items():
+            kw[k] = torch.from_numpy(np.stack(extra[k][0]))
+            kw[f"valid_{k}"] = torch.from_numpy(np.stack(extra[k][1]))
+            kw[f"doy_{k}"] = torch.tensor([[a.doy for a in acq]] * len(chunk))
+        return chunk, torch.from_numpy(np.stack(arr)), kw
 
     dev_type = torch.device(device).type
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, batches[0]) if prefetch else None
         for i, batch in enumerate(batches):
-            chunk, x = pending.result() if prefetch else read(batch)
+            chunk, x, kw = pending.result() if prefetch else read(batch)
             if prefetch and i + 1 < len(batches):
                 pending = pool.submit(read, batches[i + 1])
             with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
-                res = model(hr=x.to(device), latlon=latlon.expand(len(chunk), 2).to(device))
+                res = model(hr=x.to(device), latlon=latlon.expand(len(chunk), 2).to(device),
+                            **{k: v.to(device) for k, v in kw.items()})
             yield from zip(chunk, res[output].float().cpu().numpy())

@@ -55,9 +55,10 @@ class SkySense(nn.Module):
         if x.dim() != 5 or x.shape[2] != encoder.in_chans:
             raise ValueError(f"SkySense: {name} must have shape (B, T, {encoder.in_chans}, h, w) "
                              f"({encoder.in_chans} bands), got {tuple(x.shape)}")
-        B, T = x.shape[:2]
-        y = head(encoder(x.flatten(0, 1)))
-        return y.view(B, T, *y.shape[1:])
+        B, T, _, h, w = x.shape
+        # the ViT pads to whole patches; its padding comes back out of the UPHead: crop it
+        y = head(encoder(x.flatten(0, 1)))[..., :h, :w]
+        return y.reshape(B, T, *y.shape[1:])
 
     def forward(self, hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor | None = None, *,
                 doy_s2: Tensor | None = None, doy_s1: Tensor | None = None, valid_s2: Tensor | None = None,
