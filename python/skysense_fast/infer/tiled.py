@@ -41,7 +41,7 @@ def _weight(n: int) -> np.ndarray:
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
-                gdal_cache_mb: int = 64, prefetch: bool = True, s2=None, s1=None) -> dict:
+                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -117,6 +117,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                     acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
                     wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
                     band_top += done
+                _release_freed_memory()
                 if progress:
                     print(f"  rows {band_top}/{oh}", flush=True)
             out.close()
@@ -128,6 +129,27 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                 os.unlink(tmp)
             raise
     return {"tiles": len(rows) * len(cols), "shape": (C, oh, ow), "rows_written": written}
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS after each row of tiles: glibc keeps it otherwise and the
+    process's footprint creeps with the scene's length instead of staying flat."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lib if hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _as_series(v):
