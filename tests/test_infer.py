@@ -154,6 +154,11 @@ def test_parse_dates_and_find_series(tmp_path):
     assert [a.doy for a in acq] == [60, 182]  # sorted by date
     with pytest.raises(FileNotFoundError, match="series folder not found"):
         find_series(tmp_path / "nope")
+    # no date in the name: the GeoTIFF's tags
+    write_series(tmp_path / "tagged", ["frame.tif"], 2, "EPSG:32633", from_origin(500000, 5000000, 10, 10), (4, 4))
+    with rasterio.open(tmp_path / "tagged" / "frame.tif", "r+") as d:
+        d.update_tags(TIFFTAG_DATETIME="2021:07:04 10:30:00")
+    assert parse_date(str(tmp_path / "tagged" / "frame.tif")) == dt.date(2021, 7, 4)
 
 
 def test_multimodal_embed_reprojects_series(model, tmp_path):

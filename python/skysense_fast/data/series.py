@@ -22,15 +22,36 @@ S1_STD = np.array([5.257, 5.912], np.float32)
 _DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:T\d{6})?(?!\d)")
 
 
-def parse_date(name: str) -> dt.date:
-    """The acquisition date in a file name: YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD."""
-    for m in _DATE.finditer(os.path.basename(name)):
+_DATE_TAGS = ("ACQUISITION_DATE", "DATE_ACQUIRED", "SENSING_TIME", "TIFFTAG_DATETIME")
+
+
+def _first_date(text: str) -> dt.date | None:
+    for m in _DATE.finditer(text):
         try:
             return dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
         except ValueError:
             continue
-    raise ValueError(f"no acquisition date (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD) in the file name {name!r}; "
-                     "pass the dates explicitly")
+    return None
+
+
+def parse_date(name: str) -> dt.date:
+    """The acquisition date of a file: from its name (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD),
+    else from a GeoTIFF tag (ACQUISITION_DATE, DATE_ACQUIRED, SENSING_TIME, TIFFTAG_DATETIME)."""
+    found = _first_date(os.path.basename(name))
+    if found is None and os.path.exists(name):
+        import rasterio
+
+        with rasterio.open(name) as ds:
+            tags = ds.tags()
+        for key in _DATE_TAGS:
+            if key in tags:
+                found = _first_date(tags[key].replace(":", "-", 2) if key == "TIFFTAG_DATETIME" else tags[key])
+                if found is not None:
+                    break
+    if found is None:
+        raise ValueError(f"no acquisition date in the file name {name!r} (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD) "
+                         f"nor in its tags ({', '.join(_DATE_TAGS)}); pass the dates explicitly")
+    return found
 
 
 @dataclass(frozen=True)
