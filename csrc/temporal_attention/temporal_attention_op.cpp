@@ -52,6 +52,12 @@ at::Tensor temporal_attention_output_like(const at::Tensor& q) {
 
 namespace {
 
+// t in dtype with contiguous channels (the kernels read rows by stride), copying only if needed
+at::Tensor as_rows(const at::Tensor& t, at::ScalarType dtype) {
+  at::Tensor c = t.to(dtype);
+  return c.stride(3) == 1 ? c : c.contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                           const std::optional<at::Tensor>& key_padding_mask,
                                                           std::optional<double> scale) {
@@ -71,13 +77,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
   TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({in.S, in.heads, in.T}),
                     "temporal_attention_backward: lse must have shape (S, heads, T) from the forward");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto rows = [&](const at::Tensor& t) {
-    at::Tensor c = t.to(q.scalar_type());
-    return c.stride(3) == 1 ? c : c.contiguous();
-  };
   at::Tensor dq = temporal_attention_output_like(q), dk = temporal_attention_output_like(q),
              dv = temporal_attention_output_like(q);
-  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, rows(out), lse.to(acc).contiguous(), rows(grad_out), dq, dk,
+  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, as_rows(out, q.scalar_type()), lse.to(acc).contiguous(), as_rows(grad_out, q.scalar_type()), dq, dk,
                         dv);
   return {dq, dk, dv};
 }
@@ -105,13 +107,9 @@ at::Tensor temporal_attention_qkv_backward_cpu(const at::Tensor& grad_out, const
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "temporal_attention_qkv_backward: grad_out and out must have shape (S, heads, T, head_dim)");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto rows = [&](const at::Tensor& t) {
-    at::Tensor c = t.to(q.scalar_type());
-    return c.stride(3) == 1 ? c : c.contiguous();
-  };
   at::Tensor grad = at::empty(qkv.sizes(), qkv.options().memory_format(at::MemoryFormat::Contiguous));
   auto [dq, dk, dv] = unpack_qkv(grad);
-  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, rows(out), lse.to(acc).contiguous(), rows(grad_out), dq, dk,
+  SKYSENSE_CPU_DISPATCH(temporal_attention_bwd_kernel, in, as_rows(out, q.scalar_type()), lse.to(acc).contiguous(), as_rows(grad_out, q.scalar_type()), dq, dk,
                         dv);
   return grad;
 }

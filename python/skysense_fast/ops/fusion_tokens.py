@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
+from ._dtypes import acc_dtype
 
 __all__ = ["fusion_tokens", "fusion_tokens_reference"]
 
@@ -146,7 +147,7 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::fusion_tokens_backward")
     def _fake_backward(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table):
-        acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(grad.dtype)
         like = lambda t: grad.new_empty((0,)) if t is None else torch.empty_like(t)  # noqa: E731
         table = grad.new_empty((0,)) if date_table is None else grad.new_empty((DATE_TABLE_DAYS, grad.shape[-1]), dtype=acc)
         return like(hr), like(s2), like(s1), table

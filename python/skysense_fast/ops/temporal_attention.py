@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
+from ._dtypes import acc_dtype
 
 __all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
@@ -146,14 +147,11 @@ def _register() -> None:
         S, heads, T, hd = q.shape
         return q.new_empty((S, T, heads, hd)).permute(0, 2, 1, 3)
 
-    def _acc(dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     @torch.library.register_fake("skysense::temporal_attention")
     def _fake(q, k, v, key_padding_mask=None, scale=None):
         if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
             raise ValueError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
-        return _like(q), q.new_empty(q.shape[:3], dtype=_acc(q.dtype))
+        return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::temporal_attention_backward")
     def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
@@ -162,7 +160,7 @@ def _register() -> None:
     @torch.library.register_fake("skysense::temporal_attention_qkv")
     def _fake_qkv(qkv, key_padding_mask=None, scale=None):
         q = _unpack(qkv)[0]
-        return _like(q), q.new_empty(q.shape[:3], dtype=_acc(q.dtype))
+        return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::temporal_attention_qkv_backward")
     def _fake_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
+from ._dtypes import acc_dtype
 from .window_attention_reference import window_attention_reference
 
 __all__ = ["window_attention", "window_attention_reference"]
@@ -129,22 +130,19 @@ def _register() -> None:
         nW = -(-H // wh) * -(-W // ww)
         return (B * nW, nh, wh * ww)
 
-    def _acc(dtype):
-        return torch.float64 if dtype == torch.float64 else torch.float32
-
     @torch.library.register_fake("skysense::window_attention")
     def _fake(q, k, v, window, shift, logit_scale=None, bias=None, mask=None, scale=None):
         if q.dim() != 5 or k.shape != q.shape or v.shape != q.shape:
             raise ValueError("window_attention: q, k and v must have the same shape (B, H, W, heads, head_dim)")
         return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(_lse_shape(q, window),
-                                                                                       dtype=_acc(q.dtype))
+                                                                                       dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::window_attention_backward")
     def _fake_backward(grad_out, q, k, v, out, lse, window, shift, logit_scale, bias, mask, scale):
         like = lambda: torch.empty_like(q, memory_format=torch.contiguous_format)  # noqa: E731
         nh, N = q.shape[3], window[0] * window[1]
-        dls = q.new_empty((nh,) if logit_scale is not None else (0,), dtype=_acc(q.dtype))
-        db = q.new_empty((nh, N, N) if bias is not None else (0,), dtype=_acc(q.dtype))
+        dls = q.new_empty((nh,) if logit_scale is not None else (0,), dtype=acc_dtype(q.dtype))
+        db = q.new_empty((nh, N, N) if bias is not None else (0,), dtype=acc_dtype(q.dtype))
         return like(), like(), like(), dls, db
 
     def _setup(ctx, inputs, output):
