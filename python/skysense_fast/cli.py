@@ -1,10 +1,11 @@
 """The ``skysense-fast`` command: ``embed`` (GeoTIFF -> feature GeoTIFF), ``demo``, ``info``,
-``sinkhorn-demo``. User errors print one line and exit with status 2, no traceback."""
+``sinkhorn-demo``, ``pretrain``. User errors print one line and exit with status 2, no traceback."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -194,6 +195,37 @@ def _cmd_sinkhorn_demo(args: argparse.Namespace) -> int:
     return 0 if err < 1e-4 else 1
 
 
+def _parse_set(items: list[str]) -> dict:
+    """["train.steps=5", "loss.cma_temp=0.2"] -> {"train.steps": 5, ...} (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise ValueError(f"--set takes SECTION.FIELD=VALUE (e.g. train.steps=100), got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from skysense_fast.pretrain import load_config, pretrain
+
+    overrides = _parse_set(args.set or [])
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.out_dir is not None:
+        overrides["train.out_dir"] = args.out_dir
+    cfg = load_config(args.config, overrides)
+    result = pretrain(cfg, resume=not args.no_resume)
+    if result["losses"] and int(os.environ.get("RANK", "0")) == 0:
+        first, last = result["losses"][0], result["losses"][-1]
+        print(f"pretrain {result['status']} at step {result['step']}: total loss {first['total']:.4f} (step "
+              f"{first['step']}) -> {last['total']:.4f} (step {last['step']}); {last['samples_per_s']:.1f} samples/s; "
+              f"metrics in {cfg.train.out_dir}/metrics.jsonl")
+    return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="skysense-fast", description="SkySense with fused kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -233,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--samples", type=int, default=4096)
     sd.add_argument("--prototypes", type=int, default=100)
     sd.set_defaults(fn=_cmd_sinkhorn_demo)
+    pt = sub.add_parser("pretrain", help="pretrain SkySense from a YAML config (torchrun for data parallel / FSDP2)")
+    pt.add_argument("config", help="YAML file, e.g. configs/pretrain/skysense-tiny.yaml")
+    pt.add_argument("--steps", type=int, help="override train.steps")
+    pt.add_argument("--out-dir", help="override train.out_dir (checkpoints, metrics.jsonl)")
+    pt.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override any field (repeatable)")
+    pt.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
+    pt.set_defaults(fn=_cmd_pretrain)
     args = p.parse_args(argv)
     try:
         return args.fn(args)

@@ -1,0 +1,127 @@
+"""Training checkpoints that a crash cannot corrupt, for one process or an FSDP2 run.
+
+Layout: ``<dir>/step_00000040/`` holds the model, teacher and optimiser state as a
+``torch.distributed.checkpoint`` (sharded: each rank writes its own shards, and a run may
+resume on another number of ranks), ``trainer.pt`` (scheduler, step, data position, rank 0)
+and ``rng_rank<r>.pt`` (each rank's RNG states). It is written as ``step_N.partial`` and
+renamed when every rank has finished; ``<dir>/latest`` names the newest complete one and is
+replaced atomically. A crash mid-write leaves a ``.partial`` directory that is ignored and
+removed by the next save: the last good checkpoint stays what ``latest`` points at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _dist()[1] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns that it runs in a single process when torch.distributed is not initialised:
+    that is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (save|load) in a single process")
+        yield
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_atomic(path: str, write) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str, step: int, student, teacher, optimizer, scheduler, extra: dict | None = None,
+                    keep: int = 2) -> str:
+    """Collective under torch.distributed: every rank calls it. Returns the checkpoint path."""
+    rank, world = _dist()
+    final = os.path.join(directory, f"step_{step:08d}")
+    partial = final + ".partial"
+    if rank == 0:
+        os.makedirs(directory, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+    _barrier()
+    msd, osd = get_state_dict(student, optimizer)
+    state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
+    with _quiet():
+        dcp.save(state, checkpoint_id=partial)
+    torch.save(rng_state(), os.path.join(partial, f"rng_rank{rank}.pt"))
+    if rank == 0:
+        torch.save({"step": step, "world_size": world, "scheduler": scheduler.state_dict(), **(extra or {})},
+                   os.path.join(partial, "trainer.pt"))
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        _write_atomic(os.path.join(directory, "latest"), lambda p: open(p, "w").write(os.path.basename(final) + "\n"))
+        done = sorted(d for d in os.listdir(directory) if d.startswith("step_") and not d.endswith(".partial"))
+        for old in done[:-keep]:
+            shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(directory: str) -> str | None:
+    """The newest complete checkpoint under ``directory``, or None."""
+    pointer = os.path.join(directory, "latest")
+    if not os.path.exists(pointer):
+        return None
+    with open(pointer) as f:
+        path = os.path.join(directory, f.read().strip())
+    if not os.path.exists(os.path.join(path, "trainer.pt")):
+        raise RuntimeError(f"checkpoint {path} named by {pointer} is incomplete (no trainer.pt); "
+                           "remove the pointer to start over")
+    return path
+
+
+def load_checkpoint(path: str, student, teacher, optimizer, scheduler) -> dict:
+    """Restore everything in place (collective); returns trainer.pt's dict (step, ...)."""
+    rank, world = _dist()
+    msd, osd = get_state_dict(student, optimizer)
+    state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
+    with _quiet():
+        dcp.load(state, checkpoint_id=path)
+    set_state_dict(student, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"])
+    set_model_state_dict(teacher, state["teacher"], options=StateDictOptions(strict=True))
+    trainer = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
+    scheduler.load_state_dict(trainer["scheduler"])
+    rng = os.path.join(path, f"rng_rank{rank}.pt")
+    if trainer["world_size"] == world and os.path.exists(rng):
+        set_rng_state(torch.load(rng, weights_only=False))
+    return trainer

@@ -1,0 +1,234 @@
+"""SkySense's pretraining objective: L = L_MGCL + λ L_CMA, plus the geo bank update.
+
+L_MGCL = Σ_{HR, S2, S1} L_FGCL(F_i, F'_i) + w_fused L_FGCL(F_fus, F'_fus), with
+L_FGCL = w_pix L_pix + w_obj L_obj + w_img L_img (SKYSENSE_SPEC.md §9), each level a DINO
+self-distillation between the student on one view and the EMA teacher on the other view,
+both directions averaged:
+
+* pixel: the teacher's features are moved onto the student view's grid (crops overlap
+  partly; rotations/flips undone) and every overlapping pixel of every acquisition valid in
+  both views is a pair — the paper's 1/(N_S T_i) Σ_s Σ_t;
+* object: the teacher's pixels are grouped with the Sinkhorn op (``losses.object_assign``),
+  the same groups pool both views' overlapping pixels, each object weighted by its mass;
+* image: each view's whole crop average-pooled per acquisition.
+
+Heads: one DINO head per level for the per-modality maps (HR/S2/S1 share the stage-3
+width) and one per level for the fused features; the teacher's outputs are centred with
+one running centre per (source, level) (DINO; all-reduced under data parallelism).
+L_CMA: InfoNCE between the student's HR, S2 (mean over its valid acquisitions) and S1
+features of the same pixel, through one linear projection per modality, all three pairs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..models import SkySense
+from .augment import align, to_canonical
+from .config import LossSection
+from .losses import DINOHead, distill_loss, info_nce, object_assign, object_pool
+from .prototypes import update_bank
+
+SOURCES = ("hr", "s2", "s1", "fused")
+LEVELS = ("pixel", "object", "image")
+MODEL_INPUTS = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1")
+
+
+class SkySensePretrainer(nn.Module):
+    """The student: the SkySense backbone plus the pretraining heads and running centres."""
+
+    def __init__(self, backbone: SkySense, loss: LossSection):
+        super().__init__()
+        self.backbone, self.loss_cfg = backbone, loss
+        widths = {"modal": backbone.config.hr_out_dim, "fused": backbone.config.fusion_dim}
+        self.heads = nn.ModuleDict({f"{kind}_{level}": DINOHead(width, loss.out_dim, loss.head_hidden, loss.head_bottleneck)
+                                    for kind, width in widths.items() for level in LEVELS})
+        self.cma = nn.ModuleDict({m: nn.Linear(widths["modal"], loss.cma_dim) for m in ("hr", "s2", "s1")})
+        for src in SOURCES:
+            for level in LEVELS:
+                self.register_buffer(f"center_{src}_{level}", torch.zeros(loss.out_dim))
+        # the centres start as the first batch's mean, not 0: from 0 the loss first climbs
+        # while the centre catches up, which hides the learning of short runs
+        self.register_buffer("centers_started", torch.zeros((), dtype=torch.bool))
+
+    def head(self, src: str, level: str) -> DINOHead:
+        return self.heads[f"{'fused' if src == 'fused' else 'modal'}_{level}"]
+
+    def features(self, view: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.backbone(**{k: view[k] for k in MODEL_INPUTS})
+
+    def forward(self, views: list[dict[str, Tensor]], geoms: list[Tensor] | None = None,
+                teacher: SkySensePretrainer | None = None, teacher_temp: float = 0.04,
+                generator: torch.Generator | None = None):
+        """With a teacher: :func:`pretrain_losses` (the training step's forward). Without: the
+        backbone's outputs per view. Everything runs inside this call so that FSDP2's root
+        hooks gather the parameters that live outside the sharded blocks."""
+        if teacher is None:
+            return [self.features(v) for v in views]
+        return pretrain_losses(self, teacher, views, geoms, teacher_temp, generator)
+
+
+def make_teacher(student: SkySensePretrainer) -> SkySensePretrainer:
+    """A frozen copy; its prototype bank is dropped (the student's is the one kept)."""
+    teacher = copy.deepcopy(student)
+    teacher.backbone.geo = None
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _frames(x: Tensor) -> Tensor:
+    """Per-modality map as (B, T, C, c, c): single-frame maps get T = 1."""
+    return x if x.dim() == 5 else x[:, None]
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """(B, T, C, c, c) -> (B, T, c, c, C)."""
+    return x.permute(0, 1, 3, 4, 2)
+
+
+class _Centers:
+    """Teacher output sums per (source, level), reduced over ranks, folded into the buffers."""
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, Tensor] = {}
+
+    def add(self, name: str, logits: Tensor, weight: Tensor | None = None) -> None:
+        w = torch.ones(logits.shape[0], device=logits.device) if weight is None else weight.float()
+        s = (logits.detach().float() * w[:, None]).sum(0)
+        self.sums[name] = self.sums.get(name, 0) + s
+        self.counts[name] = self.counts.get(name, 0) + w.sum()
+
+    @torch.no_grad()
+    def update(self, module: SkySensePretrainer, momentum: float) -> None:
+        names = sorted(self.sums)
+        if not names:
+            return
+        flat = torch.cat([torch.cat([self.sums[n], self.counts[n].reshape(1)]) for n in names])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flat)
+        m = momentum if bool(module.centers_started) else 0.0
+        for n, chunk in zip(names, flat.split([self.sums[n].numel() + 1 for n in names])):
+            if chunk[-1] > 0:
+                buf = getattr(module, n)
+                buf.mul_(m).add_(chunk[:-1] / chunk[-1], alpha=1 - m)
+        module.centers_started.fill_(True)
+
+
+def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_feat: Tensor, t_feat: Tensor,
+                 s_geom: Tensor, t_geom: Tensor, frames_ok: Tensor, src: str, cfg: LossSection, teacher_temp: float,
+                 centers: _Centers) -> dict[str, Tensor]:
+    """Pixel, object and image losses of one (student view, teacher view) pair for one source."""
+    S = to_canonical(_frames(s_feat), s_geom)                  # (B, T, C, c, c)
+    Tc = to_canonical(_frames(t_feat), t_geom)
+    B, T, C, c, _ = S.shape
+    Ta, overlap = align(Tc, t_geom, s_geom)                    # teacher on the student's grid
+    pix_ok = overlap[:, None] & frames_ok[:, :, None, None]    # (B, T, c, c)
+    out: dict[str, Tensor] = {}
+    st = lambda level, x: student.head(src, level)(x)  # noqa: E731
+    te = lambda level, x: teacher.head(src, level)(x)  # noqa: E731
+    ctr = lambda level: getattr(student, f"center_{src}_{level}")  # noqa: E731
+    # pixel level
+    s_tok, t_tok = _tokens(S)[pix_ok], _tokens(Ta)[pix_ok]
+    t_logits = te("pixel", t_tok)
+    out["pixel"] = distill_loss(st("pixel", s_tok), t_logits, ctr("pixel"), cfg.student_temp, teacher_temp,
+                                sample=pix_ok.nonzero()[:, 0], num_samples=B)
+    centers.add(f"center_{src}_pixel", t_logits)
+    # object level: groups from the teacher's own crop, moved onto the student's grid
+    Q = object_assign(Tc.flatten(0, 1), cfg.object_grid, cfg.object_epsilon, cfg.sinkhorn_iters)  # (BT, c c, K)
+    K = Q.shape[-1]
+    Qa, _ = align(Q.transpose(1, 2).reshape(B, T, K, c, c), t_geom, s_geom)
+    Qa = Qa.reshape(B * T, K, c * c).transpose(1, 2)
+    m = pix_ok.reshape(B * T, c * c)
+    s_obj, mass = object_pool(S.flatten(0, 1).flatten(2), Qa, m)
+    t_obj, _ = object_pool(Ta.flatten(0, 1).flatten(2), Qa, m)
+    keep = mass > 1e-3
+    t_logits = te("object", t_obj[keep])
+    out["object"] = distill_loss(st("object", s_obj[keep]), t_logits, ctr("object"), cfg.student_temp, teacher_temp,
+                                 weight=mass[keep], sample=keep.nonzero()[:, 0] // T, num_samples=B)
+    centers.add(f"center_{src}_object", t_logits, mass[keep])
+    # image level: each view's own crop, pooled per acquisition
+    s_img, t_img = S.mean((-2, -1))[frames_ok], Tc.mean((-2, -1))[frames_ok]
+    t_logits = te("image", t_img)
+    out["image"] = distill_loss(st("image", s_img), t_logits, ctr("image"), cfg.student_temp, teacher_temp,
+                                sample=frames_ok.nonzero()[:, 0], num_samples=B)
+    centers.add(f"center_{src}_image", t_logits)
+    return out
+
+
+def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
+    """(B, T, C, c, c) mean over the valid acquisitions -> (B, C, c, c)."""
+    w = valid.to(x.dtype)[:, :, None, None, None]
+    return (x * w).sum(1) / w.sum(1).clamp_min(1)
+
+
+def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: dict[str, Tensor], cfg: LossSection,
+                     generator: torch.Generator) -> Tensor:
+    """InfoNCE over the three modality pairs at up to ``cma_max_pixels`` pixels of each image."""
+    maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]), "s1": _series_mean(out["s1"], view["valid_s1"])}
+    B, C, h, w = maps["hr"].shape
+    n = min(h * w, cfg.cma_max_pixels)
+    pick = torch.randperm(h * w, generator=generator)[:n].to(maps["hr"].device)
+    z = {k: student.cma[k](v.flatten(2)[:, :, pick].transpose(1, 2)) for k, v in maps.items()}
+    pairs = (("hr", "s2"), ("hr", "s1"), ("s2", "s1"))
+    return sum(info_nce(z[a], z[b], cfg.cma_temp) for a, b in pairs) / len(pairs)
+
+
+def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, views: list[dict[str, Tensor]],
+                    geoms: list[Tensor], teacher_temp: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """All losses of one step on two views: ``total`` plus each part (for logging).
+
+    Also folds the teacher statistics into the centres and updates the geo prototype bank
+    (both without gradient), so call it once per optimiser step. Under FSDP2 call it as
+    ``student(views, geoms, teacher, teacher_temp, generator)``.
+    """
+    cfg = student.loss_cfg
+    s_out = [student.features(v) for v in views]
+    with torch.no_grad():
+        t_out = teacher(views)
+    centers = _Centers()
+    parts: dict[str, Tensor] = {}
+    pairs = [(0, 1), (1, 0)]
+    for src in SOURCES:
+        acc = {level: 0.0 for level in LEVELS}
+        for i, j in pairs:
+            if src in ("s2", "s1"):
+                frames_ok = views[i][f"valid_{src}"] & views[j][f"valid_{src}"]
+            else:
+                frames_ok = torch.ones(views[i]["hr"].shape[0], 1, dtype=torch.bool, device=views[i]["hr"].device)
+            res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j], frames_ok, src, cfg,
+                               teacher_temp, centers)
+            for level in LEVELS:
+                acc[level] = acc[level] + res[level] / len(pairs)
+        for level in LEVELS:
+            parts[f"{src}_{level}"] = acc[level]
+    weights = {"pixel": cfg.pixel_weight, "object": cfg.object_weight, "image": cfg.image_weight}
+    mgcl = sum((cfg.fused_weight if src == "fused" else 1.0) * weights[level] * parts[f"{src}_{level}"]
+               for src in SOURCES for level in LEVELS)
+    cma = sum(cross_modal_loss(student, s_out[i], views[i], cfg, generator) for i in range(len(views))) / len(views)
+    parts["mgcl"], parts["cma"] = mgcl, cma
+    parts["total"] = mgcl + cfg.cma_weight * cma
+    centers.update(student, cfg.center_momentum)
+    for i, v in enumerate(views):
+        update_bank(student.backbone.geo.prototypes, t_out[i]["fused"], v["latlon"], cfg.geo_momentum,
+                    cfg.geo_epsilon, cfg.sinkhorn_iters)
+    return parts
+
+
+@torch.no_grad()
+def ema_update(teacher: SkySensePretrainer, student: SkySensePretrainer, momentum: float) -> None:
+    """teacher <- momentum teacher + (1 - momentum) student, parameter by parameter (works on
+    FSDP2 shards: both are sharded alike, so the local tensors line up)."""
+    for m in (teacher, student):
+        if hasattr(m, "reshard"):  # FSDP2 keeps a root's parameters gathered after a forward
+            m.reshard()            # without backward (the teacher's): shard them again first
+    t = [p.to_local() if hasattr(p, "to_local") else p for p in teacher.parameters()]
+    s = [p.to_local() if hasattr(p, "to_local") else p for p in student.parameters()]
+    if len(t) != len(s):
+        raise RuntimeError("ema_update: teacher and student have different parameters")
+    torch._foreach_lerp_(t, [x.detach() for x in s], 1 - momentum)

@@ -1,0 +1,218 @@
+"""The pretraining loop: one process, or data-parallel with FSDP2 under ``torchrun``.
+
+Determinism that resuming and data parallelism rely on: the data of step s is the global
+batch of samples [s B, (s + 1) B) (mod the dataset), each view drawn from a generator
+seeded by (seed, step, sample, view) — not from a global RNG — so a resumed run sees what
+the uninterrupted one saw, and rank r of N simply takes its slice of the batch. Every loss
+is a mean over samples (``losses.distill_loss``), the centres and the prototype bank
+all-reduce their sums, and FSDP averages gradients: N ranks compute what one process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import models
+from ..backends import use_backend
+from .augment import collate, make_view
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import PretrainConfig, validate
+from .objective import SkySensePretrainer, ema_update, make_teacher
+from .optim import build_optimizer, build_scheduler, cosine_schedule
+from .synthetic import SyntheticMultimodal
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("config: train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def shard(module: torch.nn.Module, mesh=None) -> None:
+    """FSDP2 per block: every Swin block, ViT layer, fusion layer and head, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    from ..models.swinv2 import SwinV2Block
+    from ..nn.temporal_fusion import TransformerLayer
+    from .losses import DINOHead
+
+    for m in list(module.modules()):
+        if isinstance(m, (SwinV2Block, TransformerLayer, DINOHead)):
+            fully_shard(m, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+
+
+def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer:
+    backbone = models.create(cfg.model.name, **cfg.model.overrides)
+    if cfg.model.weights:
+        from ..weights import load_official, load_weights
+
+        if cfg.model.weights.endswith(".safetensors"):
+            load_weights(backbone, cfg.model.weights)
+        else:
+            load_official(backbone, cfg.model.weights)
+    if cfg.train.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
+    return SkySensePretrainer(backbone, cfg.loss).to(device)
+
+
+def seed_of(*numbers: int) -> int:
+    """A 63-bit seed mixed from non-negative ints, the same in every process (unlike hash())."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def step_views(dataset, cfg: PretrainConfig, step: int, rank: int, world: int, device: torch.device):
+    """The two batched views (and geometries) of this rank's slice of step ``step``'s batch."""
+    B = cfg.train.batch_size
+    local = B // world
+    views: list[list] = [[], []]
+    geoms: list[list] = [[], []]
+    for i in range(rank * local, (rank + 1) * local):
+        index = (step * B + i) % len(dataset)
+        sample = dataset[index]
+        for v in range(2):
+            g = torch.Generator().manual_seed(seed_of(cfg.data.seed, cfg.train.seed, step, index, v))
+            view, geom = make_view(sample, cfg.data.crop, cfg.data.min_frames, g)
+            views[v].append(view)
+            geoms[v].append(geom)
+    return ([{k: x.to(device) for k, x in collate(vs).items()} for vs in views],
+            [torch.stack(gs) for gs in geoms])
+
+
+class _Progress:
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+        self.start = start
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.enabled:
+            done = step + 1
+            bar = "#" * int(30 * done / self.total)
+            print(f"\r[{bar:<30}] {done}/{self.total} loss {loss:.4f} {rate:.1f} samples/s", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _all_mean(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(values)
+        values /= world
+    return values
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None = None,
+             log=print) -> dict:
+    """Run (or continue) the pretraining described by ``cfg``.
+
+    Writes ``<out_dir>/metrics.jsonl`` (one line per logged step: every loss part, lr,
+    teacher momentum, samples/s) and checkpoints under ``<out_dir>/checkpoints``. With
+    ``resume`` it continues from the latest complete checkpoint there. ``stop_after`` ends
+    the run after that many steps of this call (as an interruption would), without the
+    final checkpoint. Returns {"status": "done" | "stopped" | "nan", "step", "losses"}.
+    """
+    device = _device(cfg.train.device)
+    rank, world = _init_distributed(device)
+    validate(cfg, world)
+    torch.manual_seed(cfg.train.seed)          # same initial weights on every rank
+    student = build_model(cfg, device)
+    teacher = make_teacher(student)
+    if world > 1:
+        shard(student)
+        shard(teacher)
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
+    out_dir, ckpt_dir = cfg.train.out_dir, os.path.join(cfg.train.out_dir, "checkpoints")
+    start = 0
+    if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
+        start = load_checkpoint(path, student, teacher, optimizer, scheduler)["step"]
+        if rank == 0:
+            log(f"resumed from {path} at step {start}")
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+    d = cfg.data
+    dataset = SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
+    lo, o, t = cfg.loss, cfg.optim, cfg.train
+    backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bfloat16"
+                else contextlib.nullcontext())
+    progress = _Progress(t.steps, start, t.progress and rank == 0)
+    losses: list[dict] = []
+    status, step = "done", start
+    metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if rank == 0 else None
+    student.train()
+    teacher.train()
+    try:
+        for step in range(start, t.steps):
+            if stop_after is not None and step - start >= stop_after:
+                status = "stopped"
+                break
+            t0 = time.perf_counter()
+            views, geoms = step_views(dataset, cfg, step, rank, world, device)
+            teacher_temp = cosine_schedule(step, t.steps, lo.teacher_temp, lo.teacher_temp, lo.teacher_temp_warmup_steps,
+                                           lo.teacher_temp_warmup_from)
+            gen = torch.Generator().manual_seed(seed_of(cfg.train.seed, step, 2))  # same pixels on every rank
+            with backend, autocast:
+                parts = student(views, geoms, teacher, teacher_temp, gen)
+            names = sorted(parts)
+            values = _all_mean(torch.stack([parts[n].detach().float() for n in names]), world)
+            if not torch.isfinite(values).all():
+                bad = [n for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
+                warnings.warn(f"pretrain: loss {', '.join(bad)} is not finite at step {step}; stopping. "
+                              f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning, stacklevel=2)
+                status = "nan"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            with backend:
+                parts["total"].backward()
+            if o.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            momentum = cosine_schedule(step, t.steps, o.teacher_momentum, o.teacher_momentum_final)
+            ema_update(teacher, student, momentum)
+            rate = t.batch_size / (time.perf_counter() - t0)
+            record = {"step": step, **dict(zip(names, values.tolist())), "lr": optimizer.param_groups[-1]["lr"],
+                      "teacher_momentum": momentum, "samples_per_s": rate}
+            losses.append(record)
+            if metrics is not None and step % t.log_every == 0:
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            progress.update(step, record["total"], rate)
+            last = step + 1 == t.steps
+            if (t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or last:
+                save_checkpoint(ckpt_dir, step + 1, student, teacher, optimizer, scheduler,
+                                extra={"config": cfg.to_dict()}, keep=t.keep_checkpoints)
+        else:
+            step = t.steps
+    finally:
+        progress.close()
+        if metrics is not None:
+            metrics.close()
+    return {"status": status, "step": step, "losses": losses}
