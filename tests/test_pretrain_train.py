@@ -1,0 +1,156 @@
+"""The pretraining loop: it learns, resumes exactly, splits over ranks, stops on NaN, and
+rejects bad configs by name."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from skysense_fast import cli
+from skysense_fast.pretrain import ConfigError, from_dict, load_config, pretrain, validate
+from skysense_fast.pretrain import checkpoint as ckpt
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "skysense-tiny.yaml")
+
+
+def _cfg(out, **overrides):
+    return load_config(TINY, {"train.out_dir": str(out), "train.progress": False, **overrides})
+
+
+def _quiet_run(cfg, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return pretrain(cfg, log=lambda *a: None, **kw)
+
+
+def test_tiny_run_learns(tmp_path):
+    res = _quiet_run(_cfg(tmp_path, **{"train.steps": 40, "train.checkpoint_every": 0}))
+    totals = [r["total"] for r in res["losses"]]
+    assert res["status"] == "done" and len(totals) == 40
+    assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in res["losses"])
+    first, last = sum(totals[:10]) / 10, sum(totals[-10:]) / 10
+    assert last < 0.95 * first, f"total loss did not clearly decrease: {first:.3f} -> {last:.3f}"
+    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    assert [x["step"] for x in lines] == list(range(40)) and lines[-1]["total"] == pytest.approx(totals[-1])
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    full = _quiet_run(_cfg(tmp_path / "a", **{"train.steps": 6, "train.checkpoint_every": 3}))
+    part = _quiet_run(_cfg(tmp_path / "b", **{"train.steps": 6, "train.checkpoint_every": 3}), stop_after=4)
+    assert part["status"] == "stopped" and part["step"] == 4
+    rest = _quiet_run(_cfg(tmp_path / "b", **{"train.steps": 6, "train.checkpoint_every": 3}))   # resumes at 3
+    assert [r["step"] for r in rest["losses"]] == [3, 4, 5]
+    want = [r["total"] for r in full["losses"][3:]]
+    assert [r["total"] for r in rest["losses"]] == pytest.approx(want, rel=1e-6)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from skysense_fast.pretrain import objective
+
+    real, calls = objective.info_nce, {"n": 0}
+
+    def poisoned(*a, **k):   # 3 modality pairs x 2 views per step: NaN from step 3 on
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] > 18 else out
+
+    monkeypatch.setattr(objective, "info_nce", poisoned)
+    cfg = _cfg(tmp_path, **{"train.steps": 8, "train.checkpoint_every": 2})
+    with pytest.warns(RuntimeWarning, match="cma.*not finite at step 3"):
+        res = pretrain(cfg, log=lambda *a: None)
+    assert res["status"] == "nan" and len(res["losses"]) == 3
+    assert ckpt.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("step_00000002")
+
+
+def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, **{"train.steps": 4, "train.checkpoint_every": 2})
+    real = ckpt.dcp.save
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ckpt.dcp, "save", crashing)
+    with pytest.raises(OSError, match="disk full"):
+        _quiet_run(cfg)
+    d = tmp_path / "checkpoints"
+    assert ckpt.latest_checkpoint(str(d)).endswith("step_00000002")
+    assert (d / "step_00000004.partial").exists()
+    monkeypatch.setattr(ckpt.dcp, "save", real)
+    res = _quiet_run(cfg)                       # resumes from step 2, writes 4, clears the partial one
+    assert [r["step"] for r in res["losses"]] == [2, 3]
+    assert sorted(os.listdir(d)) == ["latest", "step_00000002", "step_00000004"]
+
+
+def _torchrun(nproc, out, steps=3):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, f"--nproc_per_node={nproc}", "-m", "skysense_fast.cli", "pretrain", TINY, "--steps", str(steps),
+           "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(x) for x in open(out / "metrics.jsonl")]
+
+
+def test_fsdp2_two_ranks_match_one_process(tmp_path):
+    one = _quiet_run(_cfg(tmp_path / "one", **{"train.steps": 3, "train.checkpoint_every": 2}))["losses"]
+    two = _torchrun(2, tmp_path / "two")
+    for a, b in zip(one, two):
+        for k in ("total", "cma", "hr_pixel", "s2_object", "fused_image"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (a["step"], k)
+    ck = tmp_path / "two" / "checkpoints" / "step_00000003"
+    assert (ck / "rng_rank0.pt").exists() and (ck / "rng_rank1.pt").exists()
+    assert len([f for f in os.listdir(ck) if f.endswith(".distcp")]) == 2      # one shard file per rank
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"loss": {"tempx": 1}}, "loss.tempx"),
+    ({"optim": {"lr": "fast"}}, "optim.lr"),
+    ({"train": {"steps": 2.5}}, "train.steps"),
+    ({"train": {"grad_checkpointing": "yes"}}, "train.grad_checkpointing"),
+    ({"optim": {"betas": [0.9]}}, "optim.betas"),
+    ({"data": {"crop": 8, "grid": 6}}, "data.crop"),
+    ({"loss": {"object_grid": 5}}, "loss.object_grid"),
+    ({"loss": {"student_temp": 0}}, "loss.student_temp"),
+    ({"model": {"name": "skysense-7b"}}, "model.name"),
+    ({"model": {"overrides": {"not_a_field": 1}}}, "model.overrides"),
+    ({"train": {"precision": "float8"}}, "train.precision"),
+    ({"schedule": {}}, "schedule"),
+    ({"data": [1, 2]}, "data"),
+])
+def test_bad_config_names_the_field(raw, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        from_dict(raw)
+
+
+def test_batch_must_split_over_ranks():
+    cfg = from_dict({"train": {"batch_size": 3}})
+    with pytest.raises(ConfigError, match=r"train\.batch_size \(3\).*2 ranks"):
+        validate(cfg, world_size=2)
+
+
+def test_cli_pretrain_and_its_errors(tmp_path, capsys):
+    assert cli.main(["pretrain", TINY, "--steps", "2", "--out-dir", str(tmp_path), "--set", "train.progress=false"]) == 0
+    assert "pretrain done at step 2" in capsys.readouterr().out
+    assert (tmp_path / "checkpoints" / "latest").exists()
+    assert cli.main(["pretrain", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["pretrain", TINY, "--set", "loss.colour=1"]) == 2
+    assert "loss.colour" in capsys.readouterr().err
+    assert cli.main(["pretrain", TINY, "--set", "steps=3"]) == 2
+    assert "SECTION.FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_example_configs_parse():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain")
+    for name in sorted(os.listdir(root)):
+        cfg = load_config(os.path.join(root, name))
+        assert cfg.train.steps >= 1
