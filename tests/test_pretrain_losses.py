@@ -4,10 +4,17 @@ import math
 
 import pytest
 import torch
-
 from skysense_fast import models
-from skysense_fast.pretrain import (DINOHead, SkySensePretrainer, distill_loss, info_nce, make_teacher, object_assign,
-                                    object_pool, update_bank)
+from skysense_fast.pretrain import (
+    DINOHead,
+    SkySensePretrainer,
+    distill_loss,
+    info_nce,
+    make_teacher,
+    object_assign,
+    object_pool,
+    update_bank,
+)
 from skysense_fast.pretrain.augment import align, collate, make_view, to_canonical
 from skysense_fast.pretrain.config import LossSection
 from skysense_fast.pretrain.synthetic import SyntheticMultimodal
@@ -188,3 +195,33 @@ def test_total_is_the_weighted_sum():
     mgcl = sum(parts[f"{s}_{lvl}"] for s in ("hr", "s2", "s1", "fused") for lvl in ("pixel", "object", "image"))
     torch.testing.assert_close(parts["mgcl"], mgcl)
     torch.testing.assert_close(parts["total"], parts["mgcl"] + parts["cma"])
+
+
+def test_layer_decay_and_no_decay_groups():
+    from skysense_fast.pretrain.optim import build_scheduler, param_groups
+
+    student, _, _, _ = _tiny_pretrainer()
+    groups = param_groups(student, 0.04, 0.5)
+    where = {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
+    assert len(where) == sum(1 for _ in student.parameters())
+    assert where["backbone.s2.patch_embed.projection.weight"] == (0.25, 0.04)     # vit depth 2: 0.5 ** 2
+    assert where["backbone.s2.layers.0.ffn.layers.0.0.weight"] == (0.5, 0.04)
+    assert where["backbone.s1.layers.1.ln1.weight"] == (1.0, 0.0)                 # norms: no weight decay
+    assert where["backbone.s2.cls_token"][1] == 0.0 and where["backbone.s2.pos_embed"][1] == 0.0
+    assert where["backbone.hr.patch_embed.projection.weight"][0] == 0.5 ** 8      # 8 Swin blocks
+    assert where["backbone.hr.stages.0.blocks.0.ffn.layers.0.0.weight"][0] == 0.5 ** 7
+    assert where["backbone.hr.stages.1.downsample.reduction.weight"][0] == 0.5 ** 5   # with block 3 of 8
+    assert where["backbone.fusion.layers.0.attn.attn.in_proj_weight"] == (1.0, 0.04)
+    assert where["backbone.ctpe.ctpe"] == (1.0, 0.0) and where["heads.fused_pixel.prototypes"] == (1.0, 0.04)
+    from skysense_fast.pretrain.config import OptimSection
+    from skysense_fast.pretrain.optim import build_optimizer
+
+    opt = build_optimizer(student, OptimSection(lr=1.0, min_lr=0.0, warmup_steps=2, layer_decay=0.5))
+    sched = build_scheduler(opt, OptimSection(lr=1.0, min_lr=0.0, warmup_steps=2), total_steps=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(max(g["lr"] for g in opt.param_groups))
+        opt.step()
+        sched.step()
+    # warmup 1/2, 2/2, then cosine from 1 to 0 over the remaining 4 steps
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])

@@ -10,9 +10,14 @@ import warnings
 
 import pytest
 import torch
-
 from skysense_fast import cli
-from skysense_fast.pretrain import ConfigError, from_dict, load_config, pretrain, validate
+from skysense_fast.pretrain import (
+    ConfigError,
+    from_dict,
+    load_config,
+    pretrain,
+    validate,
+)
 from skysense_fast.pretrain import checkpoint as ckpt
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "skysense-tiny.yaml")
@@ -35,7 +40,7 @@ def test_tiny_run_learns(tmp_path):
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in res["losses"])
     first, last = sum(totals[:10]) / 10, sum(totals[-10:]) / 10
     assert last < 0.95 * first, f"total loss did not clearly decrease: {first:.3f} -> {last:.3f}"
-    lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(40)) and lines[-1]["total"] == pytest.approx(totals[-1])
 
 
@@ -95,9 +100,9 @@ def _torchrun(nproc, out, steps=3):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, f"--nproc_per_node={nproc}", "-m", "skysense_fast.cli", "pretrain", TINY, "--steps", str(steps),
            "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads(x) for x in open(out / "metrics.jsonl")]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_fsdp2_two_ranks_match_one_process(tmp_path):

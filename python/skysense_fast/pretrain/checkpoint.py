@@ -21,8 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 
 def _dist() -> tuple[int, int]:
@@ -60,9 +65,12 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_atomic(path: str, write) -> None:
+def _write_text_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -89,7 +97,7 @@ def save_checkpoint(directory: str, step: int, student, teacher, optimizer, sche
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        _write_atomic(os.path.join(directory, "latest"), lambda p: open(p, "w").write(os.path.basename(final) + "\n"))
+        _write_text_atomic(os.path.join(directory, "latest"), os.path.basename(final) + "\n")
         done = sorted(d for d in os.listdir(directory) if d.startswith("step_") and not d.endswith(".partial"))
         for old in done[:-keep]:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)

@@ -126,13 +126,13 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     """Pixel, object and image losses of one (student view, teacher view) pair for one source."""
     S = to_canonical(_frames(s_feat), s_geom)                  # (B, T, C, c, c)
     Tc = to_canonical(_frames(t_feat), t_geom)
-    B, T, C, c, _ = S.shape
+    B, T, _, c, _ = S.shape
     Ta, overlap = align(Tc, t_geom, s_geom)                    # teacher on the student's grid
     pix_ok = overlap[:, None] & frames_ok[:, :, None, None]    # (B, T, c, c)
     out: dict[str, Tensor] = {}
-    st = lambda level, x: student.head(src, level)(x)  # noqa: E731
-    te = lambda level, x: teacher.head(src, level)(x)  # noqa: E731
-    ctr = lambda level: getattr(student, f"center_{src}_{level}")  # noqa: E731
+    st = lambda level, x: student.head(src, level)(x)
+    te = lambda level, x: teacher.head(src, level)(x)
+    ctr = lambda level: getattr(student, f"center_{src}_{level}")
     # pixel level
     s_tok, t_tok = _tokens(S)[pix_ok], _tokens(Ta)[pix_ok]
     t_logits = te("pixel", t_tok)
@@ -171,7 +171,7 @@ def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: 
                      generator: torch.Generator) -> Tensor:
     """InfoNCE over the three modality pairs at up to ``cma_max_pixels`` pixels of each image."""
     maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]), "s1": _series_mean(out["s1"], view["valid_s1"])}
-    B, C, h, w = maps["hr"].shape
+    h, w = maps["hr"].shape[-2:]
     n = min(h * w, cfg.cma_max_pixels)
     pick = torch.randperm(h * w, generator=generator)[:n].to(maps["hr"].device)
     z = {k: student.cma[k](v.flatten(2)[:, :, pick].transpose(1, 2)) for k, v in maps.items()}

@@ -29,7 +29,6 @@ def region_estimates(features: Tensor, regions: Tensor, bank: Tensor, epsilon: f
     features (B, d, h, w) fused features; regions (B,) region ids; bank (R, N_p, d).
     Returns (sums (R, N_p, d), mass (R, N_p)), zero for regions absent from the batch.
     """
-    B, d = features.shape[:2]
     f = F.normalize(features.float().flatten(2).transpose(1, 2), dim=-1)      # (B, N, d)
     P = bank[regions].float()                                                 # (B, N_p, d)
     S = sinkhorn(f @ P.transpose(1, 2), epsilon, num_iters)                   # (B, N, N_p)

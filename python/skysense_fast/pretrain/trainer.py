@@ -125,6 +125,32 @@ def _all_mean(values: torch.Tensor, world: int) -> torch.Tensor:
     return values
 
 
+def train_step(student, teacher, optimizer, views, geoms, *, teacher_temp: float, momentum: float,
+               generator: torch.Generator, grad_clip: float = 0.0, bf16: bool = False,
+               world: int = 1) -> tuple[dict[str, float], bool]:
+    """One optimiser step: losses, backward, clipping, AdamW, teacher EMA.
+
+    Returns (loss parts averaged over ranks, ok). When a loss is not finite on any rank
+    nothing is updated and ok is False (every rank agrees: the check is on reduced values).
+    """
+    device_type = views[0]["hr"].device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        parts = student(views, geoms, teacher, teacher_temp, generator)
+    names = sorted(parts)
+    reduced = _all_mean(torch.stack([parts[n].detach().float() for n in names]), world)
+    values = dict(zip(names, reduced.tolist()))
+    if not torch.isfinite(reduced).all():
+        return values, False
+    optimizer.zero_grad(set_to_none=True)
+    parts["total"].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+    ema_update(teacher, student, momentum)
+    return values, True
+
+
 def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None = None,
              log=print) -> dict:
     """Run (or continue) the pretraining described by ``cfg``.
@@ -160,8 +186,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     dataset = SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
     lo, o, t = cfg.loss, cfg.optim, cfg.train
     backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bfloat16"
-                else contextlib.nullcontext())
     progress = _Progress(t.steps, start, t.progress and rank == 0)
     losses: list[dict] = []
     status, step = "done", start
@@ -178,27 +202,20 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
             teacher_temp = cosine_schedule(step, t.steps, lo.teacher_temp, lo.teacher_temp, lo.teacher_temp_warmup_steps,
                                            lo.teacher_temp_warmup_from)
             gen = torch.Generator().manual_seed(seed_of(cfg.train.seed, step, 2))  # same pixels on every rank
-            with backend, autocast:
-                parts = student(views, geoms, teacher, teacher_temp, gen)
-            names = sorted(parts)
-            values = _all_mean(torch.stack([parts[n].detach().float() for n in names]), world)
-            if not torch.isfinite(values).all():
-                bad = [n for n, v in zip(names, values.tolist()) if not math.isfinite(v)]
+            momentum = cosine_schedule(step, t.steps, o.teacher_momentum, o.teacher_momentum_final)
+            with backend:
+                values, ok = train_step(student, teacher, optimizer, views, geoms, teacher_temp=teacher_temp,
+                                        momentum=momentum, generator=gen, grad_clip=o.grad_clip,
+                                        bf16=t.precision == "bfloat16", world=world)
+            if not ok:
+                bad = [n for n, v in values.items() if not math.isfinite(v)]
                 warnings.warn(f"pretrain: loss {', '.join(bad)} is not finite at step {step}; stopping. "
                               f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning, stacklevel=2)
                 status = "nan"
                 break
-            optimizer.zero_grad(set_to_none=True)
-            with backend:
-                parts["total"].backward()
-            if o.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
-            optimizer.step()
             scheduler.step()
-            momentum = cosine_schedule(step, t.steps, o.teacher_momentum, o.teacher_momentum_final)
-            ema_update(teacher, student, momentum)
             rate = t.batch_size / (time.perf_counter() - t0)
-            record = {"step": step, **dict(zip(names, values.tolist())), "lr": optimizer.param_groups[-1]["lr"],
+            record = {"step": step, **values, "lr": optimizer.param_groups[-1]["lr"],
                       "teacher_momentum": momentum, "samples_per_s": rate}
             losses.append(record)
             if metrics is not None and step % t.log_every == 0:
