@@ -73,7 +73,10 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
         del g["names"]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    # the fused (single-kernel) AdamW runs on CPU and CUDA and reads each tensor once per
+    # step instead of once per foreach op: ~2x faster where the step is memory bound
+    fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
 def cosine_schedule(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_from: float = 0.0) -> float:

@@ -23,20 +23,31 @@ from ..ops.sinkhorn import sinkhorn
 
 @torch.no_grad()
 def region_estimates(features: Tensor, regions: Tensor, bank: Tensor, epsilon: float = 0.05,
-                     num_iters: int = 3) -> tuple[Tensor, Tensor]:
-    """Per-region sums Σ Sᵀ F and masses Σ S over a batch.
+                     num_iters: int = 3, among: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-region sums Σ Sᵀ F and masses Σ S over a batch, for the regions that occur.
 
-    features (B, d, h, w) fused features; regions (B,) region ids; bank (R, N_p, d).
-    Returns (sums (R, N_p, d), mass (R, N_p)), zero for regions absent from the batch.
+    features (B, d, h, w) fused features; regions (B,) region ids; bank (R, N_p, d);
+    among: the sorted region ids to report (default: those in ``regions``; a data-parallel
+    run passes the union over ranks so that every rank's sums line up). Returns
+    (ids (U,), sums (U, N_p, d), mass (U, N_p)) — only U rows, never the whole bank.
     """
     f = F.normalize(features.float().flatten(2).transpose(1, 2), dim=-1)      # (B, N, d)
     P = bank[regions].float()                                                 # (B, N_p, d)
     S = sinkhorn(f @ P.transpose(1, 2), epsilon, num_iters)                   # (B, N, N_p)
-    sums = torch.zeros(bank.shape, dtype=torch.float32, device=bank.device)
-    mass = torch.zeros(bank.shape[:2], dtype=torch.float32, device=bank.device)
-    sums.index_add_(0, regions, S.transpose(1, 2) @ f)
-    mass.index_add_(0, regions, S.sum(1))
-    return sums, mass
+    ids = regions.unique() if among is None else among
+    slot = torch.searchsorted(ids, regions)
+    sums = torch.zeros((ids.numel(), *bank.shape[1:]), dtype=torch.float32, device=bank.device)
+    mass = torch.zeros((ids.numel(), bank.shape[1]), dtype=torch.float32, device=bank.device)
+    sums.index_add_(0, slot, S.transpose(1, 2) @ f)
+    mass.index_add_(0, slot, S.sum(1))
+    return ids, sums, mass
+
+
+def _union_over_ranks(regions: Tensor) -> Tensor:
+    """Sorted unique region ids of every rank's batch (all ranks have equal batch sizes)."""
+    gathered = [torch.empty_like(regions) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, regions)
+    return torch.cat(gathered).unique()
 
 
 @torch.no_grad()
@@ -47,12 +58,12 @@ def update_bank(bank: Tensor, features: Tensor, latlon: Tensor, momentum: float 
     Under torch.distributed the sums are all-reduced, so every rank ends with the same bank.
     """
     regions = region_index(latlon, bank.shape[0]).to(bank.device)
-    sums, mass = region_estimates(features, regions, bank, epsilon, num_iters)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    ids, sums, mass = region_estimates(features, regions, bank, epsilon, num_iters,
+                                       among=_union_over_ranks(regions) if distributed else None)
+    if distributed:
         dist.all_reduce(sums)
         dist.all_reduce(mass)
-    seen = mass.sum(1) > 0                                                    # (R,)
-    estimate = F.normalize(sums[seen] / mass[seen].clamp_min(1e-12)[..., None], dim=-1)
-    new = F.normalize(momentum * bank[seen].float() + (1 - momentum) * estimate, dim=-1)
-    bank[seen] = new.to(bank.dtype)
+    estimate = F.normalize(sums / mass.clamp_min(1e-12)[..., None], dim=-1)
+    bank[ids] = F.normalize(momentum * bank[ids].float() + (1 - momentum) * estimate, dim=-1).to(bank.dtype)
     return regions
