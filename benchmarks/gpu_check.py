@@ -218,6 +218,9 @@ def main() -> None:
     rows += window_attention_table()
     rows += temporal_attention_table(bw)
     rows += model_training_table()
+    from pretrain_step_check import pretrain_step_rows
+
+    rows += pretrain_step_rows("skysense-2b", "cuda")
     table = "\n".join(rows)
     print(table)
     out = os.environ.get("OUT")

@@ -24,7 +24,8 @@ TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "sky
 
 
 def _cfg(out, **overrides):
-    return load_config(TINY, {"train.out_dir": str(out), "train.progress": False, **overrides})
+    # device cpu: also on a GPU machine (2 ranks of the FSDP2 test share the CPU, not one card)
+    return load_config(TINY, {"train.out_dir": str(out), "train.progress": False, "train.device": "cpu", **overrides})
 
 
 def _quiet_run(cfg, **kw):
@@ -99,7 +100,7 @@ def _torchrun(nproc, out, steps=3):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, f"--nproc_per_node={nproc}", "-m", "skysense_fast.cli", "pretrain", TINY, "--steps", str(steps),
-           "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false"]
+           "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false", "--set", "train.device=cpu"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -143,7 +144,8 @@ def test_batch_must_split_over_ranks():
 
 
 def test_cli_pretrain_and_its_errors(tmp_path, capsys):
-    assert cli.main(["pretrain", TINY, "--steps", "2", "--out-dir", str(tmp_path), "--set", "train.progress=false"]) == 0
+    assert cli.main(["pretrain", TINY, "--steps", "2", "--out-dir", str(tmp_path), "--set", "train.progress=false",
+                     "--set", "train.device=cpu"]) == 0
     assert "pretrain done at step 2" in capsys.readouterr().out
     assert (tmp_path / "checkpoints" / "latest").exists()
     assert cli.main(["pretrain", str(tmp_path / "missing.yaml")]) == 2
@@ -159,3 +161,11 @@ def test_example_configs_parse():
     for name in sorted(os.listdir(root)):
         cfg = load_config(os.path.join(root, name))
         assert cfg.train.steps >= 1
+
+
+def test_bf16_autocast_and_checkpointing_run(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.steps": 2, "train.checkpoint_every": 0, "train.precision": "bfloat16",
+                            "train.grad_checkpointing": True})
+    res = _quiet_run(cfg)
+    assert res["status"] == "done"
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])

@@ -74,9 +74,10 @@ def object_assign(features: Tensor, grid: int, epsilon: float = 0.05, num_iters:
     scores are cosine similarities pixel-seed; the Sinkhorn op makes every object take an
     equal share of the pixels. Returns Q (B, h w, grid**2), rows summing to 1.
     """
-    f = F.normalize(features.float().flatten(2), dim=1)                        # (B, C, P)
-    seeds = F.normalize(F.adaptive_avg_pool2d(features.float(), grid).flatten(2), dim=1)  # (B, C, S)
-    return sinkhorn(f.transpose(1, 2) @ seeds, epsilon, num_iters)
+    with torch.autocast(features.device.type, enabled=False):   # float32 scores, also under bf16 training
+        f = F.normalize(features.float().flatten(2), dim=1)                    # (B, C, P)
+        seeds = F.normalize(F.adaptive_avg_pool2d(features.float(), grid).flatten(2), dim=1)  # (B, C, S)
+        return sinkhorn(f.transpose(1, 2) @ seeds, epsilon, num_iters)
 
 
 def object_pool(features: Tensor, assignment: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -85,6 +86,7 @@ def object_pool(features: Tensor, assignment: Tensor, mask: Tensor | None = None
     features (B, C, P), assignment (B, P, S), mask (B, P) bool or None. Returns
     (objects (B, S, C), mass (B, S)): mass = the object's assigned pixel count inside the mask.
     """
+    features = features.to(torch.promote_types(features.dtype, assignment.dtype))
     a = assignment.to(features.dtype)
     if mask is not None:
         a = a * mask[..., None].to(a.dtype)

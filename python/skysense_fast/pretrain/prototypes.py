@@ -31,15 +31,16 @@ def region_estimates(features: Tensor, regions: Tensor, bank: Tensor, epsilon: f
     run passes the union over ranks so that every rank's sums line up). Returns
     (ids (U,), sums (U, N_p, d), mass (U, N_p)) — only U rows, never the whole bank.
     """
-    f = F.normalize(features.float().flatten(2).transpose(1, 2), dim=-1)      # (B, N, d)
-    P = bank[regions].float()                                                 # (B, N_p, d)
-    S = sinkhorn(f @ P.transpose(1, 2), epsilon, num_iters)                   # (B, N, N_p)
-    ids = regions.unique() if among is None else among
-    slot = torch.searchsorted(ids, regions)
-    sums = torch.zeros((ids.numel(), *bank.shape[1:]), dtype=torch.float32, device=bank.device)
-    mass = torch.zeros((ids.numel(), bank.shape[1]), dtype=torch.float32, device=bank.device)
-    sums.index_add_(0, slot, S.transpose(1, 2) @ f)
-    mass.index_add_(0, slot, S.sum(1))
+    with torch.autocast(features.device.type, enabled=False):   # a float32 statistic, also under bf16 training
+        f = F.normalize(features.float().flatten(2).transpose(1, 2), dim=-1)  # (B, N, d)
+        P = bank[regions].float()                                             # (B, N_p, d)
+        S = sinkhorn(f @ P.transpose(1, 2), epsilon, num_iters)               # (B, N, N_p)
+        ids = regions.unique() if among is None else among
+        slot = torch.searchsorted(ids, regions)
+        sums = torch.zeros((ids.numel(), *bank.shape[1:]), dtype=torch.float32, device=bank.device)
+        mass = torch.zeros((ids.numel(), bank.shape[1]), dtype=torch.float32, device=bank.device)
+        sums.index_add_(0, slot, S.transpose(1, 2) @ f)
+        mass.index_add_(0, slot, S.sum(1))
     return ids, sums, mass
 
 

@@ -66,7 +66,8 @@ def shard(module: torch.nn.Module, mesh=None) -> None:
 
 
 def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer:
-    backbone = models.create(cfg.model.name, **cfg.model.overrides)
+    with device:  # initialise where it will train: a 2B model's init on the host takes minutes
+        backbone = models.create(cfg.model.name, **cfg.model.overrides)
     if cfg.model.weights:
         from ..weights import load_official, load_weights
 
@@ -76,7 +77,8 @@ def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer
             load_official(backbone, cfg.model.weights)
     if cfg.train.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    return SkySensePretrainer(backbone, cfg.loss).to(device)
+    with device:
+        return SkySensePretrainer(backbone, cfg.loss).to(device)
 
 
 def seed_of(*numbers: int) -> int:
