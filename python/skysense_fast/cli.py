@@ -218,10 +218,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         overrides["train.out_dir"] = args.out_dir
     cfg = load_config(args.config, overrides)
     result = pretrain(cfg, resume=not args.no_resume)
-    if result["losses"] and int(os.environ.get("RANK", "0")) == 0:
-        first, last = result["losses"][0], result["losses"][-1]
-        print(f"pretrain {result['status']} at step {result['step']}: total loss {first['total']:.4f} (step "
-              f"{first['step']}) -> {last['total']:.4f} (step {last['step']}); {last['samples_per_s']:.1f} samples/s; "
+    losses = result["losses"]
+    if losses and int(os.environ.get("RANK", "0")) == 0:
+        n = max(1, min(10, len(losses) // 4))            # single steps are noisy: average windows
+        first = sum(r["total"] for r in losses[:n]) / n
+        last = sum(r["total"] for r in losses[-n:]) / n
+        print(f"pretrain {result['status']} at step {result['step']}: total loss {first:.4f} (mean of steps "
+              f"{losses[0]['step']}-{losses[n - 1]['step']}) -> {last:.4f} (steps {losses[-n]['step']}-"
+              f"{losses[-1]['step']}); {losses[-1]['samples_per_s']:.1f} samples/s; "
               f"metrics in {cfg.train.out_dir}/metrics.jsonl")
     return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
 
