@@ -21,7 +21,7 @@ from skysense_fast.pretrain.synthetic import SyntheticMultimodal
 from skysense_fast.pretrain.trainer import build_model, make_teacher, step_views, train_step
 
 # config name -> (batch, sample grid, view crop, S2 / S1 acquisitions)
-SIZES = {"skysense-tiny": (2, 10, 8, 4), "skysense-base": (2, 6, 4, 4)}
+SIZES = {"skysense-tiny": (2, 10, 8, 4), "skysense-base": (1, 10, 8, 4)}
 
 
 @functools.cache
