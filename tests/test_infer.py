@@ -46,7 +46,7 @@ def test_tiled_output_georeferencing_and_blending(model, tmp_path):
     assert info["tiles"] == 8 and info["shape"] == (64, 13, 22) and info["rows_written"] == 13
     with rasterio.open(tmp_path / "s.tif") as s, rasterio.open(tmp_path / "f.tif") as f:
         a = f.read()
-        assert f.crs == s.crs and f.transform == s.transform * rasterio.Affine.scale(32, 32)
+        assert f.crs == s.crs and f.transform == s.transform @ rasterio.Affine.scale(32, 32)
         assert f.descriptions[0] == "skysense_fused_0" and f.profile["compress"] == "deflate" and f.profile["tiled"]
     assert np.isfinite(a).all()
     # where only one tile reaches (tile (0, 0) minus the overlaps: 6 x 6 feature pixels) the
@@ -80,6 +80,59 @@ def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_resumable_run_continues_and_matches(model, tmp_path, monkeypatch):
+    write_scene(tmp_path / "s.tif", 640, 200)                # 20 output rows: pieces of 6 rows
+    whole = embed_scene(model, tmp_path / "s.tif", tmp_path / "whole.tif", tile=128, overlap=32)
+    import skysense_fast.infer.tiled as tiled
+
+    real, calls = tiled._FileSink.finish, {"n": 0}
+
+    def crash_on_second_piece(self, final):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, final)
+
+    monkeypatch.setattr(tiled._FileSink, "finish", crash_on_second_piece)
+    with pytest.raises(KeyboardInterrupt):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
+    assert not (tmp_path / "f.tif").exists()
+    parts = sorted(p.name for p in (tmp_path / "f.tif.parts").iterdir())
+    assert parts == ["manifest.json", "rows_0000000_0000006.tif"]  # the crashed piece left no file
+    monkeypatch.setattr(tiled._FileSink, "finish", real)
+    again = embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
+    assert 0 < again["tiles"] < whole["tiles"]               # the finished piece was not recomputed
+    assert not (tmp_path / "f.tif.parts").exists()
+    with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "f.tif") as b:
+        np.testing.assert_allclose(b.read(), a.read(), rtol=1e-5, atol=1e-5)
+        assert b.transform == a.transform and b.crs == a.crs and b.descriptions == a.descriptions
+    # pieces of another run are not mixed in
+    (tmp_path / "g.tif.parts").mkdir()
+    (tmp_path / "g.tif.parts" / "manifest.json").write_text('{"tile": 64}')
+    with pytest.raises(ValueError, match="pieces of another run"):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=128, overlap=32, resume=True)
+
+
+def test_torchrun_ranks_write_one_output(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    write_scene(tmp_path / "s.tif", 480, 160)
+    base = ["embed", str(tmp_path / "s.tif"), "--tile", "128", "--overlap", "32", "--chunk-rows", "4"]
+    assert main(base + ["-o", str(tmp_path / "one.tif")]) == 0
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "skysense_fast.cli", *base, "-o", str(tmp_path / "two.tif")],
+                       check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1                       # rank 0 reports
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
+        np.testing.assert_allclose(b.read(), a.read(), rtol=1e-5, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.tif", "s.tif", "two.tif"]
 
 
 def test_bad_arguments(model, tmp_path):

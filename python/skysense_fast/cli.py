@@ -48,13 +48,18 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     open_raster(args.input, bands=3).close()  # a missing or unusable input fails before the model loads
     model = _load_model(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    device = args.device
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one card per rank
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     t0 = time.perf_counter()
     info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                       device=args.device, dtype=dtype, output=args.features, progress=args.progress,
-                       s2=getattr(args, "s2", None), s1=getattr(args, "s1", None))
+                       device=device, dtype=dtype, output=args.features, progress=args.progress,
+                       s2=getattr(args, "s2", None), s1=getattr(args, "s1", None), resume=getattr(args, "resume", False),
+                       chunk_rows=getattr(args, "chunk_rows", 64))
     C, h, w = info["shape"]
-    print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
-          f"{info['tiles']} tiles in {time.perf_counter() - t0:.1f} s")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
+              f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -250,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     e.add_argument("--features", choices=("fused", "geo"), default="fused")
     e.add_argument("--progress", action="store_true")
+    e.add_argument("--resume", action="store_true",
+                   help="keep finished pieces in OUTPUT.parts/ and skip them when rerun (an interrupted run continues)")
+    e.add_argument("--chunk-rows", type=int, default=64, help="output rows per piece (resumable / torchrun runs)")
     e.add_argument("--s2", help="folder of Sentinel-2 GeoTIFFs (10 bands B2..B12, dates in the file names)")
     e.add_argument("--s1", help="folder of Sentinel-1 GeoTIFFs (VV, VH; dB or linear)")
     e.set_defaults(fn=_cmd_embed)

@@ -36,7 +36,7 @@ def scene_latlon(ds) -> tuple[float, float]:
     """Latitude and longitude (degrees, WGS84) of the raster's centre, for the geo-context."""
     from rasterio.warp import transform
 
-    cx, cy = ds.transform * (ds.width / 2, ds.height / 2)
+    cx, cy = ds.transform @ (ds.width / 2, ds.height / 2)
     lon, lat = transform(ds.crs, "EPSG:4326", [cx], [cy])
     return float(lat[0]), float(lon[0])
 

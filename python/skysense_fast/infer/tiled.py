@@ -41,7 +41,8 @@ def _weight(n: int) -> np.ndarray:
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
-                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None) -> dict:
+                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, resume: bool = False,
+                chunk_rows: int = 64) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -57,78 +58,261 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             less than half their pixels valid there are masked.
         gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
             with the scene: each block is read about once here, so a small cache loses nothing).
+        resume: keep finished pieces in ``<dst>.parts/`` (bands of ``chunk_rows`` output rows,
+            each a GeoTIFF renamed into place when complete) and skip the ones already there,
+            so an interrupted run continues where it stopped; the pieces are joined into
+            ``dst`` at the end and removed.
+        chunk_rows: output rows per piece (resumable and multi-process runs).
 
-    Returns: a summary (tiles, output shape, feature bands).
+    Under ``torchrun`` (torch.distributed initialised, or WORLD_SIZE > 1: a gloo group is
+    started for the barriers) the ranks take contiguous ranges of pieces, and rank 0 joins
+    them into one output: the result equals a single process's.
+
+    Returns: a summary (tiles run by this process, output shape, rows written).
     """
     import rasterio
     from rasterio.transform import Affine
-    from rasterio.windows import Window
 
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
         raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
     if output not in ("fused", "geo"):
         raise ValueError(f"output must be 'fused' or 'geo', got {output!r}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     dst = os.fspath(dst)
+    rank, world = _distributed()
     model = model.eval().to(device)
     series = {k: _as_series(v) for k, v in (("s2", s2), ("s1", s1))}
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
-        latlon = torch.tensor([scene_latlon(ds)], dtype=torch.float32)
-        t = tile // SCALE
-        stride = tile - overlap
-        rows, cols = _starts(H, tile, stride), _starts(W, tile, stride)
-        nodata = ds.nodata
         profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
-                       transform=ds.transform * Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
+                       transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
-        tmp = dst + ".partial"
-        written = 0
+        run = _Run(model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh)
+        if world == 1 and not resume:
+            sink = _FileSink(dst + ".partial", profile, output)
+            try:
+                run.rows(0, oh, sink)
+                sink.finish(dst)
+            except BaseException:
+                sink.abort()
+                raise
+            C = sink.bands
+        else:
+            C = _embed_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,
+                                 manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
+                                           "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
+                                           "series": {k: [a.path for a in v] for k, v in series.items() if v}})
+    return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")  # barriers only: the pieces go through the file system
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _Run:
+    """Streams the tile rows that cover output rows [y0, y1) and hands finished rows to a sink."""
+
+    def __init__(self, model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh):
+        self.model, self.ds, self.tile, self.batch_size = model, ds, tile, batch_size
+        self.device, self.dtype, self.output, self.prefetch, self.series = device, dtype, output, prefetch, series
+        self.progress, self.oh = progress, oh
+        self.stride = tile - overlap
+        self.t = tile // SCALE
+        self.all_rows = _starts(ds.height, tile, self.stride)
+        self.cols = _starts(ds.width, tile, self.stride)
+        self.latlon = torch.tensor([scene_latlon(ds)], dtype=torch.float32)
+        self.tiles_run = self.rows_written = 0
+
+    def rows(self, y0: int, y1: int, sink) -> None:
+        t, oh, ow = self.t, self.oh, math.ceil(self.ds.width / SCALE)
+        needed = [r for r in self.all_rows if r // SCALE < y1 and r // SCALE + t > y0]
+        acc = wsum = None
+        band_top = needed[0] // SCALE  # output row of acc[0]
+        for i, r in enumerate(needed):
+            tiles = [(r, c) for c in self.cols]
+            feats = list(_run_tiles(self.model, self.ds, tiles, self.tile, self.batch_size, self.device, self.dtype,
+                                    self.latlon, self.output, self.ds.nodata, self.prefetch, self.series))
+            self.tiles_run += len(tiles)
+            C = feats[0][1].shape[0]
+            if acc is None:
+                acc = np.zeros((C, 2 * t + 1, ow), np.float32)
+                wsum = np.zeros((2 * t + 1, ow), np.float32)
+            r0 = r // SCALE
+            for (_, c), f in feats:
+                c0 = c // SCALE
+                fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
+                wgt = np.outer(_weight(f.shape[1])[:fh], _weight(f.shape[2])[:fw])
+                yy = r0 - band_top
+                acc[:, yy:yy + fh, c0:c0 + fw] += f[:, :fh, :fw] * wgt
+                wsum[yy:yy + fh, c0:c0 + fw] += wgt
+            # rows above the next tile row are final (no later tile touches them)
+            next_top = needed[i + 1] // SCALE if i + 1 < len(needed) else oh
+            done = min(next_top, oh) - band_top
+            if done > 0:
+                lo, hi = max(band_top, y0), min(band_top + done, y1)
+                if hi > lo:
+                    block = acc[:, lo - band_top:hi - band_top] / np.maximum(wsum[lo - band_top:hi - band_top], 1e-12)
+                    sink.write(lo, block.astype(np.float32))
+                    self.rows_written += hi - lo
+                acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
+                wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
+                band_top += done
+            _release_freed_memory()
+            if self.progress:
+                print(f"  rows {min(band_top, y1)}/{oh}", flush=True)
+
+
+class _FileSink:
+    """Rows into one GeoTIFF, opened at the first write (when the band count is known)."""
+
+    def __init__(self, path: str, profile: dict, output: str, top: int = 0):
+        self.path, self.profile, self.output, self.top = path, profile, output, top
+        self.out = None
+        self.bands = 0
+
+    def write(self, y: int, block: np.ndarray) -> None:
+        from rasterio.windows import Window
+
+        if self.out is None:
+            import rasterio
+
+            self.bands = block.shape[0]
+            self.out = rasterio.open(self.path, "w", count=self.bands, **self.profile)
+            for i in range(self.bands):
+                self.out.set_band_description(i + 1, f"skysense_{self.output}_{i}")
+        self.out.write(block, window=Window(0, y - self.top, block.shape[2], block.shape[1]))
+
+    def finish(self, final: str) -> None:
+        self.out.close()
+        os.replace(self.path, final)
+
+    def abort(self) -> None:
+        if self.out is not None and not self.out.closed:
+            self.out.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def _piece_name(y0: int, y1: int) -> str:
+    return f"rows_{y0:07d}_{y1:07d}.tif"
+
+
+class _PiecesSink:
+    """Rows into pieces of ``chunk_rows`` rows; a piece is renamed into place once complete."""
+
+    def __init__(self, folder: str, pieces: list[tuple[int, int]], profile: dict, output: str):
+        self.folder, self.pieces, self.profile, self.output = folder, pieces, profile, output
+        self.open: dict[int, tuple[_FileSink, int]] = {}   # piece index -> (sink, rows written)
+
+    def write(self, y: int, block: np.ndarray) -> None:
+        from rasterio.transform import Affine
+
+        for i, (p0, p1) in enumerate(self.pieces):
+            lo, hi = max(y, p0), min(y + block.shape[1], p1)
+            if hi <= lo:
+                continue
+            if i not in self.open:
+                prof = dict(self.profile, height=p1 - p0,
+                            transform=self.profile["transform"] @ Affine.translation(0, p0))
+                self.open[i] = (_FileSink(os.path.join(self.folder, _piece_name(p0, p1) + ".partial"), prof,
+                                          self.output, top=p0), 0)
+            sink, n = self.open[i]
+            sink.write(lo, block[:, lo - y:hi - y])
+            n += hi - lo
+            self.open[i] = (sink, n)
+            if n == p1 - p0:
+                sink.finish(os.path.join(self.folder, _piece_name(p0, p1)))
+                del self.open[i]
+
+    def abort(self) -> None:
+        for sink, _ in self.open.values():
+            sink.abort()
+
+
+def _embed_in_pieces(run: _Run, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
+                     world: int, manifest: dict) -> int:
+    import json
+    import shutil
+
+    folder = dst + ".parts"
+    oh = profile["height"]
+    pieces = [(y, min(y + chunk_rows, oh)) for y in range(0, oh, chunk_rows)]
+    if rank == 0:
+        mpath = os.path.join(folder, "manifest.json")
+        if os.path.exists(mpath) and resume:
+            with open(mpath) as f:
+                old = json.load(f)
+            if old != manifest:
+                raise ValueError(f"{folder} holds pieces of another run ({old}); remove it to start over")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            with open(mpath + ".tmp", "w") as f:
+                json.dump(manifest, f)
+            os.replace(mpath + ".tmp", mpath)
+    _barrier(world)
+    mine = pieces[rank * len(pieces) // world:(rank + 1) * len(pieces) // world]
+    todo = [p for p in mine if not os.path.exists(os.path.join(folder, _piece_name(*p)))]
+    # consecutive pending pieces stream together: tile rows are shared, never run twice
+    runs: list[list[tuple[int, int]]] = []
+    for p in todo:
+        if runs and runs[-1][-1][1] == p[0]:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    for group in runs:
+        sink = _PiecesSink(folder, group, profile, output)
         try:
-            out = None
-            acc = wsum = None
-            band_top = 0  # output row of acc[0]
-            for r in rows:
-                tiles = [(r, c) for c in cols]
-                feats = list(_run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata,
-                                        prefetch, series))
-                C = feats[0][1].shape[0]
-                if out is None:
-                    out = rasterio.open(tmp, "w", count=C, **profile)
-                    for i in range(C):
-                        out.set_band_description(i + 1, f"skysense_{output}_{i}")
-                    acc = np.zeros((C, 2 * t + 1, ow), np.float32)
-                    wsum = np.zeros((2 * t + 1, ow), np.float32)
-                r0 = r // SCALE
-                for (_, c), f in feats:
-                    c0 = c // SCALE
-                    fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
-                    wgt = np.outer(_weight(f.shape[1])[:fh], _weight(f.shape[2])[:fw])
-                    y0 = r0 - band_top
-                    acc[:, y0:y0 + fh, c0:c0 + fw] += f[:, :fh, :fw] * wgt
-                    wsum[y0:y0 + fh, c0:c0 + fw] += wgt
-                # rows above the next tile row are final
-                next_top = (r + stride) // SCALE if r != rows[-1] else oh
-                done = min(next_top, oh) - band_top
-                if done > 0:
-                    block = acc[:, :done] / np.maximum(wsum[:done], 1e-12)
-                    out.write(block.astype(np.float32), window=Window(0, band_top, ow, done))
-                    written += done
-                    acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
-                    wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
-                    band_top += done
-                _release_freed_memory()
-                if progress:
-                    print(f"  rows {band_top}/{oh}", flush=True)
-            out.close()
-            os.replace(tmp, dst)
+            run.rows(group[0][0], group[-1][1], sink)
         except BaseException:
-            if out is not None and not out.closed:
-                out.close()
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            sink.abort()
             raise
-    return {"tiles": len(rows) * len(cols), "shape": (C, oh, ow), "rows_written": written}
+    _barrier(world)
+    bands = 0
+    if rank == 0:
+        bands = _join_pieces(folder, pieces, dst, profile, output)
+        shutil.rmtree(folder, ignore_errors=True)
+    _barrier(world)
+    if bands == 0:
+        import rasterio
+
+        with rasterio.open(dst) as f:
+            bands = f.count
+    return bands
+
+
+def _join_pieces(folder: str, pieces: list[tuple[int, int]], dst: str, profile: dict, output: str) -> int:
+    import rasterio
+
+    sink = _FileSink(dst + ".partial", profile, output)
+    try:
+        for p0, p1 in pieces:
+            with rasterio.open(os.path.join(folder, _piece_name(p0, p1))) as part:
+                for y in range(0, p1 - p0, 256):
+                    from rasterio.windows import Window
+
+                    h = min(256, p1 - p0 - y)
+                    sink.write(p0 + y, part.read(window=Window(0, y, part.width, h)))
+        sink.finish(dst)
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.bands
 
 
 def _release_freed_memory() -> None:
@@ -194,7 +378,7 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
             if nodata is not None:  # nodata pixels become zero features, like padding
                 x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
             arr.append(x)
-            tile_grid = ds.transform * Affine.translation(c, r) * Affine.scale(SCALE, SCALE)
+            tile_grid = ds.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
             for k, acq in series.items():
                 xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k)
                 extra[k][0].append(xs)
