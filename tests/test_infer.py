@@ -205,7 +205,7 @@ def test_parse_dates_and_find_series(tmp_path):
                  from_origin(500000, 5000000, 10, 10), (20, 20))
     acq = find_series(tmp_path / "s2")
     assert [a.doy for a in acq] == [60, 182]  # sorted by date
-    with pytest.raises(FileNotFoundError, match="series folder not found"):
+    with pytest.raises(FileNotFoundError, match="series folder or file not found"):
         find_series(tmp_path / "nope")
     # no date in the name: the GeoTIFF's tags
     write_series(tmp_path / "tagged", ["frame.tif"], 2, "EPSG:32633", from_origin(500000, 5000000, 10, 10), (4, 4))
@@ -234,3 +234,48 @@ def test_multimodal_embed_reprojects_series(model, tmp_path):
     assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--tile", "128", "--overlap", "0",
                  "--s2", str(tmp_path / "s2"), "--s1", str(tmp_path / "s1")]) == 0
     assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--s2", str(tmp_path / "bad")]) == 2
+
+
+def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
+    import datetime as dt
+
+    from skysense_fast.data import find_series, read_on_grid
+
+    crs, tr = "EPSG:32633", from_origin(500000, 5000000, 10, 10)
+    write_series(tmp_path / "f", ["S2_20210301.tif", "S2_20210601.tif"], 10, crs, tr, (20, 20))
+    per_file = find_series(tmp_path / "f")
+    stack = np.concatenate([rasterio.open(a.path).read() for a in per_file])          # (20, 20, 20)
+    cloud = np.zeros((1, 20, 20), np.float32)
+    cloud[:, :, :12] = 1                                                                # 60% cloudy
+    for name, data in (("series.tif", stack), ("masked.tif", np.concatenate([stack[:10], cloud, stack[10:], 0 * cloud]))):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", height=20, width=20, count=len(data), dtype="float32",
+                           crs=crs, transform=tr) as d:
+            d.write(data)
+    # explicit dates (strings or dates), one per acquisition; same pixels as the folder
+    acq = find_series(tmp_path / "series.tif", ["2021-06-01", dt.date(2021, 3, 1)], band_count=10)
+    assert [a.doy for a in acq] == [60, 152] and acq[0].bands == tuple(range(11, 21))
+    grid = (tr, (20, 20))
+    a, va = read_on_grid(per_file, 10, crs, *grid, "s2")
+    b, vb = read_on_grid(acq, 10, crs, *grid, "s2")
+    np.testing.assert_allclose(b[::-1], a, rtol=1e-6)           # dates reversed: sorted the other way round
+    assert va.all() and vb.all()
+    # dates from the band descriptions
+    with rasterio.open(tmp_path / "series.tif", "r+") as d:
+        for i in range(20):
+            d.set_band_description(i + 1, f"{'2021-03-01' if i < 10 else '2021-06-01'} B{i % 10}")
+    assert [a.doy for a in find_series(tmp_path / "series.tif", band_count=10)] == [60, 152]
+    # a cloud-mask band per acquisition: cloudy pixels invalid, the acquisition masked when > half
+    m = find_series(tmp_path / "masked.tif", ["2021-03-01", "2021-06-01"], band_count=10)
+    assert m[0].mask_band == 11 and m[1].mask_band == 22
+    x, v = read_on_grid(m, 10, crs, *grid, "s2")
+    assert v.tolist() == [False, True] and (x[0, :, :, :12] == 0).all() and (x[0, :, :, 12:] != 0).any()
+    with pytest.raises(ValueError, match="20 bands for 3 acquisitions"):
+        find_series(tmp_path / "series.tif", ["2021-01-01", "2021-02-01", "2021-03-01"], band_count=10)
+    with pytest.raises(ValueError, match="not a date"):
+        find_series(tmp_path / "series.tif", ["2021-01-01", "June"], band_count=10)
+    # through the command line: one file with explicit dates
+    write_scene(tmp_path / "s.tif", 128, 128)
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--tile", "128", "--overlap", "0",
+                 "--s2", str(tmp_path / "series.tif"), "--s2-dates", "2021-03-01,2021-06-01"]) == 0
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "d.tif"), "--s2", str(tmp_path / "series.tif"),
+                 "--s2-dates", "2021-03-01"]) == 2

@@ -37,6 +37,11 @@ def _load_model(args: argparse.Namespace):
     return model
 
 
+def _dates(text: str | None) -> list[str] | None:
+    """"2024-01-05,2024-02-10" -> ["2024-01-05", "2024-02-10"] (checked by the reader)."""
+    return None if not text else [d.strip() for d in text.split(",") if d.strip()]
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     import time
 
@@ -55,6 +60,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                        device=device, dtype=dtype, output=args.features, progress=args.progress,
                        s2=getattr(args, "s2", None), s1=getattr(args, "s1", None), resume=getattr(args, "resume", False),
+                       s2_dates=_dates(getattr(args, "s2_dates", None)), s1_dates=_dates(getattr(args, "s1_dates", None)),
                        chunk_rows=getattr(args, "chunk_rows", 64))
     C, h, w = info["shape"]
     if int(os.environ.get("RANK", "0")) == 0:
@@ -258,8 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--resume", action="store_true",
                    help="keep finished pieces in OUTPUT.parts/ and skip them when rerun (an interrupted run continues)")
     e.add_argument("--chunk-rows", type=int, default=64, help="output rows per piece (resumable / torchrun runs)")
-    e.add_argument("--s2", help="folder of Sentinel-2 GeoTIFFs (10 bands B2..B12, dates in the file names)")
-    e.add_argument("--s1", help="folder of Sentinel-1 GeoTIFFs (VV, VH; dB or linear)")
+    e.add_argument("--s2", help="Sentinel-2 series: a folder of GeoTIFFs (10 bands B2..B12, + optional cloud-mask "
+                                "band; dates in the file names or tags) or one multi-band GeoTIFF of the whole series")
+    e.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear) or one multi-band file")
+    e.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
+    e.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
     e.set_defaults(fn=_cmd_embed)
     d = sub.add_parser("demo", help="embed the bundled scene; write its features and a PCA picture")
     d.add_argument("--out-dir", default="demo_output")

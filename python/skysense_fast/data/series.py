@@ -56,29 +56,81 @@ def parse_date(name: str) -> dt.date:
 
 @dataclass(frozen=True)
 class Acquisition:
+    """One acquisition: a file, or a group of bands of a multi-band series file.
+
+    ``bands``: the 1-based bands holding it (None: the whole file, B bands or B + 1 with a
+    cloud mask last); ``mask_band``: a band whose non-zero pixels are clouds / invalid.
+    """
+
     path: str
     date: dt.date
+    bands: tuple[int, ...] | None = None
+    mask_band: int | None = None
 
     @property
     def doy(self) -> int:
         return self.date.timetuple().tm_yday
 
 
-def find_series(source: str | os.PathLike | list, dates: list[dt.date] | None = None) -> list[Acquisition]:
-    """Acquisitions of a folder of GeoTIFFs (or a list of files), sorted by date."""
+def _as_date(d) -> dt.date:
+    if isinstance(d, dt.date):
+        return d
+    found = _first_date(str(d))
+    if found is None:
+        raise ValueError(f"not a date: {d!r} (expected YYYY-MM-DD or YYYYMMDD)")
+    return found
+
+
+def _series_file(path: str, dates: list | None, band_count: int) -> list[Acquisition]:
+    """A multi-band file holding a whole series: T groups of B bands (B + 1 with a cloud mask),
+    acquisition by acquisition. Dates: given, or one per group in the band descriptions."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        count, descriptions = ds.count, ds.descriptions
+    if dates is None:
+        per_band = [_first_date(d) if d else None for d in descriptions]
+        if any(d is None for d in per_band):
+            raise ValueError(f"{path} holds a series in one file: give its dates (--s2-dates / --s1-dates, or "
+                             "dates=[...]) or put the date of each band in its description")
+        dates = list(dict.fromkeys(per_band))            # distinct, in band order
+    dates = [_as_date(d) for d in dates]
+    T = len(dates)
+    if T == 0 or count % T or count // T not in (band_count, band_count + 1):
+        raise ValueError(f"{path} has {count} bands for {T} acquisitions: each needs {band_count} bands "
+                         f"(or {band_count + 1} with a cloud mask last)")
+    per = count // T
+    return [Acquisition(path, d, tuple(range(i * per + 1, i * per + band_count + 1)),
+                        i * per + per if per > band_count else None) for i, d in enumerate(dates)]
+
+
+def find_series(source: str | os.PathLike | list, dates: list | None = None, band_count: int | None = None
+                ) -> list[Acquisition]:
+    """Acquisitions of a series, sorted by date.
+
+    ``source``: a folder of GeoTIFFs (one per acquisition), a list of files, or one multi-band
+    GeoTIFF holding the whole series (``band_count`` bands per acquisition, 10 for S2, 2 for
+    S1, optionally + 1 cloud-mask band). ``dates``: explicit dates (``datetime.date`` or
+    YYYY-MM-DD strings), one per file / acquisition; by default from the file names, tags or
+    band descriptions.
+    """
     if isinstance(source, (list, tuple)):
         files = [os.fspath(f) for f in source]
     else:
         src = os.fspath(source)
+        if os.path.isfile(src):
+            if band_count is None:
+                raise ValueError("find_series: a single-file series needs band_count (10 for S2, 2 for S1)")
+            return sorted(_series_file(src, dates, band_count), key=lambda a: a.date)
         if not os.path.isdir(src):
-            raise FileNotFoundError(f"series folder not found: {src}")
+            raise FileNotFoundError(f"series folder or file not found: {src}")
         files = sorted(glob.glob(os.path.join(src, "*.tif")) + glob.glob(os.path.join(src, "*.tiff")))
         if not files:
             raise ValueError(f"no GeoTIFF (*.tif) in {src}")
     if dates is not None and len(dates) != len(files):
         raise ValueError(f"{len(dates)} dates given for {len(files)} files")
-    acq = [Acquisition(f, d if dates is not None else parse_date(f)) for f, d in zip(files, dates or [None] * len(files))]
-    return sorted(acq, key=lambda a: a.date)
+    found = [_as_date(d) for d in dates] if dates is not None else [parse_date(f) for f in files]
+    return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
 
 
 def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tuple[int, int], kind: str,
@@ -86,8 +138,8 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
     """Every acquisition resampled (bilinear) onto a target grid, normalised.
 
     Returns (T, bands, h, w) float32 (invalid pixels 0) and validity (T,) bool: an acquisition
-    counts as valid on this grid when at least half its pixels hold data (nodata, and the area
-    outside its footprint, do not).
+    counts as valid on this grid when at least half its pixels hold data (nodata, clouds of
+    its mask band, and the area outside its footprint do not).
     """
     import rasterio
     from rasterio.enums import Resampling
@@ -95,14 +147,25 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
 
     out = np.zeros((len(acq), bands, *shape), np.float32)
     valid = np.zeros(len(acq), bool)
+    names = S2_BANDS if kind == "s2" else S1_BANDS
     for i, a in enumerate(acq):
         with rasterio.open(a.path) as ds:
-            if ds.count != bands:
-                names = S2_BANDS if kind == "s2" else S1_BANDS
-                raise ValueError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} ({', '.join(names)})")
-            with WarpedVRT(ds, crs=crs, transform=transform, width=shape[1], height=shape[0],
-                           resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan, dtype="float32") as v:
-                x = v.read()
+            wanted, mask_band = a.bands, a.mask_band
+            if wanted is None:
+                if ds.count not in (bands, bands + 1):
+                    raise ValueError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} ({', '.join(names)})"
+                                     f", optionally + 1 cloud-mask band")
+                wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
+            elif len(wanted) != bands:
+                raise ValueError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
+            grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
+            with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan,
+                           dtype="float32") as v:
+                x = v.read(list(wanted))
+            if mask_band is not None:  # clouds: any cloudy source pixel under a grid cell invalidates it
+                with WarpedVRT(ds, **grid, resampling=Resampling.max, dtype="float32") as v:
+                    cloud = v.read(mask_band) != 0
+                x[:, cloud] = np.nan
         ok = np.isfinite(x).all(0)
         x = np.nan_to_num(x)
         if kind == "s1":

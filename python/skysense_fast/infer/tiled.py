@@ -41,8 +41,8 @@ def _weight(n: int) -> np.ndarray:
 def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
-                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, resume: bool = False,
-                chunk_rows: int = 64) -> dict:
+                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, s2_dates=None, s1_dates=None,
+                resume: bool = False, chunk_rows: int = 64) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -53,9 +53,12 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
         prefetch: read the next batch of tiles while the model runs (overlapped I/O).
         s2, s1: optional Sentinel-2 / Sentinel-1 series (a folder of GeoTIFFs with dates in the
-            file names, or a list of :class:`~skysense_fast.data.series.Acquisition`); each tile's
-            area is resampled onto its fusion grid (any CRS / resolution), acquisitions with
-            less than half their pixels valid there are masked.
+            file names or tags, one multi-band GeoTIFF holding the whole series, or a list of
+            :class:`~skysense_fast.data.series.Acquisition`); each tile's area is resampled
+            onto its fusion grid (any CRS / resolution); nodata and cloud-mask pixels are
+            invalid, and acquisitions with less than half their pixels valid there are masked.
+        s2_dates, s1_dates: explicit acquisition dates (YYYY-MM-DD or ``datetime.date``), one
+            per file or per acquisition of a series file.
         gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
             with the scene: each block is read about once here, so a small cache loses nothing).
         resume: keep finished pieces in ``<dst>.parts/`` (bands of ``chunk_rows`` output rows,
@@ -82,7 +85,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     dst = os.fspath(dst)
     rank, world = _distributed()
     model = model.eval().to(device)
-    series = {k: _as_series(v) for k, v in (("s2", s2), ("s1", s1))}
+    series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
@@ -336,13 +339,14 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def _as_series(v):
-    """None, a list of Acquisitions, or what find_series takes (a folder, a list of files)."""
+def _as_series(v, dates=None, band_count: int = 10):
+    """None, a list of Acquisitions, or what find_series takes (a folder, a list of files, one
+    multi-band series file), with optional explicit dates."""
     from ..data.series import Acquisition, find_series
 
     if v is None or (isinstance(v, list) and v and isinstance(v[0], Acquisition)):
         return v
-    return find_series(v)
+    return find_series(v, dates, band_count)
 
 
 def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
