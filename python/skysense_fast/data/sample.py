@@ -1,0 +1,83 @@
+"""The demo's real sample image, prepared from a package on PyPI at setup time.
+
+The deepforest 2.1.0 wheel (MIT licence) ships ``OSBS_029.tif``: a real 400 x 400 RGB
+aerial image at 10 cm (NEON, Ordway-Swisher Biological Station, Florida; UTM 17N).
+``make demo`` downloads that wheel with pip (the registry, like any dependency) and runs
+``python -m skysense_fast.data.sample WHEEL``, which converts the image into
+``skysense_fast/data/sample/`` (a tiled, compressed GeoTIFF, without the source's nodata
+flag: 255 is a real brightness there) next to the licence notice. Nothing is downloaded
+when the demo runs, and without the prepared file the demo uses a generated scene.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+HR_SAMPLE = SAMPLE_DIR / "osbs_029_rgb_10cm.tif"
+WHEEL = "deepforest==2.1.0"
+MEMBER = "deepforest/data/OSBS_029.tif"
+DESCRIPTION = ("real 10 cm RGB aerial image, NEON site OSBS (Florida), from the deepforest 2.1.0 package, "
+               "MIT licence")
+
+
+def hr_sample() -> Path | None:
+    """The prepared real HR sample, or None when it has not been prepared."""
+    return HR_SAMPLE if HR_SAMPLE.exists() else None
+
+
+def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SAMPLE_DIR) -> Path:
+    """Convert the wheel's aerial image into the sample GeoTIFF (atomically) with its notice."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    out_dir = Path(out_dir)
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            data = z.read(MEMBER)
+            licences = [n for n in z.namelist() if n.endswith(("LICENSE", "LICENSE.txt", "AUTHORS.md"))]
+            notice = "\n\n".join(f"--- {n} ---\n{z.read(n).decode('utf-8', 'replace')}" for n in licences)
+    except (OSError, zipfile.BadZipFile, KeyError) as e:
+        raise ValueError(f"{wheel}: not the expected {WHEEL} wheel with {MEMBER} ({e})") from None
+    with MemoryFile(data) as mem, mem.open() as src:
+        if src.count < 3 or src.crs is None:
+            raise ValueError(f"{MEMBER} in {wheel}: expected a georeferenced RGB image, got {src.count} band(s), "
+                             f"CRS {src.crs}")
+        img = src.read([1, 2, 3])
+        profile = dict(driver="GTiff", height=src.height, width=src.width, count=3, dtype=img.dtype.name,
+                       crs=src.crs, transform=src.transform, tiled=True, blockxsize=256, blockysize=256,
+                       compress="deflate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / HR_SAMPLE.name
+    tmp = final.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(img)
+        dst.update_tags(SOURCE=f"{WHEEL}: {MEMBER}", DESCRIPTION=DESCRIPTION)
+        for i, name in enumerate(("red", "green", "blue")):
+            dst.set_band_description(i + 1, name)
+    notice_tmp = out_dir / "NOTICE.partial.txt"
+    notice_tmp.write_text(f"{final.name}: {DESCRIPTION}.\nConverted from {MEMBER} of the {WHEEL} wheel.\n\n{notice}\n")
+    os.replace(notice_tmp, out_dir / "NOTICE.txt")
+    os.replace(tmp, final)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m skysense_fast.data.sample DEEPFOREST_WHEEL", file=sys.stderr)
+        return 2
+    try:
+        path = prepare_from_wheel(args[0])
+    except ValueError as e:
+        print(f"sample: error: {e}", file=sys.stderr)
+        return 2
+    print(f"sample: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
