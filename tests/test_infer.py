@@ -218,7 +218,7 @@ def test_multimodal_embed_reprojects_series(model, tmp_path):
     write_scene(tmp_path / "s.tif", 256, 320)  # EPSG:32633, 0.5 m: 128 m x 160 m
     # S2 in geographic coordinates around the scene; S1 in linear power, UTM at 10 m
     write_series(tmp_path / "s2", ["S2_20210301.tif", "S2_20210601.tif"], 10, "EPSG:4326",
-                 from_origin(14.99, 45.14, 0.0002, 0.0002), (200, 200))
+                 from_origin(14.99, 45.16, 0.0002, 0.0002), (200, 200))
     write_series(tmp_path / "s1", ["S1_20210310.tif"], 2, "EPSG:32633", from_origin(499950, 5000050, 10, 10), (30, 30),
                  linear=True)
     info = embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=0, s2=tmp_path / "s2",
@@ -227,6 +227,12 @@ def test_multimodal_embed_reprojects_series(model, tmp_path):
     with rasterio.open(tmp_path / "f.tif") as f, rasterio.open(tmp_path / "hr.tif") as g:
         a, b = f.read(), g.read()
     assert info["shape"] == (64, 8, 10) and np.isfinite(a).all()
+    from skysense_fast.data import find_series, read_on_grid
+
+    with rasterio.open(tmp_path / "s.tif") as d:       # the series really covers the scene's fusion grid
+        grid = (d.crs, d.transform @ rasterio.Affine.scale(32, 32), (8, 10))
+    for kind, bands in (("s2", 10), ("s1", 2)):
+        assert read_on_grid(find_series(tmp_path / kind), bands, *grid, kind)[1].all()
     assert np.abs(a - b).max() > 1e-3  # the series changed the fused features
     write_series(tmp_path / "bad", ["x_20210101.tif"], 4, "EPSG:32633", from_origin(499950, 5000050, 10, 10), (30, 30))
     with pytest.raises(ValueError, match="has 4 band\\(s\\); S2 needs 10"):
@@ -234,6 +240,11 @@ def test_multimodal_embed_reprojects_series(model, tmp_path):
     assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--tile", "128", "--overlap", "0",
                  "--s2", str(tmp_path / "s2"), "--s1", str(tmp_path / "s1")]) == 0
     assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--s2", str(tmp_path / "bad")]) == 2
+    # a series somewhere else: refused before any tile runs, through the CLI without a traceback
+    write_series(tmp_path / "far", ["S2_20210301.tif"], 10, "EPSG:32633", from_origin(600000, 4000000, 10, 10), (30, 30))
+    with pytest.raises(ValueError, match="S2 series does not overlap the scene"):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=128, overlap=0, s2=tmp_path / "far")
+    assert main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "c.tif"), "--s2", str(tmp_path / "far")]) == 2
 
 
 def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):

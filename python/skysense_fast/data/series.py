@@ -133,6 +133,29 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
     return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
 
 
+def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
+    """Errors a user can act on before any tile runs: a series file without a CRS, or a series
+    none of whose acquisitions overlaps the scene (bounds: left, bottom, right, top in ``crs``).
+    Partial overlap is fine: pixels outside an acquisition's footprint are invalid."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    left, bottom, right, top = bounds
+    seen = []
+    for path in dict.fromkeys(a.path for a in acq):
+        with rasterio.open(path) as ds:
+            if ds.crs is None:
+                raise ValueError(f"{path} has no CRS: {kind.upper()} files must be georeferenced to be aligned "
+                                 "with the scene")
+            b = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
+        seen.append(b)
+        if b[0] < right and b[2] > left and b[1] < top and b[3] > bottom:
+            return
+    fmt = lambda b: "(" + ", ".join(f"{v:.1f}" for v in b) + ")"  # noqa: E731
+    raise ValueError(f"the {kind.upper()} series does not overlap the scene: scene bounds {fmt(bounds)}, series "
+                     f"bounds {', '.join(fmt(b) for b in seen[:3])} (in the scene's CRS {crs})")
+
+
 def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tuple[int, int], kind: str,
                  s1_scale: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Every acquisition resampled (bilinear) onto a target grid, normalised.

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+from ..data.series import check_coverage
 
 SCALE = 32  # image pixels per feature pixel (the HR stage-3 grid)
 
@@ -88,6 +89,9 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
+        for kind, acq in series.items():
+            if acq:
+                check_coverage(acq, ds.crs, ds.bounds, kind)
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
         profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
                        transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
