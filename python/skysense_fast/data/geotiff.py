@@ -32,11 +32,12 @@ def open_raster(path: str | os.PathLike, bands: int | None = None):
     return ds
 
 
-def scene_latlon(ds) -> tuple[float, float]:
-    """Latitude and longitude (degrees, WGS84) of the raster's centre, for the geo-context."""
+def scene_latlon(ds, at: tuple[float, float] | None = None) -> tuple[float, float]:
+    """Latitude and longitude (degrees, WGS84) of the raster's centre, or of pixel position
+    ``at`` = (column, row), for the geo-context."""
     from rasterio.warp import transform
 
-    cx, cy = ds.transform @ (ds.width / 2, ds.height / 2)
+    cx, cy = ds.transform @ (at if at is not None else (ds.width / 2, ds.height / 2))
     lon, lat = transform(ds.crs, "EPSG:4326", [cx], [cy])
     return float(lat[0]), float(lon[0])
 

@@ -28,8 +28,12 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    kind: str = "synthetic"      # "synthetic" (generated, deterministic per index)
+    kind: str = "synthetic"      # "synthetic" (generated, deterministic per index) or "scenes"
     samples: int = 4096          # dataset size (synthetic)
+    hr: str | None = None        # scenes: the HR GeoTIFF (RGB, 0-255)
+    s2: str | None = None        # scenes: Sentinel-2 series (folder of GeoTIFFs or one multi-band file)
+    s1: str | None = None        # scenes: Sentinel-1 series
+    stride: int = 0              # scenes: cells between sample windows (0 = grid: no overlap)
     grid: int = 6                # sample size on the fusion grid (Sentinel pixels; HR is 32x)
     crop: int = 4                # each view's crop on the fusion grid (views overlap partly)
     s2_frames: int = 4
@@ -194,7 +198,13 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         get_config(m.name, **m.overrides)
     except TypeError as e:
         raise ConfigError(f"config: model.overrides: {e}") from None
-    _require(d.kind == "synthetic", f"data.kind must be 'synthetic' (the only dataset so far), got {d.kind!r}")
+    _require(d.kind in ("synthetic", "scenes"), f"data.kind must be 'synthetic' or 'scenes', got {d.kind!r}")
+    if d.kind == "scenes":
+        for name in ("hr", "s2", "s1"):
+            path = getattr(d, name)
+            _require(path is not None, f"data.{name} is required with data.kind 'scenes' (every modality is trained)")
+            _require(os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+    _require(d.stride >= 0, f"data.stride must be >= 0, got {d.stride}")
     for name in ("samples", "grid", "crop", "s2_frames", "s1_frames", "min_frames", "classes"):
         _require(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     _require(d.crop <= d.grid, f"data.crop ({d.crop}) must be <= data.grid ({d.grid}): a view is a crop of the sample")

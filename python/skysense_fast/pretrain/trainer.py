@@ -81,6 +81,16 @@ def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer
         return SkySensePretrainer(backbone, cfg.loss).to(device)
 
 
+def make_dataset(cfg: PretrainConfig):
+    """The config's dataset: synthetic, or windows of real scenes (``data.kind: scenes``)."""
+    d = cfg.data
+    if d.kind == "scenes":
+        from .scenes import SceneDataset
+
+        return SceneDataset(d.hr, d.s2, d.s1, d.grid, d.s2_frames, d.s1_frames, d.stride or None)
+    return SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
+
+
 def seed_of(*numbers: int) -> int:
     """A 63-bit seed mixed from non-negative ints, the same in every process (unlike hash())."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -184,8 +194,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
-    d = cfg.data
-    dataset = SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
+    dataset = make_dataset(cfg)
     lo, o, t = cfg.loss, cfg.optim, cfg.train
     backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
     progress = _Progress(t.steps, start, t.progress and rank == 0)

@@ -1,0 +1,73 @@
+"""Pretraining samples cut from real imagery: an HR GeoTIFF with Sentinel-2 and Sentinel-1
+series of the same area, read by the scene readers (``skysense_fast.data``).
+
+Samples are windows of ``grid`` x ``grid`` fusion cells (32 ``grid`` HR pixels) on a regular
+lattice over the HR scene (``stride`` cells apart, default ``grid``: no overlap). For each,
+the HR window is read and normalised (nodata -> 0), each series is resampled onto the
+window's fusion grid (any CRS / resolution; nodata, clouds and the area outside a footprint
+invalid), ``frames`` acquisitions are taken evenly over the series (fewer: the rest are
+invalid padding), and the geolocation is the window's centre. Same keys and shapes as
+:class:`~skysense_fast.pretrain.synthetic.SyntheticMultimodal`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+from ..data.series import check_coverage, find_series, read_on_grid
+from .synthetic import HR_SCALE
+
+
+def _pick(acq: list, frames: int) -> list:
+    if len(acq) <= frames:
+        return acq
+    return [acq[int(i)] for i in np.linspace(0, len(acq) - 1, frames).round()]
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    def __init__(self, hr: str, s2: str, s1: str, grid: int = 6, s2_frames: int = 4, s1_frames: int = 4,
+                 stride: int | None = None):
+        self.hr, self.grid, self.frames = hr, grid, {"s2": s2_frames, "s1": s1_frames}
+        with open_raster(hr, bands=3) as ds:
+            self.crs, self.transform, H, W = ds.crs, ds.transform, ds.height, ds.width
+            self.series = {"s2": _pick(find_series(s2, band_count=10), s2_frames),
+                           "s1": _pick(find_series(s1, band_count=2), s1_frames)}
+            for kind, acq in self.series.items():
+                check_coverage(acq, ds.crs, ds.bounds, kind)
+        size, step = grid * HR_SCALE, (stride or grid) * HR_SCALE
+        self.windows = [(r, c) for r in range(0, H - size + 1, step) for c in range(0, W - size + 1, step)]
+        if not self.windows:
+            raise ValueError(f"{hr} ({W} x {H} px) is smaller than one sample of {size} x {size} px "
+                             f"(data.grid = {grid} cells of {HR_SCALE} px)")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        from rasterio.transform import Affine
+        from rasterio.windows import Window
+
+        r, c = self.windows[index]
+        size = self.grid * HR_SCALE
+        with open_raster(self.hr, bands=3) as ds:
+            a = ds.read([1, 2, 3], window=Window(c, r, size, size))
+            x = normalise_hr(a)
+            if ds.nodata is not None:
+                x = np.where((a == ds.nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
+            lat, lon = scene_latlon(ds, at=(c + size / 2, r + size / 2))
+        cells = self.transform @ Affine.translation(c, r) @ Affine.scale(HR_SCALE, HR_SCALE)
+        out = {"hr": torch.from_numpy(x), "latlon": torch.tensor([lat, lon], dtype=torch.float32)}
+        for kind, bands in (("s2", 10), ("s1", 2)):
+            acq, T = self.series[kind], self.frames[kind]
+            xs, ok = read_on_grid(acq, bands, self.crs, cells, (self.grid, self.grid), kind)
+            series = torch.zeros(T, bands, self.grid, self.grid)
+            series[:len(acq)] = torch.from_numpy(xs)
+            valid = torch.zeros(T, dtype=torch.bool)
+            valid[:len(acq)] = torch.from_numpy(ok)
+            doy = torch.ones(T, dtype=torch.long)           # padding frames: a legal day, never valid
+            doy[:len(acq)] = torch.tensor([a.doy for a in acq])
+            out.update({kind: series, f"doy_{kind}": doy, f"valid_{kind}": valid})
+        return out

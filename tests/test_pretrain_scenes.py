@@ -1,0 +1,56 @@
+"""Pretraining on real imagery: samples cut from an HR GeoTIFF with its Sentinel series."""
+
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.transform import from_origin  # noqa: E402
+from test_infer import write_scene, write_series  # noqa: E402
+
+from skysense_fast.pretrain import ConfigError, from_dict, pretrain  # noqa: E402
+from skysense_fast.pretrain.scenes import SceneDataset  # noqa: E402
+
+
+@pytest.fixture
+def scene(tmp_path):
+    write_scene(tmp_path / "hr.tif", 256, 320)                         # UTM 33N, 0.5 m: 128 m x 160 m
+    write_series(tmp_path / "s2", ["S2_20210301.tif", "S2_20210415.tif", "S2_20210601.tif"], 10, "EPSG:32633",
+                 from_origin(499950, 5000050, 10, 10), (30, 30))
+    write_series(tmp_path / "s1", ["S1_20210310.tif"], 2, "EPSG:32633", from_origin(499950, 5000050, 10, 10),
+                 (30, 30), linear=True)
+    return tmp_path
+
+
+def test_scene_samples(scene):
+    ds = SceneDataset(str(scene / "hr.tif"), str(scene / "s2"), str(scene / "s1"), grid=4, s2_frames=2, s1_frames=2)
+    assert len(ds) == 2 * 2                                           # 128 px windows: 2 rows x 2 columns
+    x = ds[3]
+    assert x["hr"].shape == (3, 128, 128) and x["s2"].shape == (2, 10, 4, 4) and x["s1"].shape == (2, 2, 4, 4)
+    assert x["doy_s2"].tolist() == [60, 152]                          # 2 of 3 acquisitions, evenly: first, last
+    assert x["valid_s2"].tolist() == [True, True] and x["valid_s1"].tolist() == [True, False]  # padding frame
+    assert (x["s1"][1] == 0).all() and torch.isfinite(x["s2"]).all()
+    with rasterio.open(scene / "hr.tif") as d:
+        from skysense_fast.data import scene_latlon
+
+        lat, lon = scene_latlon(d, at=(128 + 64, 128 + 64))
+    assert x["latlon"].tolist() == pytest.approx([lat, lon], abs=1e-4)
+    with pytest.raises(ValueError, match="smaller than one sample"):
+        SceneDataset(str(scene / "hr.tif"), str(scene / "s2"), str(scene / "s1"), grid=16)
+
+
+def test_pretrain_on_scenes(scene):
+    raw = {"model": {"name": "skysense-tiny"},
+           "data": {"kind": "scenes", "hr": str(scene / "hr.tif"), "s2": str(scene / "s2"), "s1": str(scene / "s1"),
+                    "grid": 4, "crop": 3, "s2_frames": 3, "s1_frames": 2, "min_frames": 1},
+           "loss": {"out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "cma_dim": 16},
+           "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "out_dir": str(scene / "run"),
+                     "device": "cpu", "progress": False}}
+    res = pretrain(from_dict(raw), log=lambda *a: None)
+    assert res["status"] == "done" and len(res["losses"]) == 2
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])
+    raw["data"].pop("s1")
+    with pytest.raises(ConfigError, match=r"data\.s1 is required"):
+        from_dict(raw)
+    raw["data"]["s1"] = str(scene / "missing")
+    with pytest.raises(ConfigError, match=r"data\.s1: no such file"):
+        from_dict(raw)
