@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -138,6 +139,7 @@ class _Run:
         self.model, self.ds, self.tile, self.batch_size = model, ds, tile, batch_size
         self.device, self.dtype, self.output, self.prefetch, self.series = device, dtype, output, prefetch, series
         self.progress, self.oh = progress, oh
+        self.t_start = None
         self.stride = tile - overlap
         self.t = tile // SCALE
         self.all_rows = _starts(ds.height, tile, self.stride)
@@ -148,6 +150,7 @@ class _Run:
     def rows(self, y0: int, y1: int, sink) -> None:
         t, oh, ow = self.t, self.oh, math.ceil(self.ds.width / SCALE)
         needed = [r for r in self.all_rows if r // SCALE < y1 and r // SCALE + t > y0]
+        self.t_start = time.perf_counter()
         acc = wsum = None
         band_top = needed[0] // SCALE  # output row of acc[0]
         for i, r in enumerate(needed):
@@ -181,7 +184,20 @@ class _Run:
                 band_top += done
             _release_freed_memory()
             if self.progress:
-                print(f"  rows {min(band_top, y1)}/{oh}", flush=True)
+                self._report(i + 1, len(needed))
+
+
+    def _report(self, done: int, total: int) -> None:
+        """A one-line progress bar on stderr: tile rows done, tiles/s, time left."""
+        import sys
+
+        now = time.perf_counter()
+        rate = done * len(self.cols) / (now - self.t_start)
+        left = (total - done) * len(self.cols) / max(rate, 1e-9)
+        bar = "#" * int(30 * done / total)
+        end = "\n" if done == total else ""
+        print(f"\r[{bar:<30}] tile rows {done}/{total}, {rate:.1f} tiles/s, {left:.0f} s left", end=end,
+              file=sys.stderr, flush=True)
 
 
 class _FileSink:
