@@ -2,6 +2,7 @@
 rejects bad configs by name."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -96,11 +97,11 @@ def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     assert sorted(os.listdir(d)) == ["latest", "step_00000002", "step_00000004"]
 
 
-def _torchrun(nproc, out, steps=3):
+def _torchrun(nproc, out, steps=3, extra=()):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [torchrun, f"--nproc_per_node={nproc}", "-m", "skysense_fast.cli", "pretrain", TINY, "--steps", str(steps),
-           "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false", "--set", "train.device=cpu"]
+           "--out-dir", str(out), "--set", "train.checkpoint_every=2", "--set", "train.progress=false", "--set", "train.device=cpu", *extra]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -115,6 +116,16 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path):
     ck = tmp_path / "two" / "checkpoints" / "step_00000003"
     assert (ck / "rng_rank0.pt").exists() and (ck / "rng_rank1.pt").exists()
     assert len([f for f in os.listdir(ck) if f.endswith(".distcp")]) == 2      # one shard file per rank
+
+
+def test_fsdp2_bf16_params_with_checkpointing(tmp_path):
+    """bf16 gathered parameters (MixedPrecisionPolicy) + activation checkpointing on 2 ranks:
+    finite, and near the float32 single process (bf16 rounding only)."""
+    one = _quiet_run(_cfg(tmp_path / "one", **{"train.steps": 2, "train.checkpoint_every": 0}))["losses"]
+    two = _torchrun(2, tmp_path / "two", steps=2, extra=["--set", "train.precision=bfloat16",
+                                                         "--set", "train.grad_checkpointing=true"])
+    assert all(math.isfinite(r["total"]) for r in two)
+    assert two[0]["total"] == pytest.approx(one[0]["total"], rel=2e-2)
 
 
 @pytest.mark.parametrize("raw, field", [

@@ -51,18 +51,26 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def shard(module: torch.nn.Module, mesh=None) -> None:
-    """FSDP2 per block: every Swin block, ViT layer, fusion layer and head, then the root."""
-    from torch.distributed.fsdp import fully_shard
+def shard(module: torch.nn.Module, mesh=None, bf16_params: bool = False) -> None:
+    """FSDP2 per block: every Swin block, ViT layer, fusion layer and head, then the root.
+
+    ``bf16_params``: gather parameters in bfloat16 for the forward and backward (the shards,
+    the optimiser and the teacher EMA stay float32; gradients are reduced in float32): half
+    the all-gather traffic and no per-op weight casts under autocast.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from ..models.swinv2 import SwinV2Block
     from ..nn.temporal_fusion import TransformerLayer
     from .losses import DINOHead
 
+    kw = {"mesh": mesh}
+    if bf16_params:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for m in list(module.modules()):
         if isinstance(m, (SwinV2Block, TransformerLayer, DINOHead)):
-            fully_shard(m, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+            fully_shard(m, **kw)
+    fully_shard(module, **kw)
 
 
 def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer:
@@ -180,8 +188,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     student = build_model(cfg, device)
     teacher = make_teacher(student)
     if world > 1:
-        shard(student)
-        shard(teacher)
+        bf16 = cfg.train.precision == "bfloat16"
+        shard(student, bf16_params=bf16)
+        shard(teacher, bf16_params=bf16)
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     out_dir, ckpt_dir = cfg.train.out_dir, os.path.join(cfg.train.out_dir, "checkpoints")
