@@ -56,6 +56,12 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert [r["total"] for r in rest["losses"]] == pytest.approx(want, rel=1e-6)
 
 
+def test_dataloader_workers_change_nothing(tmp_path):
+    a = _quiet_run(_cfg(tmp_path / "a", **{"train.steps": 3, "train.checkpoint_every": 0}))["losses"]
+    b = _quiet_run(_cfg(tmp_path / "b", **{"train.steps": 3, "train.checkpoint_every": 0, "train.num_workers": 2}))
+    assert [r["total"] for r in b["losses"]] == pytest.approx([r["total"] for r in a], rel=1e-6)
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from skysense_fast.pretrain import objective
 

@@ -98,6 +98,7 @@ class TrainSection:
     device: str = "auto"             # auto | cpu | cuda
     backend: str = "auto"            # skysense_fast.use_backend name, or auto
     progress: bool = True
+    num_workers: int = 0             # DataLoader worker processes preparing the next steps' views
 
 
 @dataclass
@@ -234,5 +235,6 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
              f"train.batch_size ({t.batch_size}) must split evenly over the {world_size} ranks")
     _require(t.precision in ("float32", "bfloat16"), f"train.precision must be float32 or bfloat16, got {t.precision!r}")
     _require(t.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {t.device!r}")
+    _require(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
     _require(t.checkpoint_every >= 0 and t.log_every >= 1 and t.keep_checkpoints >= 1,
              "train.checkpoint_every must be >= 0, train.log_every and train.keep_checkpoints >= 1")

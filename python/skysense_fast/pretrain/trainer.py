@@ -122,6 +122,35 @@ def step_views(dataset, cfg: PretrainConfig, step: int, rank: int, world: int, d
             [torch.stack(gs) for gs in geoms])
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Step k of a run -> that step's views for one rank (CPU tensors): what DataLoader
+    workers prepare ahead of the training loop. Deterministic per step, so workers, resuming
+    and the rank count change nothing."""
+
+    def __init__(self, dataset, cfg: PretrainConfig, start: int, rank: int, world: int):
+        self.dataset, self.cfg, self.start, self.rank, self.world = dataset, cfg, start, rank, world
+
+    def __len__(self) -> int:
+        return self.cfg.train.steps - self.start
+
+    def __getitem__(self, k: int):
+        return step_views(self.dataset, self.cfg, self.start + k, self.rank, self.world, torch.device("cpu"))
+
+
+def step_batches(dataset, cfg: PretrainConfig, start: int, rank: int, world: int, device: torch.device):
+    """Iterator over (views, geoms) for steps start, start + 1, ...: in this process, or
+    prepared by ``train.num_workers`` DataLoader workers (pinned memory on CUDA)."""
+    if cfg.train.num_workers == 0:
+        for step in range(start, cfg.train.steps):
+            yield step_views(dataset, cfg, step, rank, world, device)
+        return
+    loader = torch.utils.data.DataLoader(_StepBatches(dataset, cfg, start, rank, world), batch_size=None,
+                                         num_workers=cfg.train.num_workers, pin_memory=device.type == "cuda",
+                                         prefetch_factor=2, persistent_workers=False)
+    for views, geoms in loader:
+        yield [{k: x.to(device, non_blocking=True) for k, x in v.items()} for v in views], geoms
+
+
 class _Progress:
     def __init__(self, total: int, start: int, enabled: bool):
         self.total, self.enabled = total, enabled and sys.stderr.isatty()
@@ -212,13 +241,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if rank == 0 else None
     student.train()
     teacher.train()
+    batches = step_batches(dataset, cfg, start, rank, world, device)
     try:
         for step in range(start, t.steps):
             if stop_after is not None and step - start >= stop_after:
                 status = "stopped"
                 break
             t0 = time.perf_counter()
-            views, geoms = step_views(dataset, cfg, step, rank, world, device)
+            views, geoms = next(batches)
             teacher_temp = cosine_schedule(step, t.steps, lo.teacher_temp, lo.teacher_temp, lo.teacher_temp_warmup_steps,
                                            lo.teacher_temp_warmup_from)
             gen = torch.Generator().manual_seed(seed_of(cfg.train.seed, step, 2))  # same pixels on every rank
@@ -249,6 +279,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
         else:
             step = t.steps
     finally:
+        batches.close()          # stops DataLoader workers
         progress.close()
         if metrics is not None:
             metrics.close()
