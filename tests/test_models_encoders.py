@@ -110,3 +110,20 @@ def test_vit_and_uphead():
     for layer in ref.layers:
         layer.forward = lambda x, m=None, fused=True, _l=layer: type(_l).forward(_l, x, m, False)
     torch.testing.assert_close(big(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_uphead_gemm_path_equals_conv_and_pixel_shuffle():
+    from skysense_fast.models.vit import UPHead
+
+    torch.manual_seed(0)
+    head = UPHead(24, 10, scale=4)
+    for shape in ((2, 24, 3, 5), (1, 24, 1, 1)):
+        x = torch.randn(shape, requires_grad=True)
+        y = head(x)
+        ref = head.decoder(x)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(y)
+        gx, gw = torch.autograd.grad(y, (x, head.decoder[0].weight), g)
+        rx, rw = torch.autograd.grad(ref, (x, head.decoder[0].weight), g)
+        torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gw, rw, rtol=1e-5, atol=1e-5)
