@@ -54,3 +54,19 @@ def test_pretrain_on_scenes(scene):
     raw["data"]["s1"] = str(scene / "missing")
     with pytest.raises(ConfigError, match=r"data\.s1: no such file"):
         from_dict(raw)
+
+
+def test_manifest_of_scenes(scene):
+    from skysense_fast.pretrain.trainer import make_dataset
+
+    (scene / "scenes.yaml").write_text("- {hr: hr.tif, s2: s2, s1: s1}\n- {hr: hr.tif, s2: s2, s1: s1}\n")
+    raw = {"data": {"kind": "scenes", "manifest": str(scene / "scenes.yaml"), "grid": 4, "crop": 3},
+           "train": {"device": "cpu"}}
+    assert len(make_dataset(from_dict(raw))) == 2 * 4
+    (scene / "bad.yaml").write_text("- {hr: hr.tif, s2: s2, s1: nowhere}\n")
+    raw["data"]["manifest"] = str(scene / "bad.yaml")
+    with pytest.raises(ConfigError, match=r"scene 0 s1: no such file"):
+        from_dict(raw)
+    raw["data"].update(manifest=str(scene / "scenes.yaml"), hr=str(scene / "hr.tif"))
+    with pytest.raises(ConfigError, match="exclude each other"):
+        from_dict(raw)

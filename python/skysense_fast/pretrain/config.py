@@ -34,6 +34,7 @@ class DataSection:
     s2: str | None = None        # scenes: Sentinel-2 series (folder of GeoTIFFs or one multi-band file)
     s1: str | None = None        # scenes: Sentinel-1 series
     stride: int = 0              # scenes: cells between sample windows (0 = grid: no overlap)
+    manifest: str | None = None  # scenes: a YAML list of {hr, s2, s1} (relative paths: to the list's folder)
     grid: int = 6                # sample size on the fusion grid (Sentinel pixels; HR is 32x)
     crop: int = 4                # each view's crop on the fusion grid (views overlap partly)
     s2_frames: int = 4
@@ -184,6 +185,30 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Pretr
     return from_dict(raw)
 
 
+def scene_list(manifest: str) -> list[dict[str, str]]:
+    """The scenes of a manifest: a YAML list of mappings with hr, s2, s1 (paths relative to
+    the manifest's folder unless absolute), each checked to exist."""
+    import yaml
+
+    _require(os.path.exists(manifest), f"data.manifest: no such file: {manifest}")
+    with open(manifest) as f:
+        try:
+            entries = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config: data.manifest {manifest} is not valid YAML: {e}") from None
+    _require(isinstance(entries, list) and entries, f"data.manifest {manifest} must be a non-empty list of scenes")
+    root = os.path.dirname(os.path.abspath(manifest))
+    scenes = []
+    for i, e in enumerate(entries):
+        _require(isinstance(e, dict) and set(e) == {"hr", "s2", "s1"},
+                 f"data.manifest {manifest}: scene {i} must have exactly hr, s2, s1, got {e!r}")
+        paths = {k: os.path.join(root, str(v)) for k, v in e.items()}
+        for k, path in paths.items():
+            _require(os.path.exists(path), f"data.manifest {manifest}: scene {i} {k}: no such file or folder: {path}")
+        scenes.append(paths)
+    return scenes
+
+
 def _require(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(f"config: {msg}")
@@ -201,10 +226,16 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         raise ConfigError(f"config: model.overrides: {e}") from None
     _require(d.kind in ("synthetic", "scenes"), f"data.kind must be 'synthetic' or 'scenes', got {d.kind!r}")
     if d.kind == "scenes":
-        for name in ("hr", "s2", "s1"):
-            path = getattr(d, name)
-            _require(path is not None, f"data.{name} is required with data.kind 'scenes' (every modality is trained)")
-            _require(os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+        if d.manifest is not None:
+            _require(all(getattr(d, n) is None for n in ("hr", "s2", "s1")),
+                     "data.manifest and data.hr/s2/s1 exclude each other: list every scene in the manifest")
+            scene_list(d.manifest)
+        else:
+            for name in ("hr", "s2", "s1"):
+                path = getattr(d, name)
+                _require(path is not None, f"data.{name} is required with data.kind 'scenes' (every modality is "
+                                           "trained), or data.manifest listing scenes")
+                _require(os.path.exists(path), f"data.{name}: no such file or folder: {path}")
     _require(d.stride >= 0, f"data.stride must be >= 0, got {d.stride}")
     for name in ("samples", "grid", "crop", "s2_frames", "s1_frames", "min_frames", "classes"):
         _require(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")

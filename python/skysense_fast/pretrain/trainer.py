@@ -93,9 +93,13 @@ def make_dataset(cfg: PretrainConfig):
     """The config's dataset: synthetic, or windows of real scenes (``data.kind: scenes``)."""
     d = cfg.data
     if d.kind == "scenes":
+        from .config import scene_list
         from .scenes import SceneDataset
 
-        return SceneDataset(d.hr, d.s2, d.s1, d.grid, d.s2_frames, d.s1_frames, d.stride or None)
+        scenes = scene_list(d.manifest) if d.manifest else [{"hr": d.hr, "s2": d.s2, "s1": d.s1}]
+        parts = [SceneDataset(sc["hr"], sc["s2"], sc["s1"], d.grid, d.s2_frames, d.s1_frames, d.stride or None)
+                 for sc in scenes]
+        return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     return SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
 
 
