@@ -62,6 +62,25 @@ def test_tiled_output_georeferencing_and_blending(model, tmp_path):
         np.testing.assert_allclose(g.read(), a, rtol=1e-4, atol=1e-4)
 
 
+def test_nodata_input_gives_nodata_output(model, tmp_path):
+    img = write_scene(tmp_path / "s.tif", 256, 320, nodata=0)
+    img = np.maximum(img, 1)
+    img[:, :, :128] = 0                           # feature columns 0-3: no data at all
+    img[:, :10, 128:160] = 0                      # cell (0, 4): 10 of 32 rows missing -> still valid
+    with rasterio.open(tmp_path / "s.tif", "r+") as d:
+        d.write(img)
+    for kw in ({}, {"resume": True, "chunk_rows": 3}):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, **kw)
+        with rasterio.open(tmp_path / "f.tif") as f:
+            a = f.read()
+            assert np.isnan(f.nodata)
+        assert np.isnan(a[:, :, :4]).all() and np.isfinite(a[:, :, 4:]).all()
+    write_scene(tmp_path / "full.tif", 64, 64)
+    embed_scene(model, tmp_path / "full.tif", tmp_path / "g.tif", tile=64, overlap=0)
+    with rasterio.open(tmp_path / "g.tif") as g:
+        assert g.nodata is None                   # no nodata declared in, none out
+
+
 def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
     write_scene(tmp_path / "s.tif", 300, 300)
     import skysense_fast.infer.tiled as tiled

@@ -101,10 +101,13 @@ def _pca_png(scene: str, features: str, png: str) -> None:
         feat = f.read().astype(np.float64)
     C, h, w = feat.shape
     x = feat.reshape(C, -1).T
-    x = x - x.mean(0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    ok = np.isfinite(x).all(1)                      # nodata pixels (NaN) stay black
+    mean = x[ok].mean(0) if ok.any() else np.zeros(C)
+    x = np.where(ok[:, None], x - mean, 0.0)
+    _, _, vt = np.linalg.svd(x[ok] if ok.sum() > 1 else x, full_matrices=False)
     pcs = (x @ vt[:3].T).reshape(h, w, 3)
     pcs = (pcs - pcs.min((0, 1))) / np.maximum(np.ptp(pcs, (0, 1)), 1e-12)
+    pcs[~ok.reshape(h, w)] = 0
     pca = Image.fromarray((pcs * 255).astype(np.uint8)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
     canvas = Image.new("RGB", (rgb.shape[1] * 2 + 8, rgb.shape[0]), "white")
     canvas.paste(Image.fromarray(rgb), (0, 0))

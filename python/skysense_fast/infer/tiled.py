@@ -96,7 +96,8 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
         profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
                        transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+                       blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
+                       nodata=float("nan") if ds.nodata is not None else None)
         run = _Run(model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh)
         if world == 1 and not resume:
             sink = _FileSink(dst + ".partial", profile, output)
@@ -151,7 +152,7 @@ class _Run:
         t, oh, ow = self.t, self.oh, math.ceil(self.ds.width / SCALE)
         needed = [r for r in self.all_rows if r // SCALE < y1 and r // SCALE + t > y0]
         self.t_start = time.perf_counter()
-        acc = wsum = None
+        acc = wsum = vfrac = None
         band_top = needed[0] // SCALE  # output row of acc[0]
         for i, r in enumerate(needed):
             tiles = [(r, c) for c in self.cols]
@@ -162,14 +163,17 @@ class _Run:
             if acc is None:
                 acc = np.zeros((C, 2 * t + 1, ow), np.float32)
                 wsum = np.zeros((2 * t + 1, ow), np.float32)
+                vfrac = np.ones((2 * t + 1, ow), np.float32)   # valid input fraction per output pixel
             r0 = r // SCALE
-            for (_, c), f in feats:
+            for (_, c), f, frac in feats:
                 c0 = c // SCALE
                 fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
                 wgt = np.outer(_weight(f.shape[1])[:fh], _weight(f.shape[2])[:fw])
                 yy = r0 - band_top
                 acc[:, yy:yy + fh, c0:c0 + fw] += f[:, :fh, :fw] * wgt
                 wsum[yy:yy + fh, c0:c0 + fw] += wgt
+                if frac is not None:  # the same for every tile covering a cell: assign
+                    vfrac[yy:yy + fh, c0:c0 + fw] = frac[:fh, :fw]
             # rows above the next tile row are final (no later tile touches them)
             next_top = needed[i + 1] // SCALE if i + 1 < len(needed) else oh
             done = min(next_top, oh) - band_top
@@ -177,10 +181,12 @@ class _Run:
                 lo, hi = max(band_top, y0), min(band_top + done, y1)
                 if hi > lo:
                     block = acc[:, lo - band_top:hi - band_top] / np.maximum(wsum[lo - band_top:hi - band_top], 1e-12)
+                    block[:, vfrac[lo - band_top:hi - band_top] < 0.5] = np.nan   # mostly nodata input
                     sink.write(lo, block.astype(np.float32))
                     self.rows_written += hi - lo
                 acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
                 wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
+                vfrac = np.concatenate([vfrac[done:], np.ones((done, ow), np.float32)], 0)
                 band_top += done
             _release_freed_memory()
             if self.progress:
@@ -369,6 +375,17 @@ def _as_series(v, dates=None, band_count: int = 10):
     return find_series(v, dates, band_count)
 
 
+def _cell_fraction(valid: np.ndarray) -> np.ndarray:
+    """(h, w) bool -> the valid fraction of each 32 x 32 cell (edge cells: of their pixels)."""
+    h, w = valid.shape
+    gh, gw = math.ceil(h / SCALE), math.ceil(w / SCALE)
+    pad = np.zeros((gh * SCALE, gw * SCALE), np.float32)
+    cnt = np.zeros_like(pad)
+    pad[:h, :w], cnt[:h, :w] = valid, 1.0
+    cells = lambda m: m.reshape(gh, SCALE, gw, SCALE).sum((1, 3))  # noqa: E731
+    return cells(pad) / cells(cnt)
+
+
 def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
                series=None) -> Iterator:
     """Features of each tile. Tiles at the scene's edge are read at their true size (the model
@@ -394,13 +411,17 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
 
     def read(batch):
         h, w, chunk = batch
-        arr, extra = [], {k: ([], []) for k in series}
+        arr, fracs, extra = [], [], {k: ([], []) for k in series}
         grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
             a = ds.read([1, 2, 3], window=Window(c, r, w, h))
             x = normalise_hr(a)
-            if nodata is not None:  # nodata pixels become zero features, like padding
-                x = np.where((a == nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
+            if nodata is not None:  # nodata pixels become zero input, like padding
+                hole = (a == nodata).any(0)
+                x = np.where(hole[None], 0.0, x).astype(np.float32)
+                fracs.append(_cell_fraction(~hole))
+            else:
+                fracs.append(None)
             arr.append(x)
             tile_grid = ds.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
             for k, acq in series.items():
@@ -412,16 +433,16 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
             kw[k] = torch.from_numpy(np.stack(extra[k][0]))
             kw[f"valid_{k}"] = torch.from_numpy(np.stack(extra[k][1]))
             kw[f"doy_{k}"] = torch.tensor([[a.doy for a in acq]] * len(chunk))
-        return chunk, torch.from_numpy(np.stack(arr)), kw
+        return chunk, torch.from_numpy(np.stack(arr)), kw, fracs
 
     dev_type = torch.device(device).type
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, batches[0]) if prefetch else None
         for i, batch in enumerate(batches):
-            chunk, x, kw = pending.result() if prefetch else read(batch)
+            chunk, x, kw, fracs = pending.result() if prefetch else read(batch)
             if prefetch and i + 1 < len(batches):
                 pending = pool.submit(read, batches[i + 1])
             with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
                 res = model(hr=x.to(device), latlon=latlon.expand(len(chunk), 2).to(device),
                             **{k: v.to(device) for k, v in kw.items()})
-            yield from zip(chunk, res[output].float().cpu().numpy())
+            yield from zip(chunk, res[output].float().cpu().numpy(), fracs)
