@@ -270,6 +270,7 @@ def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
     import datetime as dt
 
     from skysense_fast.data import find_series, read_on_grid
+    from skysense_fast.data.series import S2_BANDS
 
     crs, tr = "EPSG:32633", from_origin(500000, 5000000, 10, 10)
     write_series(tmp_path / "f", ["S2_20210301.tif", "S2_20210601.tif"], 10, crs, tr, (20, 20))
@@ -292,7 +293,7 @@ def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
     # dates from the band descriptions
     with rasterio.open(tmp_path / "series.tif", "r+") as d:
         for i in range(20):
-            d.set_band_description(i + 1, f"{'2021-03-01' if i < 10 else '2021-06-01'} B{i % 10}")
+            d.set_band_description(i + 1, f"{'2021-03-01' if i < 10 else '2021-06-01'} {S2_BANDS[i % 10]}")
     assert [a.doy for a in find_series(tmp_path / "series.tif", band_count=10)] == [60, 152]
     # a cloud-mask band per acquisition: cloudy pixels invalid, the acquisition masked when > half
     m = find_series(tmp_path / "masked.tif", ["2021-03-01", "2021-06-01"], band_count=10)
@@ -339,3 +340,27 @@ def test_demo_synthetic_fallback(tmp_path, capsys):
     assert main(["demo", "--synthetic", "--out-dir", str(tmp_path)]) == 0
     assert "synthetic" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"demo_scene.tif", "demo_features.tif", "demo.png"}
+
+
+def test_series_band_names_checked_and_reordered(tmp_path):
+    from skysense_fast.data import find_series, read_on_grid
+    from skysense_fast.data.series import S2_BANDS
+
+    crs, tr = "EPSG:32633", from_origin(500000, 5000000, 10, 10)
+    write_series(tmp_path / "a", ["S2_20210301.tif"], 10, crs, tr, (8, 8))
+    write_series(tmp_path / "b", ["S2_20210301.tif"], 10, crs, tr, (8, 8))
+    src = rasterio.open(tmp_path / "a" / "S2_20210301.tif").read()
+    order = [9, 0, 8, 1, 7, 2, 6, 3, 5, 4]                     # stored shuffled, named "B02", "B8A_20m", ...
+    names = [f"{'B0' + n[1:] if len(n) == 2 else n}_10m" for n in S2_BANDS]
+    with rasterio.open(tmp_path / "b" / "S2_20210301.tif", "r+") as d:
+        d.write(src[order])
+        for i, j in enumerate(order):
+            d.set_band_description(i + 1, names[j])
+    grid = (crs, tr, (8, 8), "s2")
+    a, _ = read_on_grid(find_series(tmp_path / "a"), 10, *grid)
+    b, _ = read_on_grid(find_series(tmp_path / "b"), 10, *grid)
+    np.testing.assert_allclose(b, a, rtol=1e-6)                  # put back in B2..B12 order
+    with rasterio.open(tmp_path / "b" / "S2_20210301.tif", "r+") as d:
+        d.set_band_description(1, "B1")                          # coastal aerosol: not a SkySense band
+    with pytest.raises(ValueError, match="bands are named B1, .*S2 needs B2, B3"):
+        read_on_grid(find_series(tmp_path / "b"), 10, *grid)

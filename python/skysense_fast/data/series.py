@@ -133,6 +133,36 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
     return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
 
 
+_S2_NAME = re.compile(r"(?<![A-Z0-9])B0?(\d{1,2}A?)(?![0-9A-Z])")
+_S1_NAME = re.compile(r"(?<![A-Z])(VV|VH)(?![A-Z])")
+
+
+def _band_name(description: str | None, kind: str) -> str | None:
+    """'B02', 'S2_B8A_20m', '2021-03-01 B11' -> 'B2', 'B8A', 'B11'; 'VV_dB' -> 'VV'; else None."""
+    if not description:
+        return None
+    m = (_S2_NAME if kind == "s2" else _S1_NAME).search(description.upper())
+    return None if m is None else ("B" + m.group(1) if kind == "s2" else m.group(1))
+
+
+def ordered_bands(path: str, descriptions, wanted: tuple[int, ...], kind: str) -> list[int]:
+    """The bands to read, in the model's order (B2..B12 or VV, VH).
+
+    When every band of the acquisition names itself in its description, the names are
+    checked against the expected set and the bands put in the expected order; a file whose
+    bands say nothing is taken in the order given.
+    """
+    expected = S2_BANDS if kind == "s2" else S1_BANDS
+    names = [_band_name(descriptions[b - 1], kind) for b in wanted]
+    if any(n is None for n in names):
+        return list(wanted)
+    if sorted(names) != sorted(expected):
+        raise ValueError(f"{path}: its bands are named {', '.join(names)}; {kind.upper()} needs "
+                         f"{', '.join(expected)}")
+    by_name = dict(zip(names, wanted))
+    return [by_name[n] for n in expected]
+
+
 def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
     """Errors a user can act on before any tile runs: a series file without a CRS, or a series
     none of whose acquisitions overlaps the scene (bounds: left, bottom, right, top in ``crs``).
@@ -184,7 +214,7 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
             grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
             with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan,
                            dtype="float32") as v:
-                x = v.read(list(wanted))
+                x = v.read(ordered_bands(a.path, ds.descriptions, tuple(wanted), kind))
             if mask_band is not None:  # clouds: any cloudy source pixel under a grid cell invalidates it
                 with WarpedVRT(ds, **grid, resampling=Resampling.max, dtype="float32") as v:
                     cloud = v.read(mask_band) != 0
