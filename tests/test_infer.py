@@ -364,3 +364,30 @@ def test_series_band_names_checked_and_reordered(tmp_path):
         d.set_band_description(1, "B1")                          # coastal aerosol: not a SkySense band
     with pytest.raises(ValueError, match="bands are named B1, .*S2 needs B2, B3"):
         read_on_grid(find_series(tmp_path / "b"), 10, *grid)
+
+
+def test_input_statistics_travel_with_the_weights(tmp_path):
+    from skysense_fast.data import Normalisation
+    from skysense_fast.weights import load_weights, save_weights
+
+    write_scene(tmp_path / "s.tif", 64, 64)
+    torch.manual_seed(0)
+    m = models.create("skysense-tiny").eval()
+    embed_scene(m, tmp_path / "s.tif", tmp_path / "default.tif", tile=64, overlap=0)
+    m.normalisation = Normalisation(hr_mean=(100.0, 100.0, 100.0), hr_std=(50.0, 50.0, 50.0))
+    save_weights(m, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    m2 = models.create("skysense-tiny").eval()
+    load_weights(m2, tmp_path / "w.safetensors")
+    assert m2.normalisation.hr_mean == (100.0, 100.0, 100.0) and m2.normalisation.s2_mean == Normalisation().s2_mean
+    embed_scene(m2, tmp_path / "s.tif", tmp_path / "custom.tif", tile=64, overlap=0)
+    with rasterio.open(tmp_path / "s.tif") as d:
+        img, ll = d.read(), torch.tensor([scene_latlon(d)])
+    x = torch.from_numpy((img.astype(np.float32) - 100) / 50)[None]
+    with torch.no_grad():
+        want = m2(hr=x, latlon=ll)["fused"][0].numpy()
+    with rasterio.open(tmp_path / "custom.tif") as f, rasterio.open(tmp_path / "default.tif") as g:
+        np.testing.assert_allclose(f.read(), want, rtol=1e-5, atol=1e-5)
+        assert np.abs(f.read() - g.read()).max() > 1e-3
+    with pytest.raises(ValueError, match="stds > 0"):
+        Normalisation(s1_std=(1.0, 0.0))

@@ -6,9 +6,10 @@ import os
 
 import numpy as np
 
+from .normalisation import DEFAULT
+
 # HR RGB statistics on 0-255 values (SKYSENSE_SPEC.md §8: ImageNet's, as the official configs use)
-HR_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
-HR_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+HR_MEAN, HR_STD = np.array(DEFAULT.hr_mean, np.float32), np.array(DEFAULT.hr_std, np.float32)
 
 
 def open_raster(path: str | os.PathLike, bands: int | None = None):
@@ -42,6 +43,6 @@ def scene_latlon(ds, at: tuple[float, float] | None = None) -> tuple[float, floa
     return float(lat[0]), float(lon[0])
 
 
-def normalise_hr(tile: np.ndarray) -> np.ndarray:
-    """(3, h, w) 0-255 values -> normalised float32."""
-    return ((tile[:3].astype(np.float32) - HR_MEAN[:, None, None]) / HR_STD[:, None, None]).astype(np.float32)
+def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
+    """(3, h, w) 0-255 values -> normalised float32 (``stats``: a Normalisation, default the spec's)."""
+    return (stats or DEFAULT).apply(tile[:3], "hr")

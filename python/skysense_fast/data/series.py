@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .normalisation import DEFAULT
+
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 S1_BANDS = ("VV", "VH")
 # L2A digital numbers (no division) and dB, from the official SkySense++ configs
-S2_MEAN = np.array([884.30, 1144.16, 1297.47, 1624.91, 2194.64, 2422.21, 2517.76, 2581.65, 2368.51, 1805.07], np.float32)
-S2_STD = np.array([1155.15, 1183.63, 1368.11, 1370.27, 1355.55, 1416.51, 1474.79, 1439.31, 1455.52, 1343.48], np.float32)
-S1_MEAN = np.array([-12.548, -20.192], np.float32)
-S1_STD = np.array([5.257, 5.912], np.float32)
+S2_MEAN, S2_STD = np.array(DEFAULT.s2_mean, np.float32), np.array(DEFAULT.s2_std, np.float32)
+S1_MEAN, S1_STD = np.array(DEFAULT.s1_mean, np.float32), np.array(DEFAULT.s1_std, np.float32)
 
 _DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:T\d{6})?(?!\d)")
 
@@ -187,9 +187,10 @@ def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
 
 
 def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tuple[int, int], kind: str,
-                 s1_scale: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+                 s1_scale: str = "auto", stats=None) -> tuple[np.ndarray, np.ndarray]:
     """Every acquisition resampled (bilinear) onto a target grid, normalised.
 
+    ``stats``: a :class:`~skysense_fast.data.normalisation.Normalisation` (default the spec's).
     Returns (T, bands, h, w) float32 (invalid pixels 0) and validity (T,) bool: an acquisition
     counts as valid on this grid when at least half its pixels hold data (nodata, clouds of
     its mask band, and the area outside its footprint do not).
@@ -225,9 +226,7 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
             linear = s1_scale == "linear" or (s1_scale == "auto" and x[:, ok].size and x[:, ok].min() >= 0)
             if linear:  # backscatter power -> dB, as the statistics expect
                 x = 10 * np.log10(np.maximum(x, 1e-6))
-            x = (x - S1_MEAN[:, None, None]) / S1_STD[:, None, None]
-        else:
-            x = (x - S2_MEAN[:, None, None]) / S2_STD[:, None, None]
+        x = (stats or DEFAULT).apply(x, kind)
         out[i] = np.where(ok, x, 0.0)
         valid[i] = ok.mean() >= 0.5
     return out, valid

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+from ..data.normalisation import of as normalisation_of
 from ..data.series import check_coverage
 
 SCALE = 32  # image pixels per feature pixel (the HR stage-3 grid)
@@ -397,6 +398,7 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
     from rasterio.windows import Window
 
     H, W = ds.height, ds.width
+    stats = normalisation_of(model)   # the statistics stored with the weights
     by_size: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for r, c in tiles:
         by_size.setdefault((min(tile, H - r), min(tile, W - c)), []).append((r, c))
@@ -415,7 +417,7 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
         grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
             a = ds.read([1, 2, 3], window=Window(c, r, w, h))
-            x = normalise_hr(a)
+            x = normalise_hr(a, stats)
             if nodata is not None:  # nodata pixels become zero input, like padding
                 hole = (a == nodata).any(0)
                 x = np.where(hole[None], 0.0, x).astype(np.float32)
@@ -425,7 +427,7 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
             arr.append(x)
             tile_grid = ds.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
             for k, acq in series.items():
-                xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k)
+                xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k, stats=stats)
                 extra[k][0].append(xs)
                 extra[k][1].append(ok)
         kw = {}

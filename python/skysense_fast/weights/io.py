@@ -1,4 +1,5 @@
-"""The package's own weights: safetensors files with the config in their metadata, written
+"""The package's own weights: safetensors files with the config and the input statistics
+(:class:`~skysense_fast.data.normalisation.Normalisation`) in their metadata, written
 atomically (a temporary file, then a rename: an interrupted save never leaves a partial file)."""
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import tempfile
 
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..data.normalisation import Normalisation
+from ..data.normalisation import of as normalisation_of
 
 
 def _config_json(model: nn.Module) -> str:
@@ -26,7 +30,9 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "pt", "skysense_config": _config_json(model)})
+        meta = {"format": "pt", "skysense_config": _config_json(model),
+                "skysense_normalisation": normalisation_of(model).to_json()}
+        save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -42,7 +48,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     if not os.path.exists(path):
         raise FileNotFoundError(f"weights not found: {path}")
     with safe_open(path, framework="pt") as f:
-        saved = json.loads((f.metadata() or {}).get("skysense_config", "{}"))
+        meta = f.metadata() or {}
+    saved = json.loads(meta.get("skysense_config", "{}"))
     mine = json.loads(_config_json(model))
     if saved and mine and saved != mine:
         diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
@@ -53,4 +60,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
            if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if bad:
         raise ValueError(f"{path}: shapes differ from the model: " + "; ".join(bad[:5]))
-    return model.load_state_dict(state, strict=strict)
+    result = model.load_state_dict(state, strict=strict)
+    if "skysense_normalisation" in meta:  # the input statistics the weights were trained with
+        model.normalisation = Normalisation.from_json(meta["skysense_normalisation"])
+    return result
