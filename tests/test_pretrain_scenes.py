@@ -57,6 +57,7 @@ def test_pretrain_on_scenes(scene):
 
 
 def test_manifest_of_scenes(scene):
+    pytest.importorskip("yaml")
     from skysense_fast.pretrain.trainer import make_dataset
 
     (scene / "scenes.yaml").write_text("- {hr: hr.tif, s2: s2, s1: s1}\n- {hr: hr.tif, s2: s2, s1: s1}\n")
