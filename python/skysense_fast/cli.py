@@ -1,5 +1,5 @@
 """The ``skysense-fast`` command: ``embed`` (GeoTIFF -> feature GeoTIFF), ``demo``, ``info``,
-``sinkhorn-demo``, ``pretrain``. User errors print one line and exit with status 2, no traceback."""
+``sinkhorn-demo``, ``pretrain``, ``bench``. User errors print one line and exit with status 2, no traceback."""
 
 from __future__ import annotations
 
@@ -252,6 +252,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from skysense_fast import bench
+
+    bench.run(args.device, args.scale)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="skysense-fast", description="SkySense with fused kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -298,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     sd.add_argument("--samples", type=int, default=4096)
     sd.add_argument("--prototypes", type=int, default=100)
     sd.set_defaults(fn=_cmd_sinkhorn_demo)
+    b = sub.add_parser("bench", help="each fused op against its reference on this machine (a quick health check)")
+    b.add_argument("--device", default="cpu", help="cpu or cuda")
+    b.add_argument("--scale", type=int, default=1, help="problem size multiplier (1: seconds on a laptop)")
+    b.set_defaults(fn=_cmd_bench)
     pt = sub.add_parser("pretrain", help="pretrain SkySense from a YAML config (torchrun for data parallel / FSDP2)")
     pt.add_argument("config", help="YAML file, e.g. configs/pretrain/skysense-tiny.yaml")
     pt.add_argument("--steps", type=int, help="override train.steps")
