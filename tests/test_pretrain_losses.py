@@ -225,3 +225,38 @@ def test_layer_decay_and_no_decay_groups():
         sched.step()
     # warmup 1/2, 2/2, then cosine from 1 to 0 over the remaining 4 steps
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+
+
+def test_pixel_subset_is_per_sample_and_batch_independent():
+    from skysense_fast.pretrain.objective import pixel_subset
+
+    g = torch.Generator().manual_seed(0)
+    ok = torch.rand(3, 2, 4, 4, generator=g) > 0.3
+    ok[2] = False
+    ok[2, 0, 0, :3] = True                                      # sample 2: only 3 candidates
+    index = torch.tensor([10, 11, 12])
+    sel = pixel_subset(ok, index, 0.25, 5)
+    assert (sel & ~ok).sum() == 0
+    assert sel.flatten(1).sum(1).tolist() == [5, 5, 3]
+    alone = pixel_subset(ok[1:2], index[1:2], 0.25, 5)          # the same sample in another batch
+    assert torch.equal(alone[0], sel[1])
+    assert not torch.equal(pixel_subset(ok, index, 0.75, 5), sel)   # another step, another pick
+    assert torch.equal(pixel_subset(ok, index, 0.25, 0), ok)          # 0 = all
+
+
+def test_pixel_samples_bound_the_pixel_rows(monkeypatch):
+    from skysense_fast.pretrain import objective
+
+    student, teacher, views, geoms = _tiny_pretrainer()
+    student.loss_cfg = LossSection(out_dim=16, head_hidden=16, head_bottleneck=8, cma_dim=8, pixel_samples=3)
+    seen = []
+    real = objective.distill_loss
+
+    def spy(s, t, *a, **k):
+        seen.append(s.shape[0])
+        return real(s, t, *a, **k)
+
+    monkeypatch.setattr(objective, "distill_loss", spy)
+    parts = student(views, geoms, teacher, 0.04, torch.Generator().manual_seed(0))
+    assert torch.isfinite(parts["total"])
+    assert max(seen[0::3]) <= 3 * views[0]["hr"].shape[0]      # pixel rows: <= 3 per sample

@@ -59,6 +59,7 @@ class LossSection:
     object_weight: float = 1.0
     image_weight: float = 1.0
     fused_weight: float = 1.0                  # L_FGCL on the fused features
+    pixel_samples: int = 0                     # pixel level: at most this many pairs per sample (0 = all)
     object_grid: int = 2                       # objects per image = object_grid ** 2 (Sinkhorn seeds)
     object_epsilon: float = 0.05
     sinkhorn_iters: int = 3
@@ -244,6 +245,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
              f"data.min_frames ({d.min_frames}) must be <= data.s2_frames and data.s1_frames")
     for name in ("out_dim", "head_hidden", "head_bottleneck", "object_grid", "sinkhorn_iters", "cma_dim"):
         _require(getattr(lo, name) >= 1, f"loss.{name} must be >= 1, got {getattr(lo, name)}")
+    _require(lo.pixel_samples >= 0, f"loss.pixel_samples must be >= 0 (0 = all), got {lo.pixel_samples}")
     _require(lo.object_grid <= d.crop, f"loss.object_grid ({lo.object_grid}) must be <= data.crop ({d.crop})")
     _require(lo.cma_max_pixels >= 2, f"loss.cma_max_pixels must be >= 2 (InfoNCE needs negatives), got {lo.cma_max_pixels}")
     for name in ("student_temp", "teacher_temp", "teacher_temp_warmup_from", "object_epsilon", "cma_temp", "geo_epsilon"):

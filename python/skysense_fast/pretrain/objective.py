@@ -120,9 +120,28 @@ class _Centers:
         module.centers_started.fill_(True)
 
 
+def pixel_subset(ok: Tensor, index: Tensor, salt: float, k: int) -> Tensor:
+    """At most ``k`` of each sample's True entries of ``ok`` (B, ...), picked at random.
+
+    The pick depends only on the sample's global ``index`` (B,), the entry's position and
+    ``salt`` (one draw per step, the same on every rank), never on the batch's make-up: a
+    data-parallel run picks what a single process would.
+    """
+    B = ok.shape[0]
+    flat = ok.reshape(B, -1)
+    if k <= 0 or int(flat.sum(1).max()) <= k:
+        return ok
+    pos = torch.arange(flat.shape[1], device=ok.device, dtype=torch.float64)
+    x = index.to(ok.device, torch.float64)[:, None] * 12.9898 + pos[None] * 78.233 + salt * 37.719
+    priority = torch.frac(torch.sin(x) * 43758.5453).abs()        # a fixed hash, uniform on [0, 1)
+    priority = priority.masked_fill(~flat, -1.0)
+    kth = priority.topk(k, dim=1).values[:, -1:]
+    return (flat & (priority >= kth)).reshape(ok.shape)
+
+
 def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_feat: Tensor, t_feat: Tensor,
                  s_geom: Tensor, t_geom: Tensor, frames_ok: Tensor, src: str, cfg: LossSection, teacher_temp: float,
-                 centers: _Centers) -> dict[str, Tensor]:
+                 centers: _Centers, index: Tensor, salt: float) -> dict[str, Tensor]:
     """Pixel, object and image losses of one (student view, teacher view) pair for one source."""
     S = to_canonical(_frames(s_feat), s_geom)                  # (B, T, C, c, c)
     Tc = to_canonical(_frames(t_feat), t_geom)
@@ -133,11 +152,12 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     st = lambda level, x: student.head(src, level)(x)
     te = lambda level, x: teacher.head(src, level)(x)
     ctr = lambda level: getattr(student, f"center_{src}_{level}")
-    # pixel level
-    s_tok, t_tok = _tokens(S)[pix_ok], _tokens(Ta)[pix_ok]
+    # pixel level (optionally on a random subset of the pairs: loss.pixel_samples per sample)
+    sel = pixel_subset(pix_ok, index, salt, cfg.pixel_samples)
+    s_tok, t_tok = _tokens(S)[sel], _tokens(Ta)[sel]
     t_logits = te("pixel", t_tok)
     out["pixel"] = distill_loss(st("pixel", s_tok), t_logits, ctr("pixel"), cfg.student_temp, teacher_temp,
-                                sample=pix_ok.nonzero()[:, 0], num_samples=B)
+                                sample=sel.nonzero()[:, 0], num_samples=B)
     centers.add(f"center_{src}_pixel", t_logits)
     # object level: groups from the teacher's own crop, moved onto the student's grid
     Q = object_assign(Tc.flatten(0, 1), cfg.object_grid, cfg.object_epsilon, cfg.sinkhorn_iters)  # (BT, c c, K)
@@ -194,7 +214,10 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
     centers = _Centers()
     parts: dict[str, Tensor] = {}
     pairs = [(0, 1), (1, 0)]
-    for src in SOURCES:
+    B = views[0]["hr"].shape[0]
+    index = views[0].get("index", torch.arange(B))          # global sample ids (step_views sets them)
+    salt = float(torch.rand((), generator=generator)) if cfg.pixel_samples else 0.0
+    for n_src, src in enumerate(SOURCES):
         acc = {level: 0.0 for level in LEVELS}
         for i, j in pairs:
             if src in ("s2", "s1"):
@@ -202,7 +225,7 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
             else:
                 frames_ok = torch.ones(views[i]["hr"].shape[0], 1, dtype=torch.bool, device=views[i]["hr"].device)
             res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j], frames_ok, src, cfg,
-                               teacher_temp, centers)
+                               teacher_temp, centers, index, salt + n_src + 0.5 * i)
             for level in LEVELS:
                 acc[level] = acc[level] + res[level] / len(pairs)
         for level in LEVELS:

@@ -120,6 +120,7 @@ def step_views(dataset, cfg: PretrainConfig, step: int, rank: int, world: int, d
         for v in range(2):
             g = torch.Generator().manual_seed(seed_of(cfg.data.seed, cfg.train.seed, step, index, v))
             view, geom = make_view(sample, cfg.data.crop, cfg.data.min_frames, g)
+            view["index"] = torch.tensor(index)
             views[v].append(view)
             geoms[v].append(geom)
     return ([{k: x.to(device) for k, x in collate(vs).items()} for vs in views],
