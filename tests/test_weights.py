@@ -85,3 +85,35 @@ def test_safetensors_round_trip_and_config_check(tmp_path):
     same_weights(src, dst, skip=())
     with pytest.raises(ValueError, match="saved for another config.*vit_dim"):
         load_weights(fresh(0, vit_dim=48), path)
+
+
+def test_load_any_and_the_cli_weights_option(tmp_path, capsys):
+    from skysense_fast.cli import main
+    from skysense_fast.weights import load_any
+
+    src = models.create("skysense-tiny")            # the CLI seeds 0 itself: these differ from its model
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(0.01)
+    args = []
+    for part, sd in official_files(src).items():
+        path = tmp_path / f"skysense_model_{part}.pth"
+        torch.save(sd, path)
+        args.append(f"{part}={path}")
+    dst = fresh(1)
+    assert "loaded" in load_any(dst, args)
+    same_weights(src, dst)
+    save_weights(src, tmp_path / "w.safetensors")
+    dst = fresh(2)
+    load_any(dst, str(tmp_path / "w.safetensors"))
+    same_weights(src, dst)
+    with pytest.raises(ValueError, match="unknown part 'neck'"):
+        load_any(dst, [f"neck={tmp_path / 'w.safetensors'}"])
+    with pytest.raises(ValueError, match="several files need part=path"):
+        load_any(dst, [str(tmp_path / "a.pth"), str(tmp_path / "b.pth")])
+    out = tmp_path / "hr.pt2"
+    weights = [w for a in args for w in ("--weights", a)]
+    assert main(["export", "-o", str(out), "--size", "64", *weights]) == 0
+    assert "weights: loaded" in capsys.readouterr().out
+    assert main(["export", "-o", str(out), "--size", "64", "--weights", str(tmp_path / "missing.pth")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

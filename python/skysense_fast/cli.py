@@ -26,12 +26,12 @@ def _load_model(args: argparse.Namespace):
     import torch
 
     from skysense_fast import models
-    from skysense_fast.weights import load_weights
+    from skysense_fast.weights import load_any
 
     torch.manual_seed(0)
     model = models.create(args.config)
     if args.weights:
-        load_weights(model, args.weights)
+        print(f"weights: {load_any(model, args.weights)}")
     else:
         print(f"note: no --weights given: {args.config} runs with random weights (the pipeline, not the features)")
     return model
@@ -266,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def model_args(q):
         q.add_argument("--config", default="skysense-tiny", help="model config (skysense-2b, -base, -tiny)")
-        q.add_argument("--weights", help="safetensors weights saved by skysense_fast.weights.save_weights")
+        q.add_argument("--weights", action="append", metavar="FILE|PART=FILE",
+                       help="weights: a .safetensors file (save_weights), an official full checkpoint, or the split "
+                            "official files as hr=FILE s2=FILE s1=FILE head_s2=FILE head_s1=FILE fusion=FILE "
+                            "(repeat the option)")
 
     e = sub.add_parser("embed", help="embed an HR GeoTIFF into a georeferenced feature GeoTIFF")
     e.add_argument("input", help="RGB GeoTIFF (0-255)")

@@ -77,12 +77,9 @@ def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer
     with device:  # initialise where it will train: a 2B model's init on the host takes minutes
         backbone = models.create(cfg.model.name, **cfg.model.overrides)
     if cfg.model.weights:
-        from ..weights import load_official, load_weights
+        from ..weights import load_any
 
-        if cfg.model.weights.endswith(".safetensors"):
-            load_weights(backbone, cfg.model.weights)
-        else:
-            load_official(backbone, cfg.model.weights)
+        load_any(backbone, cfg.model.weights)
     if cfg.train.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     with device:

@@ -1,0 +1,40 @@
+"""One entry point for every kind of weights a user has, as the command line takes them."""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from .io import load_weights
+from .official import BRANCHES, load_official
+
+
+def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
+    """Load ``sources`` into a SkySense model; returns a one-line summary.
+
+    ``sources``: a ``.safetensors`` file written by ``save_weights``; an official full
+    checkpoint (``.pth``); or ``part=path`` items for the split official files, parts
+    ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion`` (parts not given keep their
+    weights).
+    """
+    items = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(s) for s in sources]
+    if not items:
+        raise ValueError("weights: nothing given")
+    named = [s for s in items if "=" in s]
+    if named:
+        if len(named) != len(items):
+            raise ValueError(f"weights: give one file, or part=path items only; got {items}")
+        parts = dict(s.split("=", 1) for s in named)
+        known = set(BRANCHES.values())
+        bad = sorted(set(parts) - known)
+        if bad:
+            raise ValueError(f"weights: unknown part {bad[0]!r} (parts: {', '.join(sorted(known))})")
+        return str(load_official(model, parts))
+    if len(items) > 1:
+        raise ValueError(f"weights: several files need part=path names (e.g. hr=backbone_hr.pth); got {items}")
+    path = items[0]
+    if path.endswith(".safetensors"):
+        load_weights(model, path)
+        return f"loaded {path}"
+    return str(load_official(model, path))
