@@ -391,3 +391,13 @@ def test_input_statistics_travel_with_the_weights(tmp_path):
         assert np.abs(f.read() - g.read()).max() > 1e-3
     with pytest.raises(ValueError, match="stds > 0"):
         Normalisation(s1_std=(1.0, 0.0))
+
+
+@pytest.mark.gpu
+def test_embed_on_cuda_matches_cpu(model, tmp_path):
+    write_scene(tmp_path / "s.tif", 256, 320)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "cpu.tif", tile=128, overlap=32)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "gpu.tif", tile=128, overlap=32, device="cuda")
+    with rasterio.open(tmp_path / "cpu.tif") as a, rasterio.open(tmp_path / "gpu.tif") as b:
+        np.testing.assert_allclose(b.read(), a.read(), rtol=1e-3, atol=1e-3)
+    model.cpu()

@@ -186,3 +186,15 @@ def test_bf16_autocast_and_checkpointing_run(tmp_path):
     res = _quiet_run(cfg)
     assert res["status"] == "done"
     assert all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])
+
+
+@pytest.mark.gpu
+def test_pretrain_tiny_on_cuda(tmp_path):
+    """The whole step on a GPU (device placement of views, centres, bank, Sinkhorn, EMA),
+    float32 and bf16; close to the CPU's first loss."""
+    cpu = _quiet_run(_cfg(tmp_path / "cpu", **{"train.steps": 2, "train.checkpoint_every": 0}))["losses"]
+    for precision in ("float32", "bfloat16"):
+        res = _quiet_run(_cfg(tmp_path / precision, **{"train.steps": 2, "train.checkpoint_every": 0,
+                                                       "train.device": "cuda", "train.precision": precision}))
+        assert res["status"] == "done"
+        assert res["losses"][0]["total"] == pytest.approx(cpu[0]["total"], rel=2e-2 if precision == "bfloat16" else 1e-3)
