@@ -401,3 +401,25 @@ def test_embed_on_cuda_matches_cpu(model, tmp_path):
     with rasterio.open(tmp_path / "cpu.tif") as a, rasterio.open(tmp_path / "gpu.tif") as b:
         np.testing.assert_allclose(b.read(), a.read(), rtol=1e-3, atol=1e-3)
     model.cpu()
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript"])
+def test_cli_export_multimodal(tmp_path, fmt, capsys):
+    out = tmp_path / f"mm.{'pt2' if fmt == 'export' else 'pt'}"
+    assert main(["export", "-o", str(out), "--format", fmt, "--part", "multimodal", "--size", "128",
+                 "--frames", "3"]) == 0
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(1, 3, 128, 128, generator=g), torch.randn(1, 3, 10, 4, 4, generator=g),
+         torch.randn(1, 3, 2, 4, 4, generator=g), torch.tensor([[10, 100, 200]]), torch.tensor([[20, 120, 300]]),
+         torch.tensor([[True, False, True]]), torch.ones(1, 3, dtype=torch.bool), torch.tensor([[45.0, 7.0]]))
+    loaded = torch.export.load(str(out)).module() if fmt == "export" else torch.jit.load(str(out))
+    torch.manual_seed(0)
+    ref = models.create("skysense-tiny").eval()
+    names = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1", "latlon")
+    with torch.no_grad():
+        want = ref(**dict(zip(names, x)))
+        got = loaded(*x)
+    torch.testing.assert_close(got[0], want["fused"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], want["geo"], rtol=1e-4, atol=1e-4)
+    assert main(["export", "-o", str(out), "--part", "multimodal", "--frames", "0"]) == 2
+    assert "--frames must be >= 1" in capsys.readouterr().err

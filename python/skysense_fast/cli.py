@@ -145,21 +145,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hr_path(model):
-    """The model's HR path as a module with positional inputs and a tuple output (what export
-    and trace want): (hr, latlon) -> (fused, geo)."""
+def _positional(model, names: tuple[str, ...]):
+    """SkySense with positional inputs ``names`` and a (fused, geo) output: what export and
+    trace want."""
     import torch
 
-    class HRPath(torch.nn.Module):
+    class Path(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, hr, latlon):
-            out = self.m(hr=hr, latlon=latlon)
+        def forward(self, *inputs):
+            out = self.m(**dict(zip(names, inputs)))
             return out["fused"], out["geo"]
 
-    return HRPath(model)
+    return Path(model)
+
+
+def _export_module(model, part: str, size: int, frames: int):
+    """(module, example inputs) for --part hr (the SwinV2 encoder), model (HR -> fused, geo)
+    or multimodal (HR + S2 + S1 series with dates and validity -> fused, geo)."""
+    import torch
+
+    hr = torch.randn(1, model.config.hr_in_chans, size, size)
+    latlon = torch.tensor([[45.0, 7.0]])
+    if part == "hr":
+        return model.hr, (hr,)
+    if part == "model":
+        return _positional(model, ("hr", "latlon")), (hr, latlon)
+    g, T = size // 32, frames
+    names = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1", "latlon")
+    example = (hr, torch.randn(1, T, model.config.s2_in_chans, g, g), torch.randn(1, T, model.config.s1_in_chans, g, g),
+               torch.randint(1, 366, (1, T)), torch.randint(1, 366, (1, T)), torch.ones(1, T, dtype=torch.bool),
+               torch.ones(1, T, dtype=torch.bool), latlon)
+    return _positional(model, names), example
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -172,11 +191,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size = args.size
     if size % 32:
         raise ValueError(f"--size must be a multiple of 32, got {size}")
-    hr = torch.randn(1, model.config.hr_in_chans, size, size)
-    if args.part == "hr":
-        module, example = model.hr, (hr,)
-    else:
-        module, example = _hr_path(model), (hr, torch.tensor([[45.0, 7.0]]))
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    module, example = _export_module(model, args.part, size, args.frames)
     tmp = args.output + ".partial"
     with torch.no_grad():
         if args.format == "export":
@@ -184,7 +201,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else:
             torch.jit.trace(module, example, check_trace=False).save(tmp)
     os.replace(tmp, args.output)
-    print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example input {tuple(hr.shape)})")
+    shapes = ", ".join(str(tuple(x.shape)) for x in example)
+    print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example inputs {shapes})")
     return 0
 
 
@@ -299,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     x = sub.add_parser("export", help="write a torch.export (.pt2) or TorchScript file of the HR encoder / HR model")
     x.add_argument("-o", "--output", required=True)
     model_args(x)
-    x.add_argument("--part", choices=("hr", "model"), default="hr", help="hr: SwinV2 encoder; model: HR -> fused, geo")
+    x.add_argument("--part", choices=("hr", "model", "multimodal"), default="hr",
+                   help="hr: SwinV2 encoder; model: HR -> fused, geo; multimodal: HR + S2 + S1 series "
+                        "(hr, s2, s1, doy_s2, doy_s1, valid_s2, valid_s1, latlon) -> fused, geo")
+    x.add_argument("--frames", type=int, default=4, help="multimodal: acquisitions per series in the example")
     x.add_argument("--format", choices=("export", "torchscript"), default="export")
     x.add_argument("--size", type=int, default=256, help="example HR input size (pixels, multiple of 32)")
     x.set_defaults(fn=_cmd_export)
