@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import importlib
 
 import pytest
@@ -79,7 +81,8 @@ def test_cli_info_and_demo(capsys):
     from skysense_fast.cli import main
 
     assert main(["info"]) == 0
-    assert '"cpp"' in capsys.readouterr().out
+    info = json.loads(capsys.readouterr().out)
+    assert info["configs"]["skysense-2b"]["parameters_M"] == 1659.01 and "cpp" in info["backends"]
     assert main(["sinkhorn-demo", "--batch", "2", "--samples", "300", "--prototypes", "30"]) == 0
     out = capsys.readouterr().out
     assert "rows sum to 1" in out and "max |Q - Q_ref|" in out

@@ -14,10 +14,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import skysense_fast
+    from skysense_fast import models
+    from skysense_fast.data.sample import hr_sample
 
+    configs = {}
+    for name in models.list_configs():
+        with torch.device("meta"):  # sizes without allocating
+            m = models.create(name)
+        cfg = m.config
+        configs[name] = {"parameters_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+                         "geo_bank_M": round(m.geo.prototypes.numel() / 1e6, 2), "hr_width": cfg.hr_out_dim,
+                         "fusion_width": cfg.fusion_dim, "window": cfg.window_size}
+    sample = hr_sample()
     info = {"skysense_fast": skysense_fast.__version__, "torch": torch.__version__,
             "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "backends": skysense_fast.backends()}
+            "backends": skysense_fast.backends(), "configs": configs,
+            "demo_sample": str(sample) if sample else None}
     print(json.dumps(info, indent=2))
     return 0
 
