@@ -260,3 +260,26 @@ def test_pixel_samples_bound_the_pixel_rows(monkeypatch):
     parts = student(views, geoms, teacher, 0.04, torch.Generator().manual_seed(0))
     assert torch.isfinite(parts["total"])
     assert max(seen[0::3]) <= 3 * views[0]["hr"].shape[0]      # pixel rows: <= 3 per sample
+
+
+def test_sinkhorn_centering_balances_the_teacher():
+    from skysense_fast.pretrain.losses import teacher_targets
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(64, 8, generator=g) * 0.1
+    t[:, 0] += 1.0                                               # every row prefers prototype 0
+    ema = teacher_targets(t, torch.zeros(8), 0.1, "ema")
+    sk = teacher_targets(t, torch.zeros(8), 0.1, "sinkhorn", 3)
+    torch.testing.assert_close(sk.sum(1), torch.ones(64))
+    assert ema.sum(0)[0] > 0.9 * 64                              # collapsed onto one prototype
+    torch.testing.assert_close(sk.sum(0), torch.full((8,), 64 / 8), rtol=0.05, atol=0.05)  # equal shares
+    assert teacher_targets(t[:0], torch.zeros(8), 0.1, "sinkhorn").shape == (0, 8)
+
+
+def test_sinkhorn_centering_in_the_objective():
+    student, teacher, views, geoms = _tiny_pretrainer()
+    student.loss_cfg = LossSection(out_dim=16, head_hidden=16, head_bottleneck=8, cma_dim=8, centering="sinkhorn")
+    parts = student(views, geoms, teacher, 0.04, torch.Generator().manual_seed(0))
+    assert torch.isfinite(parts["total"])
+    parts["total"].backward()
+    assert student.heads["fused_pixel"].prototypes.grad is not None

@@ -55,6 +55,7 @@ class LossSection:
     teacher_temp_warmup_from: float = 0.04     # linear warmup of the teacher temperature (DINO)
     teacher_temp_warmup_steps: int = 0
     center_momentum: float = 0.9
+    centering: str = "ema"                     # ema (DINO) | sinkhorn (DINOv2: Sinkhorn-balanced targets)
     pixel_weight: float = 1.0
     object_weight: float = 1.0
     image_weight: float = 1.0
@@ -245,6 +246,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
              f"data.min_frames ({d.min_frames}) must be <= data.s2_frames and data.s1_frames")
     for name in ("out_dim", "head_hidden", "head_bottleneck", "object_grid", "sinkhorn_iters", "cma_dim"):
         _require(getattr(lo, name) >= 1, f"loss.{name} must be >= 1, got {getattr(lo, name)}")
+    _require(lo.centering in ("ema", "sinkhorn"), f"loss.centering must be ema or sinkhorn, got {lo.centering!r}")
     _require(lo.pixel_samples >= 0, f"loss.pixel_samples must be >= 0 (0 = all), got {lo.pixel_samples}")
     _require(lo.object_grid <= d.crop, f"loss.object_grid ({lo.object_grid}) must be <= data.crop ({d.crop})")
     _require(lo.cma_max_pixels >= 2, f"loss.cma_max_pixels must be >= 2 (InfoNCE needs negatives), got {lo.cma_max_pixels}")

@@ -43,9 +43,29 @@ class DINOHead(nn.Module):
         return F.linear(z, F.normalize(self.prototypes, dim=-1))
 
 
+def teacher_targets(teacher: Tensor, center: Tensor, teacher_temp: float, centering: str = "ema",
+                    sinkhorn_iters: int = 3) -> Tensor:
+    """The teacher's distributions over the prototypes, (M, K), no gradient.
+
+    ``ema``: softmax((t - center) / teacher_temp) (DINO: a running centre, then sharpening).
+    ``sinkhorn``: the Sinkhorn op over the M rows, Q proportional to exp(t / teacher_temp) with
+    rows summing to 1 and every prototype taking an equal share (DINOv2's centring; over the
+    rows this process holds — DINOv2 also all-reduces the column sums across ranks).
+    """
+    t = teacher.detach().float()
+    if centering == "sinkhorn":
+        if t.shape[0] == 0:
+            return t
+        return sinkhorn(t, teacher_temp, sinkhorn_iters)
+    return torch.softmax((t - center) / teacher_temp, dim=-1)
+
+
 def distill_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp: float, teacher_temp: float,
-                 weight: Tensor | None = None, sample: Tensor | None = None, num_samples: int | None = None) -> Tensor:
-    """Cross-entropy H(softmax((t - center) / teacher_temp), softmax(s / student_temp)).
+                 weight: Tensor | None = None, sample: Tensor | None = None, num_samples: int | None = None,
+                 centering: str = "ema", sinkhorn_iters: int = 3) -> Tensor:
+    """Cross-entropy H(teacher targets, softmax(s / student_temp)); the targets are
+    softmax((t - center) / teacher_temp) (``centering="ema"``) or Sinkhorn-balanced
+    (``"sinkhorn"``, see :func:`teacher_targets`).
 
     student, teacher: (M, K) logits of matching rows; center (K,); weight (M,) >= 0 (default
     1 each). Without ``sample``: the weighted mean over the rows (0 when there are none).
@@ -56,7 +76,7 @@ def distill_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp:
     """
     if student.shape != teacher.shape:
         raise ValueError(f"distill_loss: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
-    target = torch.softmax((teacher.detach().float() - center) / teacher_temp, dim=-1)
+    target = teacher_targets(teacher, center, teacher_temp, centering, sinkhorn_iters)
     per_row = -(target * torch.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
     w = torch.ones_like(per_row) if weight is None else weight.float()
     if sample is None:

@@ -14,7 +14,8 @@ both directions averaged:
 
 Heads: one DINO head per level for the per-modality maps (HR/S2/S1 share the stage-3
 width) and one per level for the fused features; the teacher's outputs are centred with
-one running centre per (source, level) (DINO; all-reduced under data parallelism).
+one running centre per (source, level) (DINO; all-reduced under data parallelism), or
+balanced by the Sinkhorn op (``loss.centering: sinkhorn``, DINOv2).
 L_CMA: InfoNCE between the student's HR, S2 (mean over its valid acquisitions) and S1
 features of the same pixel, through one linear projection per modality, all three pairs.
 """
@@ -22,6 +23,7 @@ features of the same pixel, through one linear projection per modality, all thre
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.distributed as dist
@@ -152,12 +154,13 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     st = lambda level, x: student.head(src, level)(x)
     te = lambda level, x: teacher.head(src, level)(x)
     ctr = lambda level: getattr(student, f"center_{src}_{level}")
+    dl = functools.partial(distill_loss, student_temp=cfg.student_temp, teacher_temp=teacher_temp,
+                           centering=cfg.centering, sinkhorn_iters=cfg.sinkhorn_iters, num_samples=B)
     # pixel level (optionally on a random subset of the pairs: loss.pixel_samples per sample)
     sel = pixel_subset(pix_ok, index, salt, cfg.pixel_samples)
     s_tok, t_tok = _tokens(S)[sel], _tokens(Ta)[sel]
     t_logits = te("pixel", t_tok)
-    out["pixel"] = distill_loss(st("pixel", s_tok), t_logits, ctr("pixel"), cfg.student_temp, teacher_temp,
-                                sample=sel.nonzero()[:, 0], num_samples=B)
+    out["pixel"] = dl(st("pixel", s_tok), t_logits, ctr("pixel"), sample=sel.nonzero()[:, 0])
     centers.add(f"center_{src}_pixel", t_logits)
     # object level: groups from the teacher's own crop, moved onto the student's grid
     Q = object_assign(Tc.flatten(0, 1), cfg.object_grid, cfg.object_epsilon, cfg.sinkhorn_iters)  # (BT, c c, K)
@@ -169,14 +172,13 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     t_obj, _ = object_pool(Ta.flatten(0, 1).flatten(2), Qa, m)
     keep = mass > 1e-3
     t_logits = te("object", t_obj[keep])
-    out["object"] = distill_loss(st("object", s_obj[keep]), t_logits, ctr("object"), cfg.student_temp, teacher_temp,
-                                 weight=mass[keep], sample=keep.nonzero()[:, 0] // T, num_samples=B)
+    out["object"] = dl(st("object", s_obj[keep]), t_logits, ctr("object"), weight=mass[keep],
+                       sample=keep.nonzero()[:, 0] // T)
     centers.add(f"center_{src}_object", t_logits, mass[keep])
     # image level: each view's own crop, pooled per acquisition
     s_img, t_img = S.mean((-2, -1))[frames_ok], Tc.mean((-2, -1))[frames_ok]
     t_logits = te("image", t_img)
-    out["image"] = distill_loss(st("image", s_img), t_logits, ctr("image"), cfg.student_temp, teacher_temp,
-                                sample=frames_ok.nonzero()[:, 0], num_samples=B)
+    out["image"] = dl(st("image", s_img), t_logits, ctr("image"), sample=frames_ok.nonzero()[:, 0])
     centers.add(f"center_{src}_image", t_logits)
     return out
 
