@@ -198,3 +198,15 @@ def test_pretrain_tiny_on_cuda(tmp_path):
                                                        "train.device": "cuda", "train.precision": precision}))
         assert res["status"] == "done"
         assert res["losses"][0]["total"] == pytest.approx(cpu[0]["total"], rel=2e-2 if precision == "bfloat16" else 1e-3)
+
+
+def test_multi_crop_local_views(tmp_path):
+    base = _quiet_run(_cfg(tmp_path / "a", **{"train.steps": 2, "train.checkpoint_every": 0}))["losses"]
+    local = _quiet_run(_cfg(tmp_path / "b", **{"train.steps": 2, "train.checkpoint_every": 0, "data.local_crops": 2,
+                                                "data.local_crop": 2}))["losses"]
+    assert all(math.isfinite(r["total"]) for r in local)
+    # the local views enter the image level only; pixel and object levels are the global pairs'
+    assert local[0]["hr_pixel"] == pytest.approx(base[0]["hr_pixel"], rel=1e-6)
+    assert local[0]["hr_image"] != pytest.approx(base[0]["hr_image"], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"data\.local_crop \(5\)"):
+        from_dict({"data": {"local_crops": 2, "local_crop": 5}})

@@ -40,6 +40,8 @@ class DataSection:
     s2_frames: int = 4
     s1_frames: int = 4
     min_frames: int = 2          # a view keeps a random subset of at least this many acquisitions
+    local_crops: int = 0         # DINO multi-crop: extra small views, seen by the student only
+    local_crop: int = 2          # their crop on the fusion grid
     classes: int = 6             # synthetic land-cover classes
     seed: int = 0
 
@@ -242,6 +244,8 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     for name in ("samples", "grid", "crop", "s2_frames", "s1_frames", "min_frames", "classes"):
         _require(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     _require(d.crop <= d.grid, f"data.crop ({d.crop}) must be <= data.grid ({d.grid}): a view is a crop of the sample")
+    _require(d.local_crops >= 0, f"data.local_crops must be >= 0, got {d.local_crops}")
+    _require(1 <= d.local_crop <= d.crop, f"data.local_crop ({d.local_crop}) must be in [1, data.crop = {d.crop}]")
     _require(d.min_frames <= min(d.s2_frames, d.s1_frames),
              f"data.min_frames ({d.min_frames}) must be <= data.s2_frames and data.s1_frames")
     for name in ("out_dim", "head_hidden", "head_bottleneck", "object_grid", "sinkhorn_iters", "cma_dim"):

@@ -183,6 +183,23 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     return out
 
 
+def _image_loss(student: SkySensePretrainer, teacher: SkySensePretrainer, s_feat: Tensor, t_feat: Tensor,
+                s_view: dict[str, Tensor], t_view: dict[str, Tensor], src: str, cfg: LossSection,
+                teacher_temp: float) -> Tensor:
+    """Image level between a local student view and a global teacher view (any crop sizes:
+    pooled features need no alignment), acquisitions valid in both."""
+    S, Tt = _frames(s_feat), _frames(t_feat)
+    if src in ("s2", "s1"):
+        ok = s_view[f"valid_{src}"] & t_view[f"valid_{src}"]
+    else:
+        ok = torch.ones(S.shape[0], 1, dtype=torch.bool, device=S.device)
+    head = f"{'fused' if src == 'fused' else 'modal'}_image"
+    return distill_loss(student.heads[head](S.mean((-2, -1))[ok]), teacher.heads[head](Tt.mean((-2, -1))[ok]),
+                        getattr(student, f"center_{src}_image"), cfg.student_temp, teacher_temp,
+                        sample=ok.nonzero()[:, 0], num_samples=S.shape[0], centering=cfg.centering,
+                        sinkhorn_iters=cfg.sinkhorn_iters)
+
+
 def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
     """(B, T, C, c, c) mean over the valid acquisitions -> (B, C, c, c)."""
     w = valid.to(x.dtype)[:, :, None, None, None]
@@ -210,7 +227,9 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
     ``student(views, geoms, teacher, teacher_temp, generator)``.
     """
     cfg = student.loss_cfg
+    views, locals_ = views[:2], views[2:]                 # global views, then local ones (student only)
     s_out = [student.features(v) for v in views]
+    s_loc = [student.features(v) for v in locals_]
     with torch.no_grad():
         t_out = teacher(views)
     centers = _Centers()
@@ -229,9 +248,16 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
             res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j], frames_ok, src, cfg,
                                teacher_temp, centers, index, salt + n_src + 0.5 * i)
             for level in LEVELS:
-                acc[level] = acc[level] + res[level] / len(pairs)
+                acc[level] = acc[level] + res[level]
+        # multi-crop: each local view against both global teacher views, at image level
+        n_img = len(pairs)
+        for lv, lout in zip(locals_, s_loc):
+            for j in range(2):
+                acc["image"] = acc["image"] + _image_loss(student, teacher, lout[src], t_out[j][src], lv, views[j],
+                                                          src, cfg, teacher_temp)
+                n_img += 1
         for level in LEVELS:
-            parts[f"{src}_{level}"] = acc[level]
+            parts[f"{src}_{level}"] = acc[level] / (n_img if level == "image" else len(pairs))
     weights = {"pixel": cfg.pixel_weight, "object": cfg.object_weight, "image": cfg.image_weight}
     mgcl = sum((cfg.fused_weight if src == "fused" else 1.0) * weights[level] * parts[f"{src}_{level}"]
                for src in SOURCES for level in LEVELS)

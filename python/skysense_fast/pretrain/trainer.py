@@ -106,17 +106,20 @@ def seed_of(*numbers: int) -> int:
 
 
 def step_views(dataset, cfg: PretrainConfig, step: int, rank: int, world: int, device: torch.device):
-    """The two batched views (and geometries) of this rank's slice of step ``step``'s batch."""
+    """The batched views (and geometries) of this rank's slice of step ``step``'s batch: two
+    global views, then ``data.local_crops`` local ones."""
     B = cfg.train.batch_size
     local = B // world
-    views: list[list] = [[], []]
-    geoms: list[list] = [[], []]
+    n_views = 2 + cfg.data.local_crops   # two global views, then the student-only local ones
+    views: list[list] = [[] for _ in range(n_views)]
+    geoms: list[list] = [[] for _ in range(n_views)]
     for i in range(rank * local, (rank + 1) * local):
         index = (step * B + i) % len(dataset)
         sample = dataset[index]
-        for v in range(2):
+        for v in range(n_views):
             g = torch.Generator().manual_seed(seed_of(cfg.data.seed, cfg.train.seed, step, index, v))
-            view, geom = make_view(sample, cfg.data.crop, cfg.data.min_frames, g)
+            crop = cfg.data.crop if v < 2 else cfg.data.local_crop
+            view, geom = make_view(sample, crop, cfg.data.min_frames, g)
             view["index"] = torch.tensor(index)
             views[v].append(view)
             geoms[v].append(geom)
