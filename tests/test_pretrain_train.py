@@ -121,6 +121,12 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (a["step"], k)
     ck = tmp_path / "two" / "checkpoints" / "step_00000003"
     assert (ck / "rng_rank0.pt").exists() and (ck / "rng_rank1.pt").exists()
+    from safetensors.torch import load_file             # the exported weights: gathered from the shards
+
+    w1, w2 = load_file(tmp_path / "one" / "skysense-tiny.safetensors"), load_file(tmp_path / "two" / "skysense-tiny.safetensors")
+    assert w1.keys() == w2.keys() and "geo.prototypes" in w1
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
     assert len([f for f in os.listdir(ck) if f.endswith(".distcp")]) == 2      # one shard file per rank
 
 
@@ -165,6 +171,16 @@ def test_cli_pretrain_and_its_errors(tmp_path, capsys):
                      "--set", "train.device=cpu"]) == 0
     assert "pretrain done at step 2" in capsys.readouterr().out
     assert (tmp_path / "checkpoints" / "latest").exists()
+    # the trained weights go straight into embed
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=64, width=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 0.5, 0.5)) as d:
+        d.write(torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8).numpy())
+    assert cli.main(["embed", str(tmp_path / "s.tif"), "-o", str(tmp_path / "f.tif"), "--tile", "64", "--overlap", "0",
+                     "--weights", str(tmp_path / "skysense-tiny.safetensors"), "--features", "geo"]) == 0
+    assert "weights: loaded" in capsys.readouterr().out
     assert cli.main(["pretrain", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert cli.main(["pretrain", TINY, "--set", "loss.colour=1"]) == 2

@@ -288,4 +288,34 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
         progress.close()
         if metrics is not None:
             metrics.close()
-    return {"status": status, "step": step, "losses": losses}
+    weights = None
+    if status == "done" and step == t.steps:
+        weights = export_weights(student, teacher, cfg, os.path.join(out_dir, f"{cfg.model.name}.safetensors"))
+        if rank == 0:
+            log(f"wrote {weights}: the teacher's backbone with the prototype bank, for `skysense-fast embed --weights`")
+    return {"status": status, "step": step, "losses": losses, "weights": weights}
+
+
+def export_weights(student: SkySensePretrainer, teacher: SkySensePretrainer, cfg: PretrainConfig, path: str) -> str:
+    """The trained model as a ``save_weights`` file (collective under FSDP2; rank 0 writes).
+
+    The EMA teacher's backbone is exported (DINO's choice: it is the better encoder), with the
+    student's geo-context prototype bank (the teacher keeps none)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from ..weights import save_weights
+
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0 only
+    t_sd = get_model_state_dict(teacher, options=full)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        bank = student.backbone.geo.prototypes.detach().cpu()   # a buffer: FSDP2 keeps it whole on every rank
+        with torch.device("meta"):
+            model = models.create(cfg.model.name, **cfg.model.overrides)
+        state = {k[len("backbone."):]: v for k, v in t_sd.items() if k.startswith("backbone.")}
+        state["geo.prototypes"] = bank
+        model.load_state_dict(state, strict=True, assign=True)
+        save_weights(model, path)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
