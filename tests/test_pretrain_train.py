@@ -62,6 +62,17 @@ def test_dataloader_workers_change_nothing(tmp_path):
     assert [r["total"] for r in b["losses"]] == pytest.approx([r["total"] for r in a], rel=1e-6)
 
 
+def test_resume_with_another_model_is_refused(tmp_path, capsys):
+    _quiet_run(_cfg(tmp_path, **{"train.steps": 2, "train.checkpoint_every": 1}))
+    with pytest.raises(ValueError, match=r"loss\.out_dim: checkpoint 64, config 32"):
+        _quiet_run(_cfg(tmp_path, **{"train.steps": 4, "loss.out_dim": 32}))
+    assert cli.main(["pretrain", TINY, "--out-dir", str(tmp_path), "--set", "loss.out_dim=32", "--set",
+                     "train.device=cpu"]) == 2
+    assert "another model" in capsys.readouterr().err
+    res = _quiet_run(_cfg(tmp_path, **{"train.steps": 3, "loss.out_dim": 32}), resume=False)  # a fresh start
+    assert res["status"] == "done"
+
+
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     from skysense_fast.pretrain import objective
 

@@ -118,6 +118,23 @@ def latest_checkpoint(directory: str) -> str | None:
     return path
 
 
+# config fields that fix the shapes of what a checkpoint holds: resuming with others cannot work
+_SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim")}
+
+
+def check_resumable(path: str, config: dict) -> None:
+    """A checkpoint written under another model or head sizes is refused with the fields that
+    differ (instead of a shape error deep inside the loader)."""
+    saved = torch.load(os.path.join(path, "trainer.pt"), weights_only=False).get("config")
+    if not saved:
+        return
+    diff = [f"{sec}.{f}: checkpoint {saved[sec][f]!r}, config {config[sec][f]!r}"
+            for sec, fields in _SHAPE_FIELDS.items() for f in fields if saved[sec].get(f) != config[sec].get(f)]
+    if diff:
+        raise ValueError(f"{path} was written by a run with another model: " + "; ".join(diff)
+                         + " (use another train.out_dir, or --no-resume)")
+
+
 def load_checkpoint(path: str, student, teacher, optimizer, scheduler) -> dict:
     """Restore everything in place (collective); returns trainer.pt's dict (step, ...)."""
     rank, world = _dist()

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from .. import models
 from ..backends import use_backend
 from .augment import collate, make_view
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig, validate
 from .objective import SkySensePretrainer, ema_update, make_teacher
 from .optim import build_optimizer, build_scheduler, cosine_schedule
@@ -230,6 +230,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     out_dir, ckpt_dir = cfg.train.out_dir, os.path.join(cfg.train.out_dir, "checkpoints")
     start = 0
     if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
+        check_resumable(path, cfg.to_dict())
         start = load_checkpoint(path, student, teacher, optimizer, scheduler)["step"]
         if rank == 0:
             log(f"resumed from {path} at step {start}")
