@@ -176,28 +176,27 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
                        sample=keep.nonzero()[:, 0] // T)
     centers.add(f"center_{src}_object", t_logits, mass[keep])
     # image level: each view's own crop, pooled per acquisition
-    s_img, t_img = S.mean((-2, -1))[frames_ok], Tc.mean((-2, -1))[frames_ok]
-    t_logits = te("image", t_img)
-    out["image"] = dl(st("image", s_img), t_logits, ctr("image"), sample=frames_ok.nonzero()[:, 0])
+    out["image"], t_logits = _image_level(student, teacher, S, Tc, frames_ok, src, cfg, teacher_temp)
     centers.add(f"center_{src}_image", t_logits)
     return out
 
 
-def _image_loss(student: SkySensePretrainer, teacher: SkySensePretrainer, s_feat: Tensor, t_feat: Tensor,
-                s_view: dict[str, Tensor], t_view: dict[str, Tensor], src: str, cfg: LossSection,
-                teacher_temp: float) -> Tensor:
-    """Image level between a local student view and a global teacher view (any crop sizes:
-    pooled features need no alignment), acquisitions valid in both."""
-    S, Tt = _frames(s_feat), _frames(t_feat)
+def _frames_ok(src: str, a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+    """(B, T) acquisitions valid in both views; (B, 1) all True for single-frame sources."""
     if src in ("s2", "s1"):
-        ok = s_view[f"valid_{src}"] & t_view[f"valid_{src}"]
-    else:
-        ok = torch.ones(S.shape[0], 1, dtype=torch.bool, device=S.device)
-    head = f"{'fused' if src == 'fused' else 'modal'}_image"
-    return distill_loss(student.heads[head](S.mean((-2, -1))[ok]), teacher.heads[head](Tt.mean((-2, -1))[ok]),
-                        getattr(student, f"center_{src}_image"), cfg.student_temp, teacher_temp,
-                        sample=ok.nonzero()[:, 0], num_samples=S.shape[0], centering=cfg.centering,
-                        sinkhorn_iters=cfg.sinkhorn_iters)
+        return a[f"valid_{src}"] & b[f"valid_{src}"]
+    return torch.ones(a["hr"].shape[0], 1, dtype=torch.bool, device=a["hr"].device)
+
+
+def _image_level(student: SkySensePretrainer, teacher: SkySensePretrainer, S: Tensor, Tt: Tensor, ok: Tensor,
+                 src: str, cfg: LossSection, teacher_temp: float) -> tuple[Tensor, Tensor]:
+    """Image level: student and teacher maps (B, T, C, h, w), any crop sizes (pooling needs no
+    alignment), on the acquisitions ``ok`` (B, T). Returns (loss, teacher logits)."""
+    t_logits = teacher.head(src, "image")(Tt.mean((-2, -1))[ok])
+    loss = distill_loss(student.head(src, "image")(S.mean((-2, -1))[ok]), t_logits, getattr(student, f"center_{src}_image"),
+                        cfg.student_temp, teacher_temp, sample=ok.nonzero()[:, 0], num_samples=S.shape[0],
+                        centering=cfg.centering, sinkhorn_iters=cfg.sinkhorn_iters)
+    return loss, t_logits
 
 
 def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
@@ -241,11 +240,8 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
     for n_src, src in enumerate(SOURCES):
         acc = {level: 0.0 for level in LEVELS}
         for i, j in pairs:
-            if src in ("s2", "s1"):
-                frames_ok = views[i][f"valid_{src}"] & views[j][f"valid_{src}"]
-            else:
-                frames_ok = torch.ones(views[i]["hr"].shape[0], 1, dtype=torch.bool, device=views[i]["hr"].device)
-            res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j], frames_ok, src, cfg,
+            res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j],
+                               _frames_ok(src, views[i], views[j]), src, cfg,
                                teacher_temp, centers, index, salt + n_src + 0.5 * i)
             for level in LEVELS:
                 acc[level] = acc[level] + res[level]
@@ -253,8 +249,9 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
         n_img = len(pairs)
         for lv, lout in zip(locals_, s_loc):
             for j in range(2):
-                acc["image"] = acc["image"] + _image_loss(student, teacher, lout[src], t_out[j][src], lv, views[j],
-                                                          src, cfg, teacher_temp)
+                loss, _ = _image_level(student, teacher, _frames(lout[src]), _frames(t_out[j][src]),
+                                       _frames_ok(src, lv, views[j]), src, cfg, teacher_temp)
+                acc["image"] = acc["image"] + loss
                 n_img += 1
         for level in LEVELS:
             parts[f"{src}_{level}"] = acc[level] / (n_img if level == "image" else len(pairs))

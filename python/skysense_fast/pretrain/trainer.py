@@ -157,9 +157,8 @@ def step_batches(dataset, cfg: PretrainConfig, start: int, rank: int, world: int
 
 
 class _Progress:
-    def __init__(self, total: int, start: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool):
         self.total, self.enabled = total, enabled and sys.stderr.isatty()
-        self.start = start
 
     def update(self, step: int, loss: float, rate: float) -> None:
         if self.enabled:
@@ -241,7 +240,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     dataset = make_dataset(cfg)
     lo, o, t = cfg.loss, cfg.optim, cfg.train
     backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
-    progress = _Progress(t.steps, start, t.progress and rank == 0)
+    progress = _Progress(t.steps, t.progress and rank == 0)
     losses: list[dict] = []
     status, step = "done", start
     metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a") if rank == 0 else None
