@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pyyaml pytest pytest-benchmark hypothesis expecttest timm
 SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
 
-.PHONY: install demo test test-all bench gpu-check clean
+.PHONY: install demo test test-all bench gpu-compile gpu-check clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ test-all: install
 
 bench: install
 	$(VPY) -m pytest benchmarks --benchmark-only
+
+# Every Triton kernel compiled for sm_80 / sm_90 with no GPU, at the model's shapes, through the
+# ops' own launch code (fails on errors, shared memory over the limit, 16-bit spills), with this
+# venv's Triton and again with the GPU machine's (installed beside it where the registry has it).
+GPU_TRITON ?= triton==3.6.0
+gpu-compile: install
+	$(VPY) benchmarks/gpu_compile.py --out build/gpu_compile.md
+	@if $(VPY) -m pip install -q --no-deps --target build/gpu_triton $(GPU_TRITON) 2>/dev/null; then \
+	  PYTHONPATH=build/gpu_triton $(VPY) benchmarks/gpu_compile.py --out build/gpu_compile_gpu_triton.md; \
+	else echo "gpu-compile: $(GPU_TRITON) does not install here; compiled with the venv's Triton only"; fi
 
 # On a GPU machine (its own python3 and torch; no venv): build, GPU tests, GPU benchmarks.
 gpu-check:

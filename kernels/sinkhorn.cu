@@ -2,7 +2,8 @@
 // csrc/sinkhorn/sinkhorn_cpu_kernel.cpp): one online column log-sum-exp pass for the first
 // column update, then per iteration one row pass that normalises rows (a warp per row,
 // log-sum-exp with warp shuffles) and sums the normalised Q per column for the next column
-// update. Column sums go through per-block partials so results are deterministic.
+// update. Every sum runs in a fixed order (per-block partials, no atomics on values), so
+// results are deterministic: the same bits from run to run.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -105,19 +106,21 @@ __global__ void col_finish(const float* __restrict__ log_b, int64_t K, int P, Wo
   w.v[int64_t(b) * K + k] = log_b[int64_t(b) * K + k] - (st.m + __logf(st.s));
 }
 
-// Row update: a warp per row. Writes Q when asked and adds Q's columns into per-block sums.
+// Row update for a block of kSinkhornRowsPerBlock rows. Pass 1: a warp per row, log-sum-exp
+// with warp shuffles, the row's shift and scale kept in shared memory. Pass 2, in chunks of
+// kColChunk columns: each lane writes Q for its columns down the warp's rows and sums them in
+// row order; the warps' sums are then added in warp order. Fixed order throughout, no atomics:
+// deterministic, and shared memory stays under the 48 KB every launch gets.
+constexpr int kColChunk = 1024;
+
 template <typename T>
 __global__ void row_pass(const T* __restrict__ S, T* __restrict__ out, const float* __restrict__ log_a,
-                         int64_t N, int64_t K, int P, float inv_eps, bool write, bool accumulate,
-                         bool smem_sums, Work w, int32_t* status) {
+                         int64_t N, int64_t K, int P, float inv_eps, bool write, bool accumulate, Work w,
+                         int32_t* status) {
   const int b = blockIdx.y, p = blockIdx.x;
   if (w.done[b]) return;
-  extern __shared__ float smem[];
-  float* colsum = smem_sums ? smem : w.part_s + (int64_t(b) * P + p) * K;
-  if (accumulate) {
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) colsum[k] = 0.f;
-    __syncthreads();
-  }
+  __shared__ float row_shift[kSinkhornRowsPerBlock], row_scale[kSinkhornRowsPerBlock];
+  __shared__ float colsum[kRowWarps][kColChunk];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const float* v = w.v + int64_t(b) * K;
   const int64_t r0 = int64_t(p) * kSinkhornRowsPerBlock;
@@ -127,22 +130,37 @@ __global__ void row_pass(const T* __restrict__ S, T* __restrict__ out, const flo
     Lse st{-INFINITY, 0.f};
     for (int64_t k = lane; k < K; k += kWarp) lse_add(st, to_f(x[k]) * inv_eps + v[k]);
     st = warp_lse(st);
-    if (!(st.m > -INFINITY) || isnan(st.s)) {
-      if (lane == 0) atomicMax(status + b, isnan(st.s) || isnan(st.m) ? kStatusNonFinite : kStatusEmptyRow);
-      continue;
-    }
-    const float scale = __expf(log_a[int64_t(b) * N + n]) / st.s;
-    T* o = out + (int64_t(b) * N + n) * K;
-    for (int64_t k = lane; k < K; k += kWarp) {
-      const float q = __expf(to_f(x[k]) * inv_eps + v[k] - st.m) * scale;
-      if (write) o[k] = from_f<T>(q);
-      if (accumulate) atomicAdd(colsum + k, q);
+    const bool ok = st.m > -INFINITY && !isnan(st.s) && !isnan(st.m);
+    if (!ok && lane == 0) atomicMax(status + b, isnan(st.s) || isnan(st.m) ? kStatusNonFinite : kStatusEmptyRow);
+    if (lane == 0) {
+      row_shift[n - r0] = ok ? st.m : 0.f;
+      row_scale[n - r0] = ok ? __expf(log_a[int64_t(b) * N + n]) / st.s : 0.f;  // a bad row: Q = 0, status set
     }
   }
-  if (accumulate && smem_sums) {
-    __syncthreads();
-    float* dst = w.part_s + (int64_t(b) * P + p) * K;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) dst[k] = colsum[k];
+  __syncthreads();
+  for (int64_t c0 = 0; c0 < K; c0 += kColChunk) {
+    const int64_t cw = min(int64_t(kColChunk), K - c0);
+    for (int64_t kk = lane; kk < cw; kk += kWarp) {
+      const int64_t k = c0 + kk;
+      float acc = 0.f;
+      for (int64_t n = r0 + warp; n < r1; n += kRowWarps) {
+        const int64_t o = (int64_t(b) * N + n) * K + k;
+        const float q = __expf(to_f(S[o]) * inv_eps + v[k] - row_shift[n - r0]) * row_scale[n - r0];
+        if (write) out[o] = from_f<T>(q);
+        acc += q;
+      }
+      if (accumulate) colsum[warp][kk] = acc;
+    }
+    if (accumulate) {
+      __syncthreads();
+      float* dst = w.part_s + (int64_t(b) * P + p) * K + c0;
+      for (int64_t kk = threadIdx.x; kk < cw; kk += blockDim.x) {
+        float sum = 0.f;
+        for (int j = 0; j < kRowWarps; ++j) sum += colsum[j][kk];
+        dst[kk] = sum;
+      }
+      __syncthreads();
+    }
   }
 }
 
@@ -204,19 +222,11 @@ cudaError_t launch_typed(const SinkhornArgs& a) {
                    dim3(kColTileK, kColTileRows), 0, a.stream>>>(S, a.N, a.K, P, a.inv_eps, w);
   col_finish<<<fin_grid, 256, 0, a.stream>>>(a.log_b, a.K, P, w, a.status);
 
-  // Column sums in shared memory when they fit, else straight into the block's partial row.
-  const size_t smem = size_t(a.K) * sizeof(float);
-  bool smem_sums = smem <= 48 * 1024;
-  if (!smem_sums && smem <= 200 * 1024) {
-    smem_sums = cudaFuncSetAttribute(row_pass<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     int(smem)) == cudaSuccess;
-  }
   for (int t = 0; t < a.num_iters; ++t) {
     const bool last = t + 1 == a.num_iters;
     const bool write = last || a.tol > 0, accumulate = !last || a.tol > 0;
-    row_pass<T><<<dim3(unsigned(P), unsigned(a.B)), kRowWarps * kWarp, smem_sums && accumulate ? smem : 0,
-                  a.stream>>>(S, out, a.log_a, a.N, a.K, P, a.inv_eps, write, accumulate,
-                              smem_sums, w, a.status);
+    row_pass<T><<<dim3(unsigned(P), unsigned(a.B)), kRowWarps * kWarp, 0, a.stream>>>(
+        S, out, a.log_a, a.N, a.K, P, a.inv_eps, write, accumulate, w, a.status);
     if (accumulate) row_finish<<<fin_grid, 256, 0, a.stream>>>(a.log_b, a.K, P, w);
     if (a.tol > 0) decide<<<unsigned(a.B), 256, 0, a.stream>>>(a.log_b, a.K, a.tol, t, w, a.iters);
   }

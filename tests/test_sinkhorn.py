@@ -92,6 +92,10 @@ def test_unbatched_and_noncontiguous(gen):
     assert q.shape == (60, 40)
 
 
+def triton_next_pow2(n):
+    return 1 << (n - 1).bit_length()
+
+
 @pytest.mark.parametrize("shape", [(2, 37, 13), (1, 9, 130)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("one_tile", [True, False], ids=["one_tile", "k_tiles"])
 def test_triton_matches_reference(shape, one_tile, gen, monkeypatch):
@@ -99,8 +103,12 @@ def test_triton_matches_reference(shape, one_tile, gen, monkeypatch):
         pytest.skip("Triton runs on the GPU on this machine (see the gpu tests)")
     from skysense_fast.triton import sinkhorn as tsk
 
-    if not one_tile:  # force the K-tiled row pass on tiny shapes (cheap in the interpreter)
-        monkeypatch.setattr(tsk, "_tiles", lambda N, K: (4, 16, False))
+    # tiny tiles, so that each program walks several row tiles (and, K-tiled, several column
+    # tiles) on shapes cheap in the interpreter
+    if one_tile:
+        monkeypatch.setattr(tsk, "_tiles", lambda B, N, K: (4, triton_next_pow2(K), True, 3))
+    else:
+        monkeypatch.setattr(tsk, "_tiles", lambda B, N, K: (4, 16, False, 3))
     s = rand_scores(shape, gen)
     for eps, iters in [(0.05, 3), (0.02, 1)]:
         q, it = run("triton", s, eps, iters)

@@ -76,7 +76,7 @@ FusionInputs fusion_tokens_prepare(const std::optional<at::Tensor>& hr, const st
                         " must have shape (B, T) = (", in.B, ", ", mod.T, "), got ", shape_str(v.sizes()));
       mod.valid = v.contiguous();
     }
-    if (mod.doy.defined()) {
+    if (mod.doy.defined() && x.device().is_cpu()) {  // on a GPU the kernels clamp to 1..365 (no host sync)
       at::Tensor bad = (mod.doy < 1) | (mod.doy > 366);
       if (mod.valid.defined()) bad &= mod.valid;
       TORCH_CHECK_VALUE(!bad.any().item<bool>(), "fusion_tokens: ", kDoy[m],

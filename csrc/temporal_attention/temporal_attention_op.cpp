@@ -35,10 +35,12 @@ TemporalAttentionInputs temporal_attention_prepare(const at::Tensor& q, const at
     TORCH_CHECK_VALUE(m.dim() == 2 && m.size(0) == in.S && m.size(1) == in.T,
                       "temporal_attention: key_padding_mask must have shape (S, T) = (", in.S, ", ", in.T, "), got ",
                       shape_str(m.sizes()));
-    const at::Tensor empty = m.all(1);
-    TORCH_CHECK_VALUE(!empty.any().item<bool>(), "temporal_attention: key_padding_mask ignores every key of sequence ",
-                      empty.nonzero().flatten()[0].item<int64_t>(),
-                      "; a sequence needs at least one valid key (its attention would be undefined)");
+    if (m.device().is_cpu()) {  // reading the data would sync a GPU: there the kernel gives NaN, as SDPA does
+      const at::Tensor empty = m.all(1);
+      TORCH_CHECK_VALUE(!empty.any().item<bool>(), "temporal_attention: key_padding_mask ignores every key of sequence ",
+                        empty.nonzero().flatten()[0].item<int64_t>(),
+                        "; a sequence needs at least one valid key (its attention would be undefined)");
+    }
     const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
     in.key_mask = at::zeros({in.S, in.T}, q.options().dtype(acc)).masked_fill_(m, -INFINITY);
   }

@@ -41,7 +41,9 @@ def fusion_tokens_reference(hr: Tensor | None = None, s2: Tensor | None = None, 
         valid_s2, valid_s1: (B, T) bool, False for padding acquisitions (samples with fewer
             acquisitions than T); None: all valid.
         date_table: (365, C) or (1, 365, C) learned table (the official ``ctpe``); day d uses
-            row min(d, 365) - 1, so day 366 shares day 365's row.
+            row min(d, 365) - 1, so day 366 shares day 365's row. A day outside 1..366 is
+            an error on the CPU; on CUDA, where checking would sync the host, it is clamped
+            into 1..365.
 
     Returns:
         tokens (B h w, L, C), pixel n = (b h + y) w + x, slots [HR, S2 x T1, S1 x T2]

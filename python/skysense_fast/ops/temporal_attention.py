@@ -35,8 +35,10 @@ def temporal_attention_reference(q: Tensor, k: Tensor, v: Tensor, key_padding_ma
     Args:
         q, k, v: (S, heads, T, head_dim), SDPA's layout: S independent sequences of T tokens.
         key_padding_mask: (S, T) bool, True = ignore that key (nn.MultiheadAttention's
-            convention). A sequence whose keys are all ignored is an error (its attention is
-            undefined): the fusion's class token is never masked, so it never happens there.
+            convention). A sequence whose keys are all ignored has no defined attention: on
+            the CPU that is an error; on CUDA, where checking would sync the host, the
+            kernel returns NaN for it, as SDPA does. The fusion's class token is never
+            masked, so it never happens there.
         scale: default head_dim ** -0.5.
 
     Returns:

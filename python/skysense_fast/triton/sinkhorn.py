@@ -4,8 +4,11 @@ Same algorithm as the CPU and CUDA C++ kernels (see ``csrc/sinkhorn/sinkhorn_cpu
 an online column log-sum-exp for the first column update, then per iteration one row pass
 that normalises a tile of rows and writes their per-column sums of Q into a partial buffer
 (one row per program tile, so the reduction order is fixed and results are deterministic),
-and a small kernel that folds the partials into the column potentials. When a whole row fits
-one tile (K <= 4096) the row pass reads each score once per iteration.
+and a small kernel that folds the partials into the column potentials. Each row-pass program
+owns a strided set of row tiles and one partial row (at most 512 programs per problem, so the
+partials stay small and the fold short). When a whole row fits one tile (K <= 2048) the row
+pass reads each score once per iteration; wider rows take two sweeps, the second column tile
+by column tile, mostly from L2.
 
 Call :func:`sinkhorn_triton` with arguments already checked by ``_C.sinkhorn_prepare``.
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .launch import Launch
 
 # status codes, as in csrc/sinkhorn/sinkhorn.h
 _NON_FINITE = tl.constexpr(1)
@@ -87,57 +92,79 @@ def _row_scale(la, m, s, rmask, status, b):
 
 
 @triton.jit
-def _row_pass(S, Out, log_a, v, part_s, done, status, N, K, inv_eps,
+def _row_pass(S, Out, log_a, v, part_s, row_m, row_scale, done, status, N, K, inv_eps,
               WRITE: tl.constexpr, ACCUM: tl.constexpr, ONE_TILE: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Row update for BLOCK_R rows; writes Q and/or the tile's column sums of Q."""
+    """Row update for the row tiles p, p + P, p + 2P, ...; writes Q and/or this program's
+    column sums of Q (its own partial row: fixed order, no atomics)."""
     p = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     P = tl.num_programs(0)
     if tl.load(done + b) == 0:
-        rows = p * BLOCK_R + tl.arange(0, BLOCK_R)
-        rmask = rows < N
-        base = b * N * K + rows[:, None].to(tl.int64) * K
-        la = tl.load(log_a + b * N + rows, mask=rmask, other=0.0)
-        if ONE_TILE:  # the whole row in one tile: one read of S
+        n_tiles = tl.cdiv(N, BLOCK_R)
+        if ONE_TILE:  # the whole row in one tile: one read of S, column sums in registers
             cols = tl.arange(0, BLOCK_K)
             cmask = cols < K
-            mask = rmask[:, None] & cmask[None, :]
             vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
-            z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps + vk[None, :]
-            m = tl.max(z, 1)
-            e = tl.exp(z - tl.where(m == float("-inf"), 0.0, m)[:, None])
-            q = e * _row_scale(la, m, tl.sum(e, 1), rmask, status, b)[:, None]
-            if WRITE:
-                tl.store(Out + base + cols[None, :], q.to(Out.dtype.element_ty), mask=mask)
-            if ACCUM:
-                tl.store(part_s + (b * P + p) * K + cols, tl.sum(q, 0), mask=cmask)
-        else:  # online log-sum-exp over column tiles, then a second sweep
-            m = tl.full([BLOCK_R], float("-inf"), tl.float32)
-            s = tl.zeros([BLOCK_R], tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                cmask = cols < K
-                vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
-                z = tl.load(S + base + cols[None, :], mask=rmask[:, None] & cmask[None, :],
-                            other=float("-inf")).to(tl.float32) * inv_eps + vk[None, :]
-                m_new = tl.maximum(m, tl.max(z, 1))
-                shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-                s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
-                m = m_new
-            shift = tl.where(m == float("-inf"), 0.0, m)
-            scale = _row_scale(la, m, s, rmask, status, b)
-            for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                cmask = cols < K
+            acc = tl.zeros([BLOCK_K], tl.float32)
+            for tile in range(p, n_tiles, P):
+                rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+                rmask = rows < N
+                base = b * N * K + rows[:, None].to(tl.int64) * K
                 mask = rmask[:, None] & cmask[None, :]
-                vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
-                z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps + vk[None, :]
-                q = tl.exp(z - shift[:, None]) * scale[:, None]
+                la = tl.load(log_a + b * N + rows, mask=rmask, other=0.0)
+                z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps
+                z += vk[None, :]
+                m = tl.max(z, 1)
+                e = tl.exp(z - tl.where(m == float("-inf"), 0.0, m)[:, None])
+                q = e * _row_scale(la, m, tl.sum(e, 1), rmask, status, b)[:, None]
                 if WRITE:
                     tl.store(Out + base + cols[None, :], q.to(Out.dtype.element_ty), mask=mask)
+                acc += tl.sum(q, 0)
+            if ACCUM:
+                tl.store(part_s + (b * P + p) * K + cols, acc, mask=cmask)
+        else:
+            # sweep 1: each row's online log-sum-exp over column tiles -> its shift and scale
+            for tile in range(p, n_tiles, P):
+                rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+                rmask = rows < N
+                base = b * N * K + rows[:, None].to(tl.int64) * K
+                m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+                s = tl.zeros([BLOCK_R], tl.float32)
+                for k0 in range(0, K, BLOCK_K):
+                    cols = k0 + tl.arange(0, BLOCK_K)
+                    cmask = cols < K
+                    vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
+                    z = tl.load(S + base + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                                other=float("-inf")).to(tl.float32) * inv_eps + vk[None, :]
+                    m_new = tl.maximum(m, tl.max(z, 1))
+                    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+                    s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
+                    m = m_new
+                la = tl.load(log_a + b * N + rows, mask=rmask, other=0.0)
+                tl.store(row_m + b * N + rows, tl.where(m == float("-inf"), 0.0, m), mask=rmask)
+                tl.store(row_scale + b * N + rows, _row_scale(la, m, s, rmask, status, b), mask=rmask)
+            tl.debug_barrier()  # sweep 2 reads rows' stats that other threads of this program wrote
+            # sweep 2, column tile by column tile: Q and the column sums over this program's rows
+            for k0 in range(0, K, BLOCK_K):
+                cols = k0 + tl.arange(0, BLOCK_K)
+                cmask = cols < K
+                vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
+                acc = tl.zeros([BLOCK_K], tl.float32)
+                for tile in range(p, n_tiles, P):
+                    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+                    rmask = rows < N
+                    base = b * N * K + rows[:, None].to(tl.int64) * K
+                    mask = rmask[:, None] & cmask[None, :]
+                    shift = tl.load(row_m + b * N + rows, mask=rmask, other=0.0)
+                    scale = tl.load(row_scale + b * N + rows, mask=rmask, other=0.0)
+                    z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps
+                    q = tl.exp(z + vk[None, :] - shift[:, None]) * scale[:, None]
+                    if WRITE:
+                        tl.store(Out + base + cols[None, :], q.to(Out.dtype.element_ty), mask=mask)
+                    acc += tl.sum(q, 0)
                 if ACCUM:
-                    tl.store(part_s + (b * P + p) * K + cols, tl.sum(q, 0), mask=cmask)
+                    tl.store(part_s + (b * P + p) * K + cols, acc, mask=cmask)
 
 
 @triton.jit
@@ -157,7 +184,7 @@ def _row_finish(log_b, v, part_s, err, done, K, P, BLOCK_K: tl.constexpr):
         tl.store(v + b * K + cols, vk + lb - tl.log(tl.maximum(cm, 1.1754944e-38)), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t"])  # one binary for every iteration
 def _decide(log_b, err, done, iters, K, tol, t, BLOCK_K: tl.constexpr):
     """Convergence mode: problem b stops once sum|colmass - b| / sum(b) <= tol."""
     b = tl.program_id(0).to(tl.int64)
@@ -174,19 +201,27 @@ def _decide(log_b, err, done, iters, K, tol, t, BLOCK_K: tl.constexpr):
             tl.store(iters + b, t + 1)
 
 
-def _tiles(N: int, K: int) -> tuple[int, int, bool]:
-    """(BLOCK_R, BLOCK_K, ONE_TILE) for the row pass."""
+ROW_PROGRAMS = 512            # row-pass programs per problem, at most
+PARTIAL_FLOATS = 8 << 20      # cap on the row pass's column-sum partials (32 MB)
+
+
+def _tiles(B: int, N: int, K: int) -> tuple[int, int, bool, int]:
+    """(BLOCK_R, BLOCK_K, ONE_TILE, programs per problem) for the row pass. A whole row per
+    tile while K <= 2048 (S read once per iteration, rows of at least 4); wider rows in two
+    sweeps of 16 x 1024 tiles, the second mostly from L2."""
     kp = triton.next_power_of_2(K)
-    if kp <= 4096:  # a whole row per tile: S is read once per iteration
-        return max(1, min(64, 8192 // kp, triton.next_power_of_2(N))), kp, True
-    return 16, 512, False
+    if kp <= 2048:
+        block_r, block_k, one = max(1, min(64, 8192 // kp, triton.next_power_of_2(N))), kp, True
+    else:
+        block_r, block_k, one = 16, 1024, False
+    programs = min(triton.cdiv(N, block_r), ROW_PROGRAMS, max(1, PARTIAL_FLOATS // (B * K)))
+    return block_r, block_k, one, programs
 
 
-def sinkhorn_triton(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, epsilon: float,
-                    num_iters: int, tol: float, out: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Runs the kernels on prepared (B, N, K) scores into `out` (new if None), contiguous
-    (B, N, K); returns (Q, iters, status)."""
+def launches(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, epsilon: float, num_iters: int,
+             tol: float, out: torch.Tensor | None = None):
+    """(launches, Q, iters, status) for prepared (B, N, K) scores: the kernels to run, in order,
+    into `out` (new if None), contiguous (B, N, K)."""
     if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"sinkhorn (triton): scores must be float32, bfloat16 or float16, got {scores.dtype}")
     B, N, K = scores.shape
@@ -200,26 +235,41 @@ def sinkhorn_triton(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tens
     err = torch.empty(B, K, **f32)
     inv_eps = 1.0 / epsilon
 
-    col_rows, col_bk = 256, min(128, triton.next_power_of_2(K))
+    col_bk = min(128, triton.next_power_of_2(K))
     col_br = min(32, triton.next_power_of_2(N))
-    col_rows = max(col_br, min(col_rows, triton.next_power_of_2(N)))
+    col_rows = max(col_br, min(256, triton.next_power_of_2(N)))
     Pc = triton.cdiv(N, col_rows)
-    block_r, block_k, one_tile = _tiles(N, K)
-    Pr = triton.cdiv(N, block_r)
-    part_m = torch.empty(B, Pc, K, **f32)
-    part_s = torch.empty(B, max(Pc, Pr), K, **f32)
-    fin_bk = min(256, triton.next_power_of_2(K))
+    block_r, block_k, one_tile, Pr = _tiles(B, N, K)
+    col_m, col_s = torch.empty(B, Pc, K, **f32), torch.empty(B, Pc, K, **f32)
+    part_s = torch.empty(B, Pr, K, **f32)
+    row_m, row_scale = (torch.empty(B, N, **f32) for _ in range(2)) if not one_tile else (v, v)
+    fin_bk = min(128, triton.next_power_of_2(K))
+    fin_grid = (triton.cdiv(K, fin_bk), B)
 
-    _col_partial[(triton.cdiv(K, col_bk), Pc, B)](scores, part_m, part_s, N, K, col_rows, inv_eps,
-                                                  BLOCK_R=col_br, BLOCK_K=col_bk)
-    _col_finish[(triton.cdiv(K, fin_bk), B)](log_b, v, part_m, part_s, status, K, Pc, BLOCK_K=fin_bk)
+    plan = [Launch(_col_partial, (triton.cdiv(K, col_bk), Pc, B), (scores, col_m, col_s, N, K, col_rows, inv_eps),
+                   dict(BLOCK_R=col_br, BLOCK_K=col_bk)),
+            Launch(_col_finish, fin_grid, (log_b, v, col_m, col_s, status, K, Pc), dict(BLOCK_K=fin_bk))]
+    row_warps = 8 if block_r * block_k >= 8192 else 4
     for t in range(num_iters):
         last = t + 1 == num_iters
         write, accum = last or tol > 0, (not last) or tol > 0
-        _row_pass[(Pr, B)](scores, out, log_a, v, part_s, done, status, N, K, inv_eps,
-                           WRITE=write, ACCUM=accum, ONE_TILE=one_tile, BLOCK_R=block_r, BLOCK_K=block_k)
+        plan.append(Launch(_row_pass, (Pr, B),
+                           (scores, out, log_a, v, part_s, row_m, row_scale, done, status, N, K, inv_eps),
+                           dict(WRITE=write, ACCUM=accum, ONE_TILE=one_tile, BLOCK_R=block_r, BLOCK_K=block_k),
+                           row_warps))
         if accum:
-            _row_finish[(triton.cdiv(K, fin_bk), B)](log_b, v, part_s, err, done, K, Pr, BLOCK_K=fin_bk)
+            plan.append(Launch(_row_finish, fin_grid, (log_b, v, part_s, err, done, K, Pr), dict(BLOCK_K=fin_bk)))
         if tol > 0:
-            _decide[(B,)](log_b, err, done, iters, K, tol, t, BLOCK_K=fin_bk)
+            plan.append(Launch(_decide, (B,), (log_b, err, done, iters, K, tol, t), dict(BLOCK_K=fin_bk)))
+    return plan, out, iters, status
+
+
+def sinkhorn_triton(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, epsilon: float,
+                    num_iters: int, tol: float, out: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs the kernels on prepared (B, N, K) scores into `out` (new if None), contiguous
+    (B, N, K); returns (Q, iters, status)."""
+    plan, out, iters, status = launches(scores, log_a, log_b, epsilon, num_iters, tol, out)
+    for launch in plan:
+        launch()
     return out, iters, status
