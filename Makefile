@@ -55,7 +55,7 @@ gpu-compile: install
 
 # On a GPU machine (its own python3 and torch; no venv): build, GPU tests, GPU benchmarks.
 gpu-check:
-	sh benchmarks/gpu_check.sh
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build $(VENV)/.installed

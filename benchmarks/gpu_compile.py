@@ -4,7 +4,9 @@ ops' own launch code (the Launch objects a GPU run would execute, built on meta 
 and the CUDA C++ kernels through nvcc -Xptxas -v.
 
 Fails on a compile error, a time-out, shared memory over the architecture's limit, any spill
-or stack frame on the 16-bit paths, and more than 2 KB of stack on fp32 (embed's default).
+or stack frame on the 16-bit paths, more than 2 KB of stack on fp32 (embed's default), and
+atomic float adds anywhere (every reduction of this package runs in a fixed order, so results
+are the same bits from run to run).
 Prints one markdown table (kernel, case, registers, spills, stack, shared memory, MMA kind)
 and writes it to --out (default build/gpu_compile.md).
 
@@ -181,6 +183,8 @@ def verdict(status, res, dtype, arch):
         problems.append("spills / stack frame on a 16-bit path")
     if dtype == "fp32" and (res.stack_bytes > FP32_STACK_LIMIT or res.spill_bytes > FP32_STACK_LIMIT):
         problems.append(f"fp32 stack / spills over {FP32_STACK_LIMIT} B")
+    if res.float_atomics:
+        problems.append("atomic float adds (non-deterministic sums)")
     return "; ".join(problems)
 
 
@@ -193,11 +197,17 @@ def cuda_cpp_rows(archs):
     for src in sorted(f for f in os.listdir("kernels") if f.endswith(".cu")):
         for arch in archs:
             with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join("kernels", src)
                 r = subprocess.run([nvcc, "-cubin", f"-arch=sm_{arch}", "-O3", "-std=c++17", "-Xptxas", "-v",
-                                    "-o", os.path.join(tmp, "k.cubin"), os.path.join("kernels", src)],
-                                   capture_output=True, text=True)
+                                    "-o", os.path.join(tmp, "k.cubin"), path], capture_output=True, text=True)
+                if r.returncode == 0:
+                    p = subprocess.run([nvcc, "-ptx", f"-arch=sm_{arch}", "-O3", "-std=c++17", "-o",
+                                        os.path.join(tmp, "k.ptx"), path], capture_output=True, text=True)
+                    ptx = open(os.path.join(tmp, "k.ptx")).read() if p.returncode == 0 else ""
             if r.returncode != 0:
                 return rows, f"nvcc failed on kernels/{src} for sm_{arch}:\n{r.stderr[-3000:]}"
+            if re.search(r"\b(atom|red)\.[\w.]*add\.f(32|64)", ptx):
+                return rows, f"kernels/{src} for sm_{arch}: atomic float adds in the PTX (non-deterministic sums) failed"
             name = None
             for line in r.stderr.splitlines():
                 if m := re.search(r"Compiling entry function '(\w+)'", line):
@@ -223,7 +233,7 @@ def _demangle(name):
 
 
 def main():
-    cases = [c for c in all_cases(ARGS.dtypes) if not ARGS.k or ARGS.k in f"{c.name} {c.dtype}"]
+    cases = [c for c in all_cases(ARGS.dtypes) if not ARGS.k or any(k in f"{c.name} {c.dtype}" for k in ARGS.k)]
     jobs, rows = {}, []
     for case in cases:
         for launch in case.launches:
@@ -254,7 +264,7 @@ def main():
                      + f" | {bad} |")
         if bad:
             failures.append(f"{launch.name} / {case.name} / {case.dtype} / sm_{arch}: {bad}")
-    cpp_rows, cpp_error = cuda_cpp_rows(ARGS.arch)
+    cpp_rows, cpp_error = cuda_cpp_rows(ARGS.arch) if ARGS.cuda_cpp else ([], "")
     lines += ["", "| CUDA C++ (kernels/) | kernel | sm | registers | spills (B) | stack (B) | shared (B) |",
               "|" + "---|" * 7]
     lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]} |" for r in cpp_rows]
@@ -276,13 +286,18 @@ def main():
     print("every kernel compiles for " + ", ".join(f"sm_{a}" for a in ARGS.arch) + " within its limits")
 
 
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--timeout", type=float, default=240.0, help="seconds per compilation")
-    p.add_argument("-k", default="", help="only cases whose 'name dtype' contains this")
+    p.add_argument("-k", action="append", default=[], help="only cases whose 'name dtype' contains this (repeatable)")
+    p.add_argument("--no-cuda-cpp", dest="cuda_cpp", action="store_false", help="skip the nvcc pass on kernels/*.cu")
     p.add_argument("--out", default="build/gpu_compile.md")
-    ARGS = p.parse_args()
+    return p
+
+
+if __name__ == "__main__":
+    ARGS = build_parser().parse_args()
     main()

@@ -35,6 +35,10 @@ class Compiled:
     shared_bytes: int
     mma: str              # wgmma, mma.sync or fma
     num_warps: int
+    float_atomics: bool   # atomic float adds: summation order left to the hardware
+
+
+_FLOAT_ATOMIC = re.compile(r"atomic_rmw\s+fadd")
 
 
 def _target(arch: int) -> GPUTarget:
@@ -79,4 +83,5 @@ def compile_launch(launch: Launch, arch: int) -> Compiled:
     stack, st, ld, regs = (int(x) for x in m.groups())
     ptx = compiled.asm["ptx"]
     mma = "wgmma" if "wgmma" in ptx else "mma.sync" if "mma.sync" in ptx else "fma"
-    return Compiled(regs, st + ld, stack, int(compiled.metadata.shared), mma, launch.num_warps)
+    atomics = bool(_FLOAT_ATOMIC.search(compiled.asm["ttgir"]))
+    return Compiled(regs, st + ld, stack, int(compiled.metadata.shared), mma, launch.num_warps, atomics)
