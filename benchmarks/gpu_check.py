@@ -12,7 +12,8 @@ views of one projection), never on copies forced on them:
   timm's eager arithmetic, FlexAttention (compiled; bias and shift mask as score_mod) and SDPA
   with the bias + mask as attn_mask;
 * temporal attention (31 tokens, 16 heads x 64, key padding; 65,535 and 262,144 sequences):
-  Triton vs SDPA (in launches of at most 65,535 sequences, the most its kernels take);
+  Triton vs SDPA (in launches of at most 65,535 sequences, the most its kernels take), and
+  SDPA's flash kernel without the padding (it cannot mask keys) as the shape's speed of light;
 * fusion tokens (2b width, 2816 channels): Triton vs the eager reference;
 * the 2b model: bf16 vs fp32 feature drift, a forward + backward step, the pretraining step.
 
@@ -215,7 +216,15 @@ def temporal_attention_table(bw):
                    for i in range(0, S, 65535)]
             return out[0] if len(out) == 1 else torch.cat(out)
 
-        impls = {"triton": lambda: temporal_attention(q, k, v, mask), "sdpa": sdpa}
+        def flash():  # speed of light for the shape: SDPA's flash kernel cannot mask keys, so no padding
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                out = [F.scaled_dot_product_attention(q[i:i + 65535], k[i:i + 65535], v[i:i + 65535])
+                       for i in range(0, S, 65535)]
+            return out[0] if len(out) == 1 else torch.cat(out)
+
+        impls = {"triton": lambda: temporal_attention(q, k, v, mask), "sdpa": sdpa, "sdpa flash, no mask": flash}
         ref = sdpa()
         for impl, fn in impls.items():
             status = checked(f"temporal {impl} {S}", fn(), ref, 2e-2) if impl == "triton" else ""

@@ -223,10 +223,10 @@ def _bwd_dkdv(Q, K, V, dOut, Lse, Delta, QInv, ls, bias, mask, dK, dV, dBiasPart
 def _tiles(dtype: torch.dtype, N: int, hd: int) -> dict[str, tuple[dict, int]]:
     """Per kernel (fwd, dq, dkdv): tile constexprs and num_warps. 64-wide key blocks, never
     wider than the window; 32-row query blocks for fp32 (its exact dot runs on FMAs with the
-    operands in registers); 32 x 32 in the dk/dv kernel (its bias-gradient tile is read and
-    written each step, and 64-wide tiles spill on sm_80); 8 warps once a tile is 64 x 64 (32 x 64
-    in the dk/dv kernel). Every choice here is
-    held to no spills on the 16-bit paths by ``make gpu-compile``."""
+    operands in registers); 16 x 32 tiles and 8 warps in the dk/dv kernel, whose bias-gradient
+    tile is read and written each step (the largest that spills on neither sm_80 nor sm_90
+    with Triton 3.6 and 3.8); 8 warps once a tile is 64 x 64. ``make gpu-compile`` holds every
+    choice here to no spills on the 16-bit paths."""
     bd = max(16, triton.next_power_of_2(hd))
     bn = min(64, max(16, triton.next_power_of_2(N)))
     bm = min(bn, 32) if dtype == torch.float32 else bn
@@ -234,7 +234,7 @@ def _tiles(dtype: torch.dtype, N: int, hd: int) -> dict[str, tuple[dict, int]]:
     fp32 = dtype == torch.float32
     return {"fwd": (dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd), wide if fp32 else 4),
             "dq": (dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd), wide),
-            "dkdv": (dict(BLOCK_M=min(bm, 32), BLOCK_N=min(bn, 32), BLOCK_D=bd), 8 if bd >= 64 else 4)}
+            "dkdv": (dict(BLOCK_M=min(bm, 16), BLOCK_N=min(bn, 32), BLOCK_D=bd), 8)}
 
 
 def _config(q, logit_scale, bias, mask, scale, g):
