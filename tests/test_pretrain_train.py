@@ -131,7 +131,7 @@ def test_fsdp2_two_ranks_match_one_process(tmp_path):
         for k in ("total", "cma", "hr_pixel", "s2_object", "fused_image"):
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (a["step"], k)
     ck = tmp_path / "two" / "checkpoints" / "step_00000003"
-    assert (ck / "rng_rank0.pt").exists() and (ck / "rng_rank1.pt").exists()
+    assert (ck / "rng_rank0.json").exists() and (ck / "rng_rank1.json").exists()
     from safetensors.torch import load_file             # the exported weights: gathered from the shards
 
     w1, w2 = load_file(tmp_path / "one" / "skysense-tiny.safetensors"), load_file(tmp_path / "two" / "skysense-tiny.safetensors")

@@ -2,18 +2,25 @@
 
 Layout: ``<dir>/step_00000040/`` holds the model, teacher and optimiser state as a
 ``torch.distributed.checkpoint`` (sharded: each rank writes its own shards, and a run may
-resume on another number of ranks), ``trainer.pt`` (scheduler, step, data position, rank 0)
-and ``rng_rank<r>.pt`` (each rank's RNG states). It is written as ``step_N.partial`` and
+resume on another number of ranks), ``trainer.json`` (scheduler, step, config, rank 0) and
+``rng_rank<r>.json`` (each rank's RNG states). It is written as ``step_N.partial`` and
 renamed when every rank has finished; ``<dir>/latest`` names the newest complete one and is
 replaced atomically. A crash mid-write leaves a ``.partial`` directory that is ignored and
 removed by the next save: the last good checkpoint stays what ``latest`` points at.
+
+Resuming executes nothing the folder holds: JSON for the trainer state and RNG, the
+distributed checkpoint read through :mod:`.checkpoint_reader` (no pickle beyond an
+allow-list), and ``latest`` must name a ``step_<8 digits>`` folder inside ``<dir>``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import random
+import re
 import shutil
 import warnings
 
@@ -21,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -28,6 +36,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
+
+from .checkpoint_reader import SafeLoadPlanner, SafeReader
+
+TRAINER_FILE = "trainer.json"
+_STEP_DIR = re.compile(r"step_\d{8}")
 
 
 def _dist() -> tuple[int, int]:
@@ -50,19 +63,40 @@ def _quiet():
         yield
 
 
+def _bytes(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _tensor(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states as plain JSON data."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": _bytes(torch.get_rng_state()),
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_bytes(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(_tensor(state["torch"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.array(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
 
 
 def _write_text_atomic(path: str, text: str) -> None:
@@ -89,10 +123,10 @@ def save_checkpoint(directory: str, step: int, student, teacher, optimizer, sche
     state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
     with _quiet():
         dcp.save(state, checkpoint_id=partial)
-    torch.save(rng_state(), os.path.join(partial, f"rng_rank{rank}.pt"))
+    _write_text_atomic(os.path.join(partial, f"rng_rank{rank}.json"), json.dumps(rng_state()))
     if rank == 0:
-        torch.save({"step": step, "world_size": world, "scheduler": scheduler.state_dict(), **(extra or {})},
-                   os.path.join(partial, "trainer.pt"))
+        trainer = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(), **(extra or {})}
+        _write_text_atomic(os.path.join(partial, TRAINER_FILE), json.dumps(trainer))
     _barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -111,9 +145,15 @@ def latest_checkpoint(directory: str) -> str | None:
     if not os.path.exists(pointer):
         return None
     with open(pointer) as f:
-        path = os.path.join(directory, f.read().strip())
-    if not os.path.exists(os.path.join(path, "trainer.pt")):
-        raise RuntimeError(f"checkpoint {path} named by {pointer} is incomplete (no trainer.pt); "
+        name = f.read(64).strip()
+    if not _STEP_DIR.fullmatch(name):  # never a path: a pointer cannot lead out of the run folder
+        raise RuntimeError(f"{pointer} must name a checkpoint folder step_<8 digits> in {directory}, got {name!r}; "
+                           "remove the pointer to start over")
+    path = os.path.join(directory, name)
+    if not os.path.exists(os.path.join(path, TRAINER_FILE)):
+        old = " (an older, pickled format this version does not read)" if os.path.exists(
+            os.path.join(path, "trainer.pt")) else ""
+        raise RuntimeError(f"checkpoint {path} named by {pointer} is incomplete (no {TRAINER_FILE}){old}; "
                            "remove the pointer to start over")
     return path
 
@@ -125,7 +165,7 @@ _SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidde
 def check_resumable(path: str, config: dict) -> None:
     """A checkpoint written under another model or head sizes is refused with the fields that
     differ (instead of a shape error deep inside the loader)."""
-    saved = torch.load(os.path.join(path, "trainer.pt"), weights_only=False).get("config")
+    saved = _read_json(os.path.join(path, TRAINER_FILE)).get("config")
     if not saved:
         return
     diff = [f"{sec}.{f}: checkpoint {saved[sec][f]!r}, config {config[sec][f]!r}"
@@ -136,17 +176,21 @@ def check_resumable(path: str, config: dict) -> None:
 
 
 def load_checkpoint(path: str, student, teacher, optimizer, scheduler) -> dict:
-    """Restore everything in place (collective); returns trainer.pt's dict (step, ...)."""
+    """Restore everything in place (collective); returns the trainer state (step, config, ...)."""
     rank, world = _dist()
     msd, osd = get_state_dict(student, optimizer)
     state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
     with _quiet():
-        dcp.load(state, checkpoint_id=path)
+        try:
+            dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner())
+        except CheckpointException as e:  # a BaseException: made an ordinary error naming the cause
+            reasons = "; ".join(dict.fromkeys(str(exc).splitlines()[0] for exc, _ in e.failures.values()))
+            raise RuntimeError(f"cannot resume from {path}: {reasons}") from None
     set_state_dict(student, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"])
     set_model_state_dict(teacher, state["teacher"], options=StateDictOptions(strict=True))
-    trainer = torch.load(os.path.join(path, "trainer.pt"), weights_only=False)
+    trainer = _read_json(os.path.join(path, TRAINER_FILE))
     scheduler.load_state_dict(trainer["scheduler"])
-    rng = os.path.join(path, f"rng_rank{rank}.pt")
+    rng = os.path.join(path, f"rng_rank{rank}.json")
     if trainer["world_size"] == world and os.path.exists(rng):
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(_read_json(rng))
     return trainer
