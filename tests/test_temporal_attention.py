@@ -95,6 +95,31 @@ def test_triton_matches_reference(case, masked):
     check("triton", case, torch.float32, masked, layout="views", tol=(2e-5, 1e-4))
 
 
+def test_triton_long_sequences_and_ignored_nan_keys():
+    """T past one 64-wide key block (several query and key tiles), and a NaN in a key that
+    key_padding_mask ignores: it stays out of the result and the gradients, as in the
+    reference (the kernel once added -inf to NaN scores and multiplied NaN values by 0)."""
+    if not triton_interpreted():
+        pytest.skip("Triton runs on the GPU on this machine (see the gpu tests)")
+    g = torch.Generator().manual_seed(5)
+    S, heads, T, hd = 2, 1, 100, 4
+    proj = torch.randn(S, T, 3, heads, hd, generator=g)
+    mask = torch.rand(S, T, generator=g) > 0.7
+    mask[:, 0] = False
+    nan_kv = mask[:, :, None, None, None] & (torch.arange(3) > 0)[None, None, :, None, None]
+    proj = torch.where(nan_kv, float("nan"), proj).requires_grad_()  # ignored keys' k and v are NaN
+    q, k, v = (t.transpose(1, 2) for t in proj.unbind(2))
+    with skysense_fast.use_backend("triton"):
+        out = temporal_attention(q, k, v, mask)
+    clean = torch.where(nan_kv, 0.0, proj.detach()).requires_grad_()
+    ref = temporal_attention_reference(*(t.transpose(1, 2) for t in clean.unbind(2)), mask)
+    torch.testing.assert_close(out, ref, rtol=2e-5, atol=2e-5)
+    go = torch.randn(out.shape, generator=g)
+    grad, = torch.autograd.grad(out, proj, go)
+    grad_ref, = torch.autograd.grad(ref, clean, go)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-4)  # finite, 0 for the ignored keys
+
+
 def test_opcheck_compile_export():
     gen = torch.Generator().manual_seed(0)
     (q, k, v), mask = make(CASES[1], torch.float32, True, gen)
