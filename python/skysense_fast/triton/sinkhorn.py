@@ -92,6 +92,28 @@ def _row_scale(la, m, s, rmask, status, b):
 
 
 @triton.jit
+def _row_tile(tile, b, N, K, BLOCK_R: tl.constexpr):
+    """Rows of a row tile: (rows, in range, element offset of each row in S / Q)."""
+    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    return rows, rows < N, b * N * K + rows[:, None].to(tl.int64) * K
+
+
+@triton.jit
+def _col_tile(k0, b, v, K, BLOCK_K: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K: (cols, in range, their potentials v)."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    cmask = cols < K
+    return cols, cmask, tl.load(v + b * K + cols, mask=cmask, other=0.0)
+
+
+@triton.jit
+def _logits(S, base, cols, mask, vk, inv_eps):
+    """S / eps + v for a tile, -inf outside the problem."""
+    z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps
+    return z + vk[None, :]
+
+
+@triton.jit
 def _row_pass(S, Out, log_a, v, part_s, row_m, row_scale, done, status, N, K, inv_eps,
               WRITE: tl.constexpr, ACCUM: tl.constexpr, ONE_TILE: tl.constexpr,
               BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -103,18 +125,13 @@ def _row_pass(S, Out, log_a, v, part_s, row_m, row_scale, done, status, N, K, in
     if tl.load(done + b) == 0:
         n_tiles = tl.cdiv(N, BLOCK_R)
         if ONE_TILE:  # the whole row in one tile: one read of S, column sums in registers
-            cols = tl.arange(0, BLOCK_K)
-            cmask = cols < K
-            vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
+            cols, cmask, vk = _col_tile(0, b, v, K, BLOCK_K)
             acc = tl.zeros([BLOCK_K], tl.float32)
             for tile in range(p, n_tiles, P):
-                rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
-                rmask = rows < N
-                base = b * N * K + rows[:, None].to(tl.int64) * K
+                rows, rmask, base = _row_tile(tile, b, N, K, BLOCK_R)
                 mask = rmask[:, None] & cmask[None, :]
                 la = tl.load(log_a + b * N + rows, mask=rmask, other=0.0)
-                z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps
-                z += vk[None, :]
+                z = _logits(S, base, cols, mask, vk, inv_eps)
                 m = tl.max(z, 1)
                 e = tl.exp(z - tl.where(m == float("-inf"), 0.0, m)[:, None])
                 q = e * _row_scale(la, m, tl.sum(e, 1), rmask, status, b)[:, None]
@@ -126,17 +143,12 @@ def _row_pass(S, Out, log_a, v, part_s, row_m, row_scale, done, status, N, K, in
         else:
             # sweep 1: each row's online log-sum-exp over column tiles -> its shift and scale
             for tile in range(p, n_tiles, P):
-                rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
-                rmask = rows < N
-                base = b * N * K + rows[:, None].to(tl.int64) * K
+                rows, rmask, base = _row_tile(tile, b, N, K, BLOCK_R)
                 m = tl.full([BLOCK_R], float("-inf"), tl.float32)
                 s = tl.zeros([BLOCK_R], tl.float32)
                 for k0 in range(0, K, BLOCK_K):
-                    cols = k0 + tl.arange(0, BLOCK_K)
-                    cmask = cols < K
-                    vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
-                    z = tl.load(S + base + cols[None, :], mask=rmask[:, None] & cmask[None, :],
-                                other=float("-inf")).to(tl.float32) * inv_eps + vk[None, :]
+                    cols, cmask, vk = _col_tile(k0, b, v, K, BLOCK_K)
+                    z = _logits(S, base, cols, rmask[:, None] & cmask[None, :], vk, inv_eps)
                     m_new = tl.maximum(m, tl.max(z, 1))
                     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
                     s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), 1)
@@ -147,19 +159,14 @@ def _row_pass(S, Out, log_a, v, part_s, row_m, row_scale, done, status, N, K, in
             tl.debug_barrier()  # sweep 2 reads rows' stats that other threads of this program wrote
             # sweep 2, column tile by column tile: Q and the column sums over this program's rows
             for k0 in range(0, K, BLOCK_K):
-                cols = k0 + tl.arange(0, BLOCK_K)
-                cmask = cols < K
-                vk = tl.load(v + b * K + cols, mask=cmask, other=0.0)
+                cols, cmask, vk = _col_tile(k0, b, v, K, BLOCK_K)
                 acc = tl.zeros([BLOCK_K], tl.float32)
                 for tile in range(p, n_tiles, P):
-                    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
-                    rmask = rows < N
-                    base = b * N * K + rows[:, None].to(tl.int64) * K
+                    rows, rmask, base = _row_tile(tile, b, N, K, BLOCK_R)
                     mask = rmask[:, None] & cmask[None, :]
                     shift = tl.load(row_m + b * N + rows, mask=rmask, other=0.0)
                     scale = tl.load(row_scale + b * N + rows, mask=rmask, other=0.0)
-                    z = tl.load(S + base + cols[None, :], mask=mask, other=float("-inf")).to(tl.float32) * inv_eps
-                    q = tl.exp(z + vk[None, :] - shift[:, None]) * scale[:, None]
+                    q = tl.exp(_logits(S, base, cols, mask, vk, inv_eps) - shift[:, None]) * scale[:, None]
                     if WRITE:
                         tl.store(Out + base + cols[None, :], q.to(Out.dtype.element_ty), mask=mask)
                     acc += tl.sum(q, 0)
