@@ -12,6 +12,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -88,11 +89,15 @@ struct AttentionTile {
 
   // P = softmax over each row of C * tau + add(i, j, s) (add returns s plus the row's additive
   // terms for columns j..j+V, -inf for j >= N). Forward: writes lse_out. Backward (lse_in
-  // given): P = exp(logits - lse). Returns false if a row has no finite logit.
+  // given): P = exp(logits - lse). A row with no finite maximum (every logit -inf, or a NaN
+  // or +inf among them) gets NaN probabilities and lse, as the reference's softmax gives: it
+  // never keeps another row's or window's values.
   template <typename AddFn>
-  bool probabilities(acc_t tau, AddFn&& add, const acc_t* lse_in, acc_t* lse_out) {
+  void probabilities(acc_t tau, AddFn&& add, const acc_t* lse_in, acc_t* lse_out) {
     const Vec vt(tau);
     constexpr acc_t kNegInf = -std::numeric_limits<acc_t>::infinity();
+    constexpr acc_t kInf = std::numeric_limits<acc_t>::infinity();
+    const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
     for (int64_t i = 0; i < N; ++i) {
       acc_t* p = P.data() + i * Np;
       Vec vmax(kNegInf);
@@ -101,9 +106,14 @@ struct AttentionTile {
         s.store(p + j);
         vmax = at::vec::maximum(vmax, s);
       }
+      // the backward's lse is NaN exactly where the forward's row was
       const acc_t m = lse_in ? lse_in[i]
                              : at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vmax);
-      if (!(m > kNegInf)) return false;
+      if (!(m > kNegInf && m < kInf)) {  // NaN fails too
+        std::fill(p, p + Np, nan);
+        if (lse_out) lse_out[i] = nan;
+        continue;
+      }
       const Vec vm(m);
       Vec vsum(0);
       for (int64_t j = 0; j < Np; j += V) {
@@ -118,7 +128,6 @@ struct AttentionTile {
         lse_out[i] = m + std::log(s);
       }
     }
-    return true;
   }
 
   void output() { gemm_nn<acc_t>(N, Dp, N, P.data(), Np, Vv.data(), Dp, O.data(), Dp, false); }

@@ -2,6 +2,7 @@
 // CPU_CAPABILITY): one task per (sequence, head), tiles gathered by stride from q, k, v in
 // any layout with contiguous channels, the key padding mask added as -inf, and no limit on
 // the number of sequences.
+#include <algorithm>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -81,8 +82,15 @@ struct Kernel {
         gather(in.q, s, h, tile.Q.data(), tile.Dp);
         gather(in.k, s, h, tile.K.data(), tile.Dp);
         gather(in.v, s, h, tile.Vv.data(), tile.Dp);
+        const acc_t* kr = key_row(s, keys);
+        for (int64_t t = 0; t < in.T; ++t) {  // an ignored key reads as 0: a NaN there stays out
+          if (kr[t] == -std::numeric_limits<acc_t>::infinity()) {
+            std::fill_n(tile.K.data() + t * tile.Dp, in.hd, acc_t(0));
+            std::fill_n(tile.Vv.data() + t * tile.Dp, in.hd, acc_t(0));
+          }
+        }
         tile.scores();
-        body(tile, s, h, key_row(s, keys));
+        body(tile, s, h, kr);
       }
     });
   }

@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_at
   at::Tensor dq = zeros(), dk = zeros(), dv = zeros();
   at::Tensor dlogit = in.logit_scale.defined() ? at::empty({g.heads}, q.options().dtype(acc)) : at::Tensor();
   at::Tensor dbias = in.bias.defined() ? at::empty({g.heads, g.N, g.N}, q.options().dtype(acc)) : at::Tensor();
-  SKYSENSE_CPU_DISPATCH(window_attention_bwd_kernel, in, out.to(q.scalar_type()),
+  SKYSENSE_CPU_DISPATCH(window_attention_bwd_kernel, in, out.to(q.scalar_type()).contiguous(),  // the kernel reads out densely
                         lse.to(acc).contiguous(), grad_out.to(q.scalar_type()).contiguous(), dq, dk, dv, dlogit,
                         dbias);
   if (!dlogit.defined()) dlogit = at::empty({0}, q.options().dtype(acc));

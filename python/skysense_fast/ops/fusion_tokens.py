@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
-from ._dtypes import acc_dtype
+from ._dtypes import acc_dtype, same_device
 
 __all__ = ["fusion_tokens", "fusion_tokens_reference"]
 
@@ -144,11 +144,19 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::fusion_tokens")
     def _fake(hr, s2, s1, doy_hr=None, doy_s2=None, doy_s1=None, valid_s2=None, valid_s1=None, date_table=None):
+        named = dict(hr=hr, s2=s2, s1=s1, doy_hr=doy_hr, doy_s2=doy_s2, doy_s1=doy_s1, valid_s2=valid_s2,
+                     valid_s1=valid_s1, date_table=date_table)
+        present = [n for n in ("hr", "s2", "s1") if named[n] is not None]
+        if present:  # none present: _shape raises the usual error
+            same_device("fusion_tokens", present[0], named)
         x, n, L, C = _shape(hr, s2, s1)
         return x.new_empty((n, L, C)), x.new_empty((n, L), dtype=torch.bool)
 
     @torch.library.register_fake("skysense::fusion_tokens_backward")
     def _fake_backward(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table):
+        same_device("fusion_tokens_backward", "grad", dict(grad=grad, hr=hr, s2=s2, s1=s1, doy_hr=doy_hr,
+                                                           doy_s2=doy_s2, doy_s1=doy_s1, valid_s2=valid_s2,
+                                                           valid_s1=valid_s1, date_table=date_table))
         acc = acc_dtype(grad.dtype)
         like = lambda t: grad.new_empty((0,)) if t is None else torch.empty_like(t)  # noqa: E731
         table = grad.new_empty((0,)) if date_table is None else grad.new_empty((DATE_TABLE_DAYS, grad.shape[-1]), dtype=acc)

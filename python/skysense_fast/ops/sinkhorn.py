@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
+from ._dtypes import same_device
 
 __all__ = ["sinkhorn", "sinkhorn_reference"]
 
@@ -229,10 +230,13 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::sinkhorn_into")
     def _fake_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
+        same_device("sinkhorn", "scores", dict(scores=scores, row_marginals=row_marginals,
+                                               col_marginals=col_marginals, out=out))
         return scores.new_empty((scores.shape[0] if scores.dim() == 3 else 1,), dtype=torch.int64)
 
     @torch.library.register_fake("skysense::sinkhorn")
     def _fake(scores, epsilon=0.05, num_iters=3, tol=0.0, row_marginals=None, col_marginals=None):
+        same_device("sinkhorn", "scores", dict(scores=scores, row_marginals=row_marginals, col_marginals=col_marginals))
         if scores.dim() not in (2, 3):
             raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
         B = scores.shape[0] if scores.dim() == 3 else 1

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
-from ._dtypes import acc_dtype
+from ._dtypes import acc_dtype, same_device
 
 __all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
@@ -151,21 +151,27 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::temporal_attention")
     def _fake(q, k, v, key_padding_mask=None, scale=None):
+        same_device("temporal_attention", "q", dict(q=q, k=k, v=v, key_padding_mask=key_padding_mask))
         if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
             raise ValueError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
         return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::temporal_attention_backward")
     def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
+        same_device("temporal_attention_backward", "q", dict(grad_out=grad_out, q=q, k=k, v=v, out=out, lse=lse,
+                                                             key_padding_mask=key_padding_mask))
         return _like(q), _like(q), _like(q)
 
     @torch.library.register_fake("skysense::temporal_attention_qkv")
     def _fake_qkv(qkv, key_padding_mask=None, scale=None):
+        same_device("temporal_attention_qkv", "qkv", dict(qkv=qkv, key_padding_mask=key_padding_mask))
         q = _unpack(qkv)[0]
         return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::temporal_attention_qkv_backward")
     def _fake_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):
+        same_device("temporal_attention_qkv_backward", "qkv", dict(grad_out=grad_out, qkv=qkv, out=out, lse=lse,
+                                                                   key_padding_mask=key_padding_mask))
         return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
     def _setup_qkv(ctx, inputs, output):

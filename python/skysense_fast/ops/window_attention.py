@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _lib
 from ..backends import select
-from ._dtypes import acc_dtype
+from ._dtypes import acc_dtype, same_device
 from .window_attention_reference import window_attention_reference
 
 __all__ = ["window_attention", "window_attention_reference"]
@@ -132,6 +132,7 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::window_attention")
     def _fake(q, k, v, window, shift, logit_scale=None, bias=None, mask=None, scale=None):
+        same_device("window_attention", "q", dict(q=q, k=k, v=v, logit_scale=logit_scale, bias=bias, mask=mask))
         if q.dim() != 5 or k.shape != q.shape or v.shape != q.shape:
             raise ValueError("window_attention: q, k and v must have the same shape (B, H, W, heads, head_dim)")
         return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(_lse_shape(q, window),
@@ -139,6 +140,8 @@ def _register() -> None:
 
     @torch.library.register_fake("skysense::window_attention_backward")
     def _fake_backward(grad_out, q, k, v, out, lse, window, shift, logit_scale, bias, mask, scale):
+        same_device("window_attention_backward", "q", dict(grad_out=grad_out, q=q, k=k, v=v, out=out, lse=lse,
+                                                           logit_scale=logit_scale, bias=bias, mask=mask))
         like = lambda: torch.empty_like(q, memory_format=torch.contiguous_format)  # noqa: E731
         nh, N = q.shape[3], window[0] * window[1]
         dls = q.new_empty((nh,) if logit_scale is not None else (0,), dtype=acc_dtype(q.dtype))
