@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,39 @@ def test_nodata_input_gives_nodata_output(model, tmp_path):
     embed_scene(model, tmp_path / "full.tif", tmp_path / "g.tif", tile=64, overlap=0)
     with rasterio.open(tmp_path / "g.tif") as g:
         assert g.nodata is None                   # no nodata declared in, none out
+
+
+@pytest.mark.parametrize("declared", [float("nan"), None], ids=["nodata=nan", "undeclared"])
+def test_nan_pixels_in_a_float_scene_are_nodata(model, tmp_path, declared):
+    """NaN, the usual nodata of float GeoTIFFs, was never detected (`a == nodata` never
+    matches NaN): one NaN pixel made 16 of 64 feature pixels NaN, a 30 x 30 block the whole
+    output, with exit 0. Now a NaN (declared or not) is a hole like any nodata pixel."""
+    img = write_scene(tmp_path / "u8.tif", 256, 256).astype(np.float32)
+    img[:, 100, 77] = np.nan                    # one pixel: its cell stays valid
+    img[:, :64, :64] = np.nan                   # feature cells (0-1, 0-1): no data at all
+    with rasterio.open(tmp_path / "u8.tif") as d:
+        profile = dict(d.profile, dtype="float32", nodata=declared)
+    with rasterio.open(tmp_path / "s.tif", "w", **profile) as d:
+        d.write(img)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32)
+    with rasterio.open(tmp_path / "f.tif") as f:
+        a = f.read()
+        assert np.isnan(f.nodata)
+    assert np.isnan(a[:, :2, :2]).all()
+    rest = np.ones(a.shape[1:], dtype=bool)
+    rest[:2, :2] = False
+    assert np.isfinite(a[:, rest]).all()
+
+
+def test_output_onto_the_input_is_refused(model, tmp_path):
+    """`embed scene.tif -o scene.tif` replaced the scene with its features."""
+    write_scene(tmp_path / "s.tif", 64, 64)
+    before = (tmp_path / "s.tif").read_bytes()
+    os.link(tmp_path / "s.tif", tmp_path / "same.tif")  # another name, the same file
+    for out in ("s.tif", "same.tif"):
+        with pytest.raises(ValueError, match="is an input of this run"):
+            embed_scene(model, tmp_path / "s.tif", tmp_path / out, tile=64, overlap=0)
+    assert (tmp_path / "s.tif").read_bytes() == before
 
 
 def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):

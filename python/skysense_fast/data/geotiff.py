@@ -43,6 +43,26 @@ def scene_latlon(ds, at: tuple[float, float] | None = None) -> tuple[float, floa
     return float(lat[0]), float(lon[0])
 
 
+def nodata_mask(a: np.ndarray, nodata) -> np.ndarray | None:
+    """(h, w) True where a pixel of a (bands, h, w) read holds no data in some band: the
+    declared nodata value (a NaN nodata matched as NaN, which ``==`` never does) and, in a
+    float raster, any NaN or infinity, declared or not. None when nothing can be nodata."""
+    hole = None
+    if np.issubdtype(a.dtype, np.floating):
+        hole = ~np.isfinite(a)
+        if nodata is not None and np.isfinite(nodata):
+            hole |= a == nodata
+    elif nodata is not None:
+        hole = a == nodata
+    return None if hole is None else hole.any(0)
+
+
+def may_hold_nodata(ds) -> bool:
+    """Whether a raster can have pixels that :func:`nodata_mask` flags (its output then
+    declares NaN as nodata)."""
+    return ds.nodata is not None or any(np.issubdtype(np.dtype(d), np.floating) for d in ds.dtypes)
+
+
 def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
     """(3, h, w) 0-255 values -> normalised float32 (``stats``: a Normalisation, default the spec's)."""
     return (stats or DEFAULT).apply(tile[:3], "hr")

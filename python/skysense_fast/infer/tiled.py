@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import may_hold_nodata, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.normalisation import of as normalisation_of
 from ..data.series import check_coverage
 
@@ -89,6 +89,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     rank, world = _distributed()
     model = model.eval().to(device)
     series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
+    _refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         for kind, acq in series.items():
@@ -98,7 +99,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
         profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
                        transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
-                       nodata=float("nan") if ds.nodata is not None else None)
+                       nodata=float("nan") if may_hold_nodata(ds) else None)
         run = _Run(model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh)
         if world == 1 and not resume:
             sink = _FileSink(dst + ".partial", profile, output)
@@ -366,6 +367,16 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def _refuse_to_overwrite_an_input(dst: str, inputs) -> None:
+    """The output replaces its path at the end of a run: never one of the run's inputs."""
+    if not os.path.exists(dst):
+        return
+    for path in inputs:
+        if os.path.exists(path) and os.path.samefile(path, dst):
+            raise ValueError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
+                             "would replace the input with its features: choose another output path")
+
+
 def _as_series(v, dates=None, band_count: int = 10):
     """None, a list of Acquisitions, or what find_series takes (a folder, a list of files, one
     multi-band series file), with optional explicit dates."""
@@ -418,8 +429,8 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
         for r, c in chunk:
             a = ds.read([1, 2, 3], window=Window(c, r, w, h))
             x = normalise_hr(a, stats)
-            if nodata is not None:  # nodata pixels become zero input, like padding
-                hole = (a == nodata).any(0)
+            hole = nodata_mask(a, nodata)
+            if hole is not None:  # nodata pixels become zero input, like padding
                 x = np.where(hole[None], 0.0, x).astype(np.float32)
                 fracs.append(_cell_fraction(~hole))
             else:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.geotiff import normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.series import check_coverage, find_series, read_on_grid
 from .synthetic import HR_SCALE
 
@@ -55,8 +55,9 @@ class SceneDataset(torch.utils.data.Dataset):
         with open_raster(self.hr, bands=3) as ds:
             a = ds.read([1, 2, 3], window=Window(c, r, size, size))
             x = normalise_hr(a)
-            if ds.nodata is not None:
-                x = np.where((a == ds.nodata).any(0, keepdims=True), 0.0, x).astype(np.float32)
+            hole = nodata_mask(a, ds.nodata)
+            if hole is not None:
+                x = np.where(hole[None], 0.0, x).astype(np.float32)
             lat, lon = scene_latlon(ds, at=(c + size / 2, r + size / 2))
         cells = self.transform @ Affine.translation(c, r) @ Affine.scale(HR_SCALE, HR_SCALE)
         out = {"hr": torch.from_numpy(x), "latlon": torch.tensor([lat, lon], dtype=torch.float32)}
