@@ -117,3 +117,72 @@ def test_load_any_and_the_cli_weights_option(tmp_path, capsys):
     assert "weights: loaded" in capsys.readouterr().out
     assert main(["export", "-o", str(out), "--size", "64", "--weights", str(tmp_path / "missing.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def _snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def _unchanged(m, before):
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed by a failed load"
+
+
+def test_a_failed_load_changes_nothing(tmp_path):
+    """A strict load that failed had already overwritten part of the model (158 tensors)."""
+    src, dst = fresh(0), fresh(1)
+    before = _snapshot(dst)
+    files = official_files(src)
+    files["fusion"]["layers.0.extra.weight"] = torch.zeros(1)  # unexpected key in the last part
+    with pytest.raises(ValueError, match="unexpected"):
+        load_official(dst, files)
+    _unchanged(dst, before)
+    files = official_files(src)
+    files["head_s1"][next(iter(files["head_s1"]))] = torch.zeros(3)  # a wrong shape, late
+    with pytest.raises(ValueError, match="shape"):
+        load_official(dst, files)
+    _unchanged(dst, before)
+    sd = {k: v for k, v in src.state_dict().items()}
+    sd.pop(next(iter(sd)))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors",
+              metadata={"skysense_config": "{}"})
+    with pytest.raises(ValueError, match="missing"):
+        load_weights(dst, tmp_path / "w.safetensors")
+    _unchanged(dst, before)
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int32"])
+def test_corrupt_tensors_are_refused(damage):
+    """All-NaN, infinite or integer tensors in place of float weights were accepted."""
+    src, dst = fresh(0), fresh(1)
+    before = _snapshot(dst)
+    files = official_files(src)
+    key = next(k for k, v in files["s1"].items() if v.is_floating_point() and v.dim() == 2)
+    t = files["s1"][key]
+    files["s1"][key] = (torch.full_like(t, float("nan")) if damage == "nan" else
+                        t.index_fill(0, torch.tensor([0]), float("inf")) if damage == "inf" else t.to(torch.int32))
+    with pytest.raises(ValueError, match=f"s1.{key}: .*(NaN or infinite|int32)"):
+        load_official(dst, files)
+    _unchanged(dst, before)
+
+
+def test_file_format_is_read_from_the_bytes(tmp_path):
+    """`.SAFETENSORS` or misnamed files went to torch.load; a path with '=' was a part=path."""
+    from skysense_fast.weights import load_any
+
+    src = fresh(0)
+    save_weights(src, tmp_path / "W.SAFETENSORS")
+    (tmp_path / "run=3").mkdir()
+    save_weights(src, tmp_path / "run=3" / "weights.bin")
+    for path in (tmp_path / "W.SAFETENSORS", tmp_path / "run=3" / "weights.bin"):
+        dst = fresh(1)
+        assert "loaded" in load_any(dst, str(path))
+        same_weights(src, dst)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="neither a safetensors file nor a torch checkpoint"):
+        load_any(fresh(1), str(tmp_path / "junk.pth"))
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "W.SAFETENSORS").read_bytes()[:100])
+    with pytest.raises(ValueError, match="neither a safetensors"):
+        load_any(fresh(1), str(tmp_path / "cut.safetensors"))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 from torch import nn
 
+from .checks import file_format
 from .io import load_weights
 from .official import BRANCHES, load_official
 
@@ -13,15 +15,16 @@ from .official import BRANCHES, load_official
 def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     """Load ``sources`` into a SkySense model; returns a one-line summary.
 
-    ``sources``: a ``.safetensors`` file written by ``save_weights``; an official full
-    checkpoint (``.pth``); or ``part=path`` items for the split official files, parts
+    ``sources``: a safetensors file written by ``save_weights``; an official full
+    checkpoint (``.pth``, or converted to safetensors); or ``part=path`` items for the split
+    official files, parts
     ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion`` (parts not given keep their
     weights).
     """
     items = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(s) for s in sources]
     if not items:
         raise ValueError("weights: nothing given")
-    named = [s for s in items if "=" in s]
+    named = [s for s in items if _is_part(s)]
     if named:
         if len(named) != len(items):
             raise ValueError(f"weights: give one file, or part=path items only; got {items}")
@@ -34,7 +37,22 @@ def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     if len(items) > 1:
         raise ValueError(f"weights: several files need part=path names (e.g. hr=backbone_hr.pth); got {items}")
     path = items[0]
-    if path.endswith(".safetensors"):
+    if file_format(path) == "safetensors" and _is_ours(path):
         load_weights(model, path)
         return f"loaded {path}"
     return str(load_official(model, path))
+
+
+def _is_part(item: str) -> bool:
+    """`part=path` (a bare name before the first '='), unless a file of that name exists: a
+    path may hold '=' too."""
+    part, sep, _ = item.partition("=")
+    return bool(sep) and re.fullmatch(r"\w+", part) is not None and not os.path.exists(item)
+
+
+def _is_ours(path: str) -> bool:
+    """A safetensors file written by save_weights (it records the model config)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return "skysense_config" in (f.metadata() or {})

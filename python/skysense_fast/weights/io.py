@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.normalisation import Normalisation
 from ..data.normalisation import of as normalisation_of
+from .checks import check_tensor, file_format
 
 
 def _config_json(model: nn.Module) -> str:
@@ -45,8 +46,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     from safetensors import safe_open
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weights not found: {path}")
+    if file_format(path) != "safetensors":
+        raise ValueError(f"{path} is a torch checkpoint, not a safetensors file (official .pth files: load_official)")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     saved = json.loads(meta.get("skysense_config", "{}"))
@@ -56,10 +57,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         raise ValueError(f"{path} was saved for another config; differing fields (file, model): {diff}")
     state = load_file(path)
     own = model.state_dict()
-    bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if bad:
-        raise ValueError(f"{path}: shapes differ from the model: " + "; ".join(bad[:5]))
+    for k, v in state.items():  # everything checked before anything is copied: all or nothing
+        if k in own:
+            try:
+                check_tensor(k, v, own[k])
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if strict and (missing or unexpected):
+        raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                         " (strict=False loads what matches)")
     result = model.load_state_dict(state, strict=strict)
     if "skysense_normalisation" in meta:  # the input statistics the weights were trained with
         model.normalisation = Normalisation.from_json(meta["skysense_normalisation"])

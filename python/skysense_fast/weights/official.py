@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .checks import check_tensor, file_format
+
 WRAPPERS = ("module.", "backbone.", "model.")
 BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "fusion.": "fusion",
             "head_s2.": "head_s2", "head_s1.": "head_s1"}
@@ -47,9 +49,14 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
     if isinstance(source, Mapping):
         sd = dict(source)
     else:
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"checkpoint not found: {source}")
-        sd = torch.load(source, map_location="cpu", weights_only=True)
+        if file_format(source) == "safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(os.fspath(source))
+        else:
+            sd = torch.load(source, map_location="cpu", weights_only=True)
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"{source} holds a {type(sd).__name__}, not a state dict")
     for key in ("model", "state_dict"):
         if key in sd and isinstance(sd[key], Mapping):
             sd = dict(sd[key])
@@ -92,10 +99,10 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         parts = {part: {_strip(k): v for k, v in read_checkpoint(src).items()} for part, src in source.items()}
     else:
         parts = split_full_checkpoint(read_checkpoint(source))
-    report = LoadReport()
+    report, copies = LoadReport(), []
     for part, sd in parts.items():
         if "ctpe" in sd:  # shipped in the S2 file (and kept by the converter in every file)
-            _copy(model.ctpe.ctpe, sd.pop("ctpe"), "ctpe")
+            copies.append((model.ctpe.ctpe, sd.pop("ctpe"), "ctpe"))
             report.loaded["ctpe"] = 1
         for key in [k for k in sd if k.split(".")[-1] in REBUILT or k in UNUSED]:
             report.ignored.append(f"{part}.{key}")
@@ -107,19 +114,14 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         own = target.state_dict()
         report.unexpected += [f"{part}.{k}" for k in sd if k not in own]
         report.missing += [f"{part}.{k}" for k in own if k not in sd]
-        for key, value in sd.items():
-            if key in own:
-                _copy(own[key], value, f"{part}.{key}")
+        copies += [(own[key], value, f"{part}.{key}") for key, value in sd.items() if key in own]
         report.loaded[part] = sum(k in own for k in sd)
     if strict and (report.missing or report.unexpected):
         raise ValueError("official checkpoint does not match the model (use strict=False to load what matches):\n"
                          + str(report))
-    return report
-
-
-def _copy(dst: Tensor, src: Tensor, name: str) -> None:
-    if tuple(dst.shape) != tuple(src.shape):
-        raise ValueError(f"{name}: the checkpoint has shape {tuple(src.shape)}, the model {tuple(dst.shape)} "
-                         "(a checkpoint for another config?)")
+    for dst, src, name in copies:  # everything checked before anything is copied: all or nothing
+        check_tensor(name, src, dst)
     with torch.no_grad():
-        dst.copy_(src)
+        for dst, src, _ in copies:
+            dst.copy_(src)
+    return report

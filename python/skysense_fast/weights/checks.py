@@ -1,0 +1,46 @@
+"""What every weights loader checks before it changes a model: the file's format from its
+bytes (not its name), and each tensor against the parameter it replaces (shape, a floating
+dtype for a floating parameter, finite values). Loaders validate everything first and copy
+after, so a load that fails leaves the model as it was."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+from torch import Tensor
+
+_ZIP = b"PK\x03\x04"
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'safetensors' or 'torch' (a zip written by torch.save), from the file's first bytes."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (a directory)" if os.path.isdir(path) else ""))
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == _ZIP:
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8:
+        return "safetensors"
+    raise ValueError(f"{path} is neither a safetensors file nor a torch checkpoint (its first bytes are "
+                     f"{head[:8]!r}); is it truncated or of another format?")
+
+
+def check_tensor(name: str, value: Tensor, target: Tensor) -> None:
+    """Raises ValueError naming `name` unless `value` can replace `target`."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name}: the file holds a {type(value).__name__}, not a tensor")
+    if tuple(value.shape) != tuple(target.shape):
+        raise ValueError(f"{name}: the file has shape {tuple(value.shape)}, the model {tuple(target.shape)} "
+                         "(weights for another config?)")
+    if target.is_floating_point():
+        if not value.is_floating_point():
+            raise ValueError(f"{name}: the file holds {value.dtype} values where the model has {target.dtype}")
+        if not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{name}: {bad} of {value.numel()} values are NaN or infinite (a corrupt file?)")
+    elif value.dtype != target.dtype:
+        raise ValueError(f"{name}: the file holds {value.dtype} where the model has {target.dtype}")
