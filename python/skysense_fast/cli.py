@@ -207,12 +207,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     module, example = _export_module(model, args.part, size, args.frames)
     tmp = args.output + ".partial"
-    with torch.no_grad():
-        if args.format == "export":
-            torch.export.save(torch.export.export(module, example), tmp)
-        else:
-            torch.jit.trace(module, example, check_trace=False).save(tmp)
-    os.replace(tmp, args.output)
+    try:
+        with torch.no_grad():
+            if args.format == "export":
+                torch.export.save(torch.export.export(module, example), tmp)
+            else:
+                torch.jit.trace(module, example, check_trace=False).save(tmp)
+        os.replace(tmp, args.output)
+    finally:  # a failed export leaves nothing behind (and the previous output as it was)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     shapes = ", ".join(str(tuple(x.shape)) for x in example)
     print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example inputs {shapes})")
     return 0
@@ -353,11 +357,49 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
     pt.set_defaults(fn=_cmd_pretrain)
     args = p.parse_args(argv)
+    from .errors import input_errors
+
     try:
+        _check_common(args)
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"skysense-fast {args.cmd}: error: {e}", file=sys.stderr)
+    except input_errors() as e:
+        print(f"skysense-fast {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - not bad input: a bug, which keeps its traceback
+        print(f"skysense-fast {args.cmd}: internal error, not a problem with your input: please report it "
+              "with the traceback below", file=sys.stderr)
+        raise
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """What can be checked before any work starts: sizes, the device, the output path."""
+    from .errors import InputError
+
+    for name in ("batch_size", "tile", "chunk_rows", "size", "frames", "steps"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    device = getattr(args, "device", None)
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device}: no CUDA device is visible on this machine (use --device cpu)")
+    output = getattr(args, "output", None)
+    if output is not None:
+        if os.path.isdir(output):
+            raise InputError(f"-o {output} is a directory; give a file path")
+        parent = os.path.dirname(os.path.abspath(output))
+        if not os.path.isdir(parent):
+            raise InputError(f"-o {output}: the folder {parent} does not exist")
+    for flag, given in (("s2", "s2_dates"), ("s1", "s1_dates")):
+        if getattr(args, given, None) and not getattr(args, flag, None):
+            raise InputError(f"--{flag}-dates given without --{flag}")
 
 
 if __name__ == "__main__":

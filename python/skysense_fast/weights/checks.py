@@ -5,6 +5,7 @@ after, so a load that fails leaves the model as it was."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
@@ -23,7 +24,14 @@ def file_format(path: str | os.PathLike) -> str:
         head = f.read(9)
     if head[:4] == _ZIP:
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and 2 <= struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8:
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= (n := struct.unpack("<Q", head[:8])[0]) <= os.path.getsize(path) - 8:
+        with open(path, "rb") as f:
+            f.seek(8)
+            header = f.read(n)
+        try:
+            json.loads(header)
+        except ValueError as e:
+            raise ValueError(f"{path} is a damaged safetensors file (its header is not JSON: {e})") from None
         return "safetensors"
     raise ValueError(f"{path} is neither a safetensors file nor a torch checkpoint (its first bytes are "
                      f"{head[:8]!r}); is it truncated or of another format?")

@@ -12,6 +12,7 @@ dropped, ``ctpe`` goes to the date table, and everything else must match exactly
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -54,7 +55,11 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
 
             sd = load_file(os.fspath(source))
         else:
-            sd = torch.load(source, map_location="cpu", weights_only=True)
+            try:
+                sd = torch.load(source, map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a damaged or non-tensor file
+                raise ValueError(f"{source} is not a readable weights-only torch checkpoint: "
+                                 f"{str(e).splitlines()[0]}") from None
         if not isinstance(sd, Mapping):
             raise ValueError(f"{source} holds a {type(sd).__name__}, not a state dict")
     for key in ("model", "state_dict"):

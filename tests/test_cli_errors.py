@@ -1,0 +1,85 @@
+"""Bad input on the command line: a non-zero exit, one line naming the input, no traceback,
+and the output path as it was before (absent, or the old file unchanged)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from skysense_fast.cli import main
+
+from test_infer import write_scene
+
+
+@pytest.fixture
+def scene(tmp_path):
+    write_scene(tmp_path / "s.tif", 64, 64)
+    return tmp_path / "s.tif"
+
+
+def _run(capsys, argv):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+CASES = {
+    "batch size 0": (lambda t, s: ["embed", s, "-o", t / "f.tif", "--batch-size", "0"], "--batch-size must be >= 1"),
+    "batch size -1": (lambda t, s: ["embed", s, "-o", t / "f.tif", "--batch-size", "-1"], "--batch-size must be >= 1"),
+    "output folder missing": (lambda t, s: ["embed", s, "-o", t / "no" / "f.tif"], "does not exist"),
+    "output is a folder": (lambda t, s: ["embed", s, "-o", t], "is a directory"),
+    "junk weights": (lambda t, s: ["embed", s, "-o", t / "f.tif", "--weights", t / "junk.pth"],
+                     "neither a safetensors file nor a torch checkpoint"),
+    "corrupt safetensors": (lambda t, s: ["embed", s, "-o", t / "f.tif", "--weights", t / "bad.safetensors"],
+                            "bad.safetensors"),
+    "truncated geotiff": (lambda t, s: ["embed", t / "cut.tif", "-o", t / "f.tif"], "cut.tif"),
+    "dates without series": (lambda t, s: ["embed", s, "-o", t / "f.tif", "--s2-dates", "2020-01-01"],
+                             "--s2-dates given without --s2"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_leaves_the_output_alone(case, scene, tmp_path, capsys):
+    (tmp_path / "junk.pth").write_bytes(b"\x00" * 64)
+    (tmp_path / "bad.safetensors").write_bytes((8).to_bytes(8, "little") + b"{not json")
+    (tmp_path / "cut.tif").write_bytes(scene.read_bytes()[:300])
+    (tmp_path / "f.tif").write_bytes(b"previous output")
+    argv, message = CASES[case]
+    code, err = _run(capsys, argv(tmp_path, scene))
+    assert code == 2, err
+    assert message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "f.tif").read_bytes() == b"previous output"
+    assert not (tmp_path / "f.tif.partial").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(scene, tmp_path, capsys):
+    code, err = _run(capsys, ["embed", scene, "-o", tmp_path / "f.tif", "--device", "cuda"])
+    assert code == 2 and "no CUDA device is visible" in err and "Traceback" not in err
+
+
+def test_failed_export_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """export left <out>.partial behind on failure."""
+    def failing(*a, **k):
+        raise ValueError("export failed on purpose")
+
+    monkeypatch.setattr(torch.export, "save", failing)
+    out = tmp_path / "hr.pt2"
+    code, err = _run(capsys, ["export", "-o", out, "--size", "64"])
+    assert code == 2 and "export failed on purpose" in err
+    assert not out.exists() and not os.path.exists(f"{out}.partial")
+
+
+def test_a_bug_keeps_its_traceback(scene, tmp_path, monkeypatch):
+    """Anything that is not bad input is reported as a bug, with its traceback."""
+    import skysense_fast.infer as infer
+
+    def broken(*a, **k):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(infer, "embed_scene", broken)
+    with pytest.raises(KeyError, match="an internal bug"):
+        main(["embed", str(scene), "-o", str(tmp_path / "f.tif")])
