@@ -94,3 +94,20 @@ def test_window_backward_reads_a_strided_out():
     strided = torch.ops.skysense.window_attention_backward(go, q, k, v, strided_out, lse, *args)
     for a, b in zip(dense, strided):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_sinkhorn_takes_expanded_and_strided_scores(backend):
+    """Expanded scores (one row broadcast over N samples) were refused by the C++ Sinkhorn:
+    'out must not share memory with scores'."""
+    from skysense_fast.ops import sinkhorn_reference
+
+    g = torch.Generator().manual_seed(2)
+    for s in (torch.randn(1, 12, generator=g).expand(30, 12), torch.randn(12, 30, generator=g).t(),
+              torch.randn(2, 1, 7, generator=g).expand(2, 9, 7)):
+        with skysense_fast.use_backend(backend):
+            q = skysense_fast.sinkhorn(s, 0.1, 5)
+        torch.testing.assert_close(q, sinkhorn_reference(s.contiguous(), 0.1, 5)[0], rtol=1e-5, atol=1e-6)
+    s = torch.randn(30, 12, generator=g)
+    with pytest.raises(ValueError, match="out must not share memory with scores"):
+        skysense_fast.sinkhorn(s, out=s)

@@ -85,8 +85,12 @@ void sinkhorn_check_out(const at::Tensor& out, const at::Tensor& scores) {
   TORCH_CHECK_VALUE(out.device() == scores.device(), "sinkhorn: out must be on ", scores.device(),
                     " like scores, got ", out.device());
   TORCH_CHECK_VALUE(out.is_contiguous(), "sinkhorn: out must be contiguous");
-  TORCH_CHECK_VALUE(at::get_overlap_status(out, scores) == at::MemOverlapStatus::No,
-                    "sinkhorn: out must not share memory with scores");
+  // TooHard (an expanded or otherwise self-overlapping scores) only counts when the two
+  // really share a storage: an expanded scores with its own out is fine
+  const auto overlap = at::get_overlap_status(out, scores);
+  const bool shared = overlap == at::MemOverlapStatus::Full || overlap == at::MemOverlapStatus::Partial ||
+                      (overlap == at::MemOverlapStatus::TooHard && out.storage().is_alias_of(scores.storage()));
+  TORCH_CHECK_VALUE(!shared, "sinkhorn: out must not share memory with scores");
 }
 
 void sinkhorn_raise_status(const at::Tensor& status) {
