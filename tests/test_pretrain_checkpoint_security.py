@@ -99,3 +99,30 @@ def test_latest_cannot_leave_the_run_folder(run, pointer):
     (run / "checkpoints" / "latest").write_text(pointer + "\n")
     with pytest.raises(RuntimeError, match="must name a checkpoint folder"):
         ckpt.latest_checkpoint(str(run / "checkpoints"))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+    """A corrupt latest checkpoint was a traceback; metrics.jsonl repeated the replayed steps."""
+    out = tmp_path / "run"
+    _run(_cfg(out, **{"train.steps": 4, "train.checkpoint_every": 2}))      # checkpoints 2 and 4
+    (out / "checkpoints" / "step_00000004" / ".metadata").write_bytes(b"\x80\x04garbage")
+    logs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        res = pretrain(_cfg(out, **{"train.steps": 6, "train.checkpoint_every": 2}), log=logs.append)
+    assert [r["step"] for r in res["losses"]] == [2, 3, 4, 5]                 # resumed at 2
+    assert any("cannot resume from" in line and "step_00000004" in line for line in logs), logs
+    import json
+
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(6)), steps                                    # no step twice
+
+
+def test_non_finite_config_numbers_are_refused(tmp_path):
+    from skysense_fast.pretrain import ConfigError
+
+    for field in ("optim.lr", "loss.teacher_temp"):
+        with pytest.raises(ConfigError, match=f"{field} must be a finite number"):
+            _cfg(tmp_path, **{field: float("inf")})
+    with pytest.raises(ConfigError, match="optim.betas\\[1\\] must be a finite number"):
+        _cfg(tmp_path, **{"optim.betas": [0.9, float("nan")]})

@@ -158,6 +158,14 @@ def latest_checkpoint(directory: str) -> str | None:
     return path
 
 
+def complete_checkpoints(directory: str) -> list[str]:
+    """Every complete checkpoint folder under ``directory``, oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    return [os.path.join(directory, d) for d in sorted(os.listdir(directory))
+            if _STEP_DIR.fullmatch(d) and os.path.exists(os.path.join(directory, d, TRAINER_FILE))]
+
+
 # config fields that fix the shapes of what a checkpoint holds: resuming with others cannot work
 _SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim")}
 

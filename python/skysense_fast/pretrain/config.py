@@ -9,6 +9,7 @@ sample, a batch that does not split over the ranks) are rejected before anything
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -133,6 +134,8 @@ def _check_type(value, tp, name: str):
             raise ConfigError(f"config: {name} must be a list of {len(args)} numbers, got {value!r}")
         return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # .inf / .nan in YAML: a run that trains to non-finite weights
+            raise ConfigError(f"config: {name} must be a finite number, got {value!r}")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value

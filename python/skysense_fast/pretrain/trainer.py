@@ -25,7 +25,7 @@ import torch.distributed as dist
 from .. import models
 from ..backends import use_backend
 from .augment import collate, make_view
-from .checkpoint import check_resumable, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_resumable, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig, validate
 from .objective import SkySensePretrainer, ema_update, make_teacher
 from .optim import build_optimizer, build_scheduler, cosine_schedule
@@ -204,6 +204,46 @@ def train_step(student, teacher, optimizer, views, geoms, *, teacher_temp: float
     return values, True
 
 
+def _resume(ckpt_dir, cfg, student, teacher, optimizer, scheduler, log):
+    """(step, path) from the newest checkpoint that loads; one that does not (a damaged file)
+    is reported and the one before it tried, down to the oldest kept."""
+    newest = latest_checkpoint(ckpt_dir)
+    candidates = [newest] + [p for p in reversed(complete_checkpoints(ckpt_dir)) if p != newest]
+    errors = []
+    for path in candidates:
+        try:
+            try:
+                check_resumable(path, cfg.to_dict())  # another model: an error, never a fall-back
+            except json.JSONDecodeError as e:
+                raise RuntimeError(f"damaged trainer state ({e})") from None
+            return load_checkpoint(path, student, teacher, optimizer, scheduler)["step"], path
+        except (RuntimeError, OSError) as e:
+            errors.append(f"{path}: {' '.join(str(e).split())[:300]}")
+            if log is not None:
+                log(f"warning: cannot resume from {path} ({errors[-1]}); trying the checkpoint before it")
+    raise RuntimeError("no checkpoint in " + ckpt_dir + " loads:\n  " + "\n  ".join(errors)
+                       + "\n(use --no-resume, or another train.out_dir, to start over)")
+
+
+def _trim_metrics(path: str, start: int) -> None:
+    """Drops the lines of steps >= start (a resumed run logs them again), atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", -1) < start:
+                keep.append(line)
+        except ValueError:  # a torn last line of a killed run
+            continue
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
 def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None = None,
              log=print) -> dict:
     """Run (or continue) the pretraining described by ``cfg``.
@@ -228,15 +268,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.steps)
     out_dir, ckpt_dir = cfg.train.out_dir, os.path.join(cfg.train.out_dir, "checkpoints")
     start = 0
-    if resume and (path := latest_checkpoint(ckpt_dir)) is not None:
-        check_resumable(path, cfg.to_dict())
-        start = load_checkpoint(path, student, teacher, optimizer, scheduler)["step"]
+    if resume and latest_checkpoint(ckpt_dir) is not None:
+        start, path = _resume(ckpt_dir, cfg, student, teacher, optimizer, scheduler, log if rank == 0 else None)
         if rank == 0:
             log(f"resumed from {path} at step {start}")
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
+        _trim_metrics(os.path.join(out_dir, "metrics.jsonl"), start)
     dataset = make_dataset(cfg)
     lo, o, t = cfg.loss, cfg.optim, cfg.train
     backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
