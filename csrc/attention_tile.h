@@ -74,6 +74,9 @@ struct AttentionTile {
       norm[t] = std::sqrt(hsum(ss));
       const Vec inv(acc_t(1) / std::max<acc_t>(norm[t], acc_t(kNormEps)));
       for (int64_t c = 0; c < Dp; c += V) (Vec::loadu(x + c) * inv).store(x + c);
+      // a NaN norm made the zero padding NaN, and gather() rewrites only the real channels:
+      // the next window's scores would read it
+      std::fill(x + hd, x + Dp, acc_t(0));
     }
   }
 

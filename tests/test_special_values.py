@@ -111,3 +111,17 @@ def test_sinkhorn_takes_expanded_and_strided_scores(backend):
     s = torch.randn(30, 12, generator=g)
     with pytest.raises(ValueError, match="out must not share memory with scores"):
         skysense_fast.sinkhorn(s, out=s)
+
+
+def test_a_nan_query_does_not_leak_into_the_next_window():
+    """Found by tests/test_fuzz_ops.py: cosine normalisation of a NaN row made the tile's zero
+    channel padding NaN, and the next window (same thread) read it: NaN output there too."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 3, 1, 1, generator=g) for _ in range(3))
+    q[0, 0, 0, 0, 0] = float("nan")
+    ls = torch.tensor([1.5])
+    with skysense_fast.use_backend("cpp"):
+        out = window_attention(q, k, v, (1, 1), (0, 0), logit_scale=ls)
+    ref = window_attention_reference(q, k, v, (1, 1), (0, 0), ls)
+    assert torch.isnan(out[0, 0, 0]).all() and torch.isfinite(out[0, 0, 1:]).all()
+    torch.testing.assert_close(out, ref, equal_nan=True)
