@@ -95,7 +95,7 @@ def test_nan_pixels_in_a_float_scene_are_nodata(model, tmp_path, declared):
         profile = dict(d.profile, dtype="float32", nodata=declared)
     with rasterio.open(tmp_path / "s.tif", "w", **profile) as d:
         d.write(img)
-    embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, hr_scale="max=255")
     with rasterio.open(tmp_path / "f.tif") as f:
         a = f.read()
         assert np.isnan(f.nodata)
@@ -103,6 +103,30 @@ def test_nan_pixels_in_a_float_scene_are_nodata(model, tmp_path, declared):
     rest = np.ones(a.shape[1:], dtype=bool)
     rest[:2, :2] = False
     assert np.isfinite(a[:, rest]).all()
+
+
+def test_rasters_that_are_not_8_bit_need_a_stated_scale(model, tmp_path, capsys):
+    """uint16 / int8 / float rasters were normalised as if they were 0-255, without a word."""
+    img = write_scene(tmp_path / "u8.tif", 64, 64)
+    with rasterio.open(tmp_path / "u8.tif") as d:
+        profile = dict(d.profile, dtype="uint16")
+    with rasterio.open(tmp_path / "u16.tif", "w", **profile) as d:
+        d.write(img.astype(np.uint16) * 40)             # 0..10200, reflectance-like
+    with pytest.raises(ValueError, match="holds uint16 values, not 8-bit RGB.*--hr-scale max=VALUE"):
+        embed_scene(model, tmp_path / "u16.tif", tmp_path / "f.tif", tile=64, overlap=0)
+    assert main(["embed", str(tmp_path / "u16.tif"), "-o", str(tmp_path / "f.tif"), "--tile", "64",
+                 "--overlap", "0"]) == 2
+    assert "--hr-scale" in capsys.readouterr().err and not (tmp_path / "f.tif").exists()
+    embed_scene(model, tmp_path / "u8.tif", tmp_path / "ref.tif", tile=64, overlap=0)
+    embed_scene(model, tmp_path / "u16.tif", tmp_path / "max.tif", tile=64, overlap=0, hr_scale="max=10200")
+    embed_scene(model, tmp_path / "u16.tif", tmp_path / "pct.tif", tile=64, overlap=0, hr_scale="percentile=0,100")
+    with rasterio.open(tmp_path / "ref.tif") as r, rasterio.open(tmp_path / "max.tif") as m:
+        np.testing.assert_allclose(m.read(), r.read(), rtol=1e-4, atol=1e-4)   # x 40 / 40: the same input
+    with rasterio.open(tmp_path / "pct.tif") as p:
+        assert np.isfinite(p.read()).all()
+    for bad in ("max=0", "max=abc", "percentile=5", "percentile=90,10", "gamma=2"):
+        with pytest.raises(ValueError, match="--hr-scale"):
+            embed_scene(model, tmp_path / "u16.tif", tmp_path / "f.tif", tile=64, overlap=0, hr_scale=bad)
 
 
 def test_output_onto_the_input_is_refused(model, tmp_path):

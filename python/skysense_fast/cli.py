@@ -73,7 +73,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                        device=device, dtype=dtype, output=args.features, progress=args.progress,
                        s2=getattr(args, "s2", None), s1=getattr(args, "s1", None), resume=getattr(args, "resume", False),
                        s2_dates=_dates(getattr(args, "s2_dates", None)), s1_dates=_dates(getattr(args, "s1_dates", None)),
-                       chunk_rows=getattr(args, "chunk_rows", 64))
+                       chunk_rows=getattr(args, "chunk_rows", 64), hr_scale=getattr(args, "hr_scale", None))
     C, h, w = info["shape"]
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
@@ -306,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
                             "(repeat the option)")
 
     e = sub.add_parser("embed", help="embed an HR GeoTIFF into a georeferenced feature GeoTIFF")
-    e.add_argument("input", help="RGB GeoTIFF (0-255)")
+    e.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale)")
     e.add_argument("-o", "--output", required=True, help="output GeoTIFF (written atomically)")
     model_args(e)
+    e.add_argument("--hr-scale", metavar="max=VALUE|percentile=LO,HI",
+                   help="how an input that is not 8-bit maps to 0-255 (required for such inputs: never guessed)")
     e.add_argument("--tile", type=int, default=256, help="tile size in pixels (multiple of 32)")
     e.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (multiple of 32)")
     e.add_argument("--batch-size", type=int, default=4)

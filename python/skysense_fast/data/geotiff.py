@@ -63,6 +63,49 @@ def may_hold_nodata(ds) -> bool:
     return ds.nodata is not None or any(np.issubdtype(np.dtype(d), np.floating) for d in ds.dtypes)
 
 
+HR_SCALE_HELP = ("--hr-scale max=VALUE (VALUE becomes 255, e.g. max=10000 for reflectance x 10000) or "
+                 "--hr-scale percentile=LO,HI (the scene's LO-th / HI-th percentiles per band become 0 / 255)")
+
+
+def hr_scaler(ds, spec: str | None):
+    """How an HR raster's values become the 0-255 range the model takes: None for an 8-bit
+    raster given as is; otherwise from ``spec`` (``max=VALUE`` or ``percentile=LO,HI``, the
+    percentiles measured once over the whole scene, nodata excluded). A raster that is not
+    8-bit without a ``spec`` is refused: its scale is not guessed."""
+    from ..errors import InputError
+
+    dtypes = set(ds.dtypes[:3])
+    if spec is None:
+        if dtypes == {"uint8"}:
+            return None
+        raise InputError(f"{ds.name} holds {', '.join(sorted(dtypes))} values, not 8-bit RGB: say how they map to "
+                         f"0-255 with {HR_SCALE_HELP}")
+    kind, _, value = spec.partition("=")
+    try:
+        numbers = [float(x) for x in value.split(",")]
+    except ValueError:
+        numbers = []
+    if kind == "max" and len(numbers) == 1 and np.isfinite(numbers[0]) and numbers[0] > 0:
+        factor = 255.0 / numbers[0]
+        return lambda a: np.clip(a.astype(np.float32) * factor, 0, 255)
+    if kind == "percentile" and len(numbers) == 2 and 0 <= numbers[0] < numbers[1] <= 100:
+        shape = (3, min(ds.height, 1024), min(ds.width, 1024))
+        sample = ds.read([1, 2, 3], out_shape=shape).astype(np.float64)
+        hole = nodata_mask(sample, ds.nodata)
+        lo, hi = [], []
+        for band in sample:
+            vals = band[~hole] if hole is not None else band.ravel()
+            if vals.size == 0:
+                raise InputError(f"{ds.name}: no valid pixels to measure the percentile stretch on")
+            p_lo, p_hi = np.percentile(vals, numbers)
+            lo.append(p_lo)
+            hi.append(p_hi if p_hi > p_lo else p_lo + 1.0)
+        lo_a = np.array(lo, np.float32)[:, None, None]
+        span = (np.array(hi, np.float32) - np.array(lo, np.float32))[:, None, None]
+        return lambda a: np.clip((a.astype(np.float32) - lo_a) * (255.0 / span), 0, 255)
+    raise InputError(f"--hr-scale {spec!r}: expected {HR_SCALE_HELP}")
+
+
 def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
     """(3, h, w) 0-255 values -> normalised float32 (``stats``: a Normalisation, default the spec's)."""
     return (stats or DEFAULT).apply(tile[:3], "hr")

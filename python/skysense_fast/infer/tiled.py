@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..data.geotiff import may_hold_nodata, nodata_mask, normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import hr_scaler, may_hold_nodata, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.normalisation import of as normalisation_of
 from ..data.series import check_coverage
 
@@ -45,12 +45,16 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
                 gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, s2_dates=None, s1_dates=None,
-                resume: bool = False, chunk_rows: int = 64) -> dict:
+                resume: bool = False, chunk_rows: int = 64, hr_scale: str | None = None) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
         model: a :class:`~skysense_fast.models.SkySense` (its HR branch, fusion and geo-context).
-        src: RGB GeoTIFF (0-255 values), any size (edges are zero-padded to whole tiles).
+        src: RGB GeoTIFF, any size (edges are zero-padded to whole tiles): 8-bit, or any
+            other dtype with ``hr_scale``.
+        hr_scale: how values that are not 8-bit become 0-255: ``"max=VALUE"`` or
+            ``"percentile=LO,HI"`` (see :func:`~skysense_fast.data.geotiff.hr_scaler`); a raster
+            that is not 8-bit without it is refused, never guessed.
         dst: output path; written atomically.
         tile, overlap: tile size and overlap in image pixels, multiples of 32.
         output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
@@ -100,7 +104,8 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                        transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
                        nodata=float("nan") if may_hold_nodata(ds) else None)
-        run = _Run(model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh)
+        scale = hr_scaler(ds, hr_scale)
+        run = _Run(model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh, scale)
         if world == 1 and not resume:
             sink = _FileSink(dst + ".partial", profile, output)
             try:
@@ -138,8 +143,9 @@ def _barrier(world: int) -> None:
 class _Run:
     """Streams the tile rows that cover output rows [y0, y1) and hands finished rows to a sink."""
 
-    def __init__(self, model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh):
-        self.model, self.ds, self.tile, self.batch_size = model, ds, tile, batch_size
+    def __init__(self, model, ds, tile, overlap, batch_size, device, dtype, output, prefetch, series, progress, oh,
+                 scale=None):
+        self.model, self.ds, self.tile, self.batch_size, self.scale = model, ds, tile, batch_size, scale
         self.device, self.dtype, self.output, self.prefetch, self.series = device, dtype, output, prefetch, series
         self.progress, self.oh = progress, oh
         self.t_start = None
@@ -159,7 +165,8 @@ class _Run:
         for i, r in enumerate(needed):
             tiles = [(r, c) for c in self.cols]
             feats = list(_run_tiles(self.model, self.ds, tiles, self.tile, self.batch_size, self.device, self.dtype,
-                                    self.latlon, self.output, self.ds.nodata, self.prefetch, self.series))
+                                    self.latlon, self.output, self.ds.nodata, self.prefetch, self.series,
+                                    self.scale))
             self.tiles_run += len(tiles)
             C = feats[0][1].shape[0]
             if acc is None:
@@ -399,7 +406,7 @@ def _cell_fraction(valid: np.ndarray) -> np.ndarray:
 
 
 def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
-               series=None) -> Iterator:
+               series=None, scale=None) -> Iterator:
     """Features of each tile. Tiles at the scene's edge are read at their true size (the model
     pads internally, exactly as on a whole image) and batched with tiles of the same size.
     With prefetch, the next batch is read (and decoded) in a background thread while the model
@@ -428,7 +435,7 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
         grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
             a = ds.read([1, 2, 3], window=Window(c, r, w, h))
-            x = normalise_hr(a, stats)
+            x = normalise_hr(a if scale is None else scale(a), stats)
             hole = nodata_mask(a, nodata)
             if hole is not None:  # nodata pixels become zero input, like padding
                 x = np.where(hole[None], 0.0, x).astype(np.float32)
