@@ -191,6 +191,18 @@ def test_resumable_run_continues_and_matches(model, tmp_path, monkeypatch):
     (tmp_path / "g.tif.parts" / "manifest.json").write_text('{"tile": 64}')
     with pytest.raises(ValueError, match="pieces of another run"):
         embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=128, overlap=32, resume=True)
+    # nor pieces made with other weights or another dtype (the manifest did not record them)
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(tiled._FileSink, "finish", crash_on_second_piece)
+        calls["n"] = 0
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "h.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
+    monkeypatch.setattr(tiled._FileSink, "finish", real)
+    other = models.create("skysense-tiny").eval()
+    with pytest.raises(ValueError, match="differs in model"):
+        embed_scene(other, tmp_path / "s.tif", tmp_path / "h.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
+    with pytest.raises(ValueError, match="differs in dtype"):
+        embed_scene(model, tmp_path / "s.tif", tmp_path / "h.tif", tile=128, overlap=32, resume=True, chunk_rows=6,
+                    dtype=torch.bfloat16)
 
 
 def test_torchrun_ranks_write_one_output(tmp_path):

@@ -62,7 +62,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from skysense_fast.data import open_raster
     from skysense_fast.infer import embed_scene
 
-    open_raster(args.input, bands=3).close()  # a missing or unusable input fails before the model loads
+    with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
+        H, W = ds.height, ds.width
+    _announce_tiles(H, W, args.tile, args.overlap)
     model = _load_model(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     device = args.device
@@ -79,6 +81,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
               f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _announce_tiles(H: int, W: int, tile: int, overlap: int) -> None:
+    """The size of the job, up front: a huge raster is visible before hours pass."""
+    from skysense_fast.infer.tiled import tile_starts
+
+    if tile % 32 or overlap % 32 or not 0 <= overlap < tile:
+        return  # embed_scene names the problem
+    n = len(tile_starts(H, tile, tile - overlap)) * len(tile_starts(W, tile, tile - overlap))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"embedding {H} x {W} pixels: {n} tiles of {tile} px (overlap {overlap})")
 
 
 def _synthetic_scene(path: str, size: int = 512) -> None:

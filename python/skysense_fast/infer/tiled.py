@@ -26,7 +26,7 @@ from ..data.series import check_coverage
 SCALE = 32  # image pixels per feature pixel (the HR stage-3 grid)
 
 
-def _starts(size: int, tile: int, stride: int) -> list[int]:
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     """Tile origins on the 32-pixel grid (stride is a multiple of 32); the last tile may be
     cut short by the edge."""
     starts = [0]
@@ -119,8 +119,25 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             C = _embed_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,
                                  manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                            "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
-                                           "series": {k: [a.path for a in v] for k, v in series.items() if v}})
+                                           "series": {k: [a.path for a in v] for k, v in series.items() if v},
+                                           "model": _model_fingerprint(model), "dtype": str(dtype),
+                                           "hr_scale": hr_scale})
     return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the model's config, input statistics and weights (each tensor's shape,
+    dtype and sums): pieces made by other weights never join a resumed run."""
+    import hashlib
+
+    h = hashlib.sha256(repr(getattr(model, "config", None)).encode())
+    h.update(repr(getattr(model, "normalisation", None)).encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t = t.detach()
+            sums = (float(t.double().sum()), float(t.double().abs().sum())) if t.numel() else (0.0, 0.0)
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}{sums}".encode())
+    return h.hexdigest()
 
 
 def _distributed() -> tuple[int, int]:
@@ -151,8 +168,8 @@ class _Run:
         self.t_start = None
         self.stride = tile - overlap
         self.t = tile // SCALE
-        self.all_rows = _starts(ds.height, tile, self.stride)
-        self.cols = _starts(ds.width, tile, self.stride)
+        self.all_rows = tile_starts(ds.height, tile, self.stride)
+        self.cols = tile_starts(ds.width, tile, self.stride)
         self.latlon = torch.tensor([scene_latlon(ds)], dtype=torch.float32)
         self.tiles_run = self.rows_written = 0
 
@@ -296,7 +313,9 @@ def _embed_in_pieces(run: _Run, dst: str, profile: dict, output: str, chunk_rows
             with open(mpath) as f:
                 old = json.load(f)
             if old != manifest:
-                raise ValueError(f"{folder} holds pieces of another run ({old}); remove it to start over")
+                diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+                raise ValueError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
+                                 "weights, input, dtype or tiling); remove it to start over")
         else:
             shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(folder)
