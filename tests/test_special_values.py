@@ -125,3 +125,15 @@ def test_a_nan_query_does_not_leak_into_the_next_window():
     ref = window_attention_reference(q, k, v, (1, 1), (0, 0), ls)
     assert torch.isnan(out[0, 0, 0]).all() and torch.isfinite(out[0, 0, 1:]).all()
     torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+def test_empty_inputs_get_errors_that_name_them():
+    """A series with T = 0 failed with 'tensor does not have a device'."""
+    with pytest.raises(ValueError, match="s2 has no acquisitions"):
+        fusion_tokens(None, torch.randn(1, 0, 4, 2, 2), None)
+    with pytest.raises(ValueError, match="empty dimension"):
+        temporal_attention(*[torch.randn(3, 2, 0, 4)] * 3)
+    with pytest.raises(ValueError, match="empty dimension"):
+        window_attention(*[torch.randn(0, 8, 8, 2, 4)] * 3, 4)
+    with pytest.raises(ValueError, match="at least one problem, sample and prototype"):
+        skysense_fast.sinkhorn(torch.randn(0, 5))

@@ -58,6 +58,8 @@ FusionInputs fusion_tokens_prepare(const std::optional<at::Tensor>& hr, const st
     FusionModality& mod = in.mods[m];
     mod.x = x5.contiguous();
     mod.T = x5.size(1);
+    TORCH_CHECK_VALUE(mod.T >= 1, "fusion_tokens: ", kNames[m], " has no acquisitions (T = 0); leave the ",
+                      "modality out (None) instead");
     if (doys[m]->has_value()) {
       const at::Tensor& d = doys[m]->value();
       TORCH_CHECK_VALUE(!at::isFloatingType(d.scalar_type()) && d.scalar_type() != at::kBool,
