@@ -186,3 +186,31 @@ def test_file_format_is_read_from_the_bytes(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "W.SAFETENSORS").read_bytes()[:100])
     with pytest.raises(ValueError, match="neither a safetensors"):
         load_any(fresh(1), str(tmp_path / "cut.safetensors"))
+
+
+def test_official_checkpoints_in_every_form():
+    """head_gep / other head keys of a full checkpoint refused the load (the official converter
+    drops them); split files whose keys keep their own prefix loaded zero tensors; the RGBNIR
+    model (4-band HR) had no path from the RGB weights."""
+    src, dst = fresh(0), fresh(1)
+    prefix = {"hr": "backbone_gep.", "s2": "backbone_s2.", "s1": "backbone_s1.", "fusion": "fusion.",
+              "head_s2": "head_s2.", "head_s1": "head_s1."}
+    full = {prefix[p] + k.removeprefix("backbone."): v for p, sd in official_files(src).items() for k, v in sd.items()
+            if k != "ctpe"}
+    full["ctpe"] = src.ctpe.ctpe.detach().clone()
+    full["head_gep.proj.weight"] = torch.zeros(4, 4)
+    full["head.mlp.0.bias"] = torch.zeros(4)
+    report = load_official(dst, {"model": full})
+    assert not report.unexpected and "head_gep.proj.weight (a pretraining head)" in report.ignored
+    same_weights(src, dst)
+    dst = fresh(2)
+    files = {p: {prefix[p] + k.removeprefix("backbone."): v for k, v in sd.items()}
+             for p, sd in official_files(src).items()}
+    report = load_official(dst, files)
+    assert not report.missing and report.loaded["fusion"] == len(src.fusion.state_dict())
+    same_weights(src, dst)
+    nir = fresh(3, hr_in_chans=4)
+    report = load_official(nir, official_files(src))
+    w = nir.hr.state_dict()["patch_embed.projection.weight"]
+    assert torch.equal(w[:, :3], src.hr.state_dict()["patch_embed.projection.weight"]) and torch.equal(w[:, 3], w[:, 0])
+    assert any("RGBNIR" in c for c in report.converted)

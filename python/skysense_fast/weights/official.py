@@ -26,6 +26,8 @@ BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "
             "head_s2.": "head_s2", "head_s1.": "head_s1"}
 REBUILT = ("relative_coords_table", "relative_position_index")  # buffers the model recomputes
 UNUSED = ("mask_token",)  # pretraining-only (masked HR tokens); not part of the encoders
+DROPPED_HEADS = ("head",)  # other heads of a full checkpoint (head_gep, ...): pretraining only, dropped
+HR_PATCH = "patch_embed.projection.weight"
 
 
 @dataclass
@@ -34,10 +36,11 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)            # model keys the files lack
     unexpected: list[str] = field(default_factory=list)         # file keys the model lacks
     ignored: list[str] = field(default_factory=list)            # dropped on purpose (see REBUILT, UNUSED)
+    converted: list[str] = field(default_factory=list)          # adapted on load (RGB -> RGBNIR)
 
     def __str__(self) -> str:
         lines = [f"loaded {sum(self.loaded.values())} tensors: " + ", ".join(f"{k} {v}" for k, v in self.loaded.items())]
-        for name in ("missing", "unexpected", "ignored"):
+        for name in ("missing", "unexpected", "ignored", "converted"):
             keys = getattr(self, name)
             if keys:
                 lines.append(f"{name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
@@ -68,6 +71,22 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
     return sd
 
 
+def _own_prefix(part: str, key: str) -> str:
+    """A split file's key without the part's own full-checkpoint prefix (``fusion.``,
+    ``head_s2.``, ...), which some files keep."""
+    prefix = next(p for p, name in BRANCHES.items() if name == part)
+    return _strip(key[len(prefix):]) if key.startswith(prefix) else key
+
+
+def _rgb_to_rgbnir(weight: Tensor, target: Tensor | None, report: "LoadReport") -> Tensor:
+    """An RGB patch embedding for a 4-band (RGB + NIR) model: the official converter's rule,
+    the R kernel copied into the NIR slot."""
+    if target is None or weight.dim() != 4 or weight.shape[1] != 3 or target.shape[1] != 4:
+        return weight
+    report.converted.append(f"hr.{HR_PATCH}: RGB kernel -> RGBNIR (R copied to NIR)")
+    return torch.cat([weight, weight[:, :1]], 1)
+
+
 def _strip(key: str) -> str:
     changed = True
     while changed:
@@ -85,7 +104,9 @@ def split_full_checkpoint(sd: Mapping[str, Tensor]) -> dict[str, dict[str, Tenso
     for key, value in sd.items():
         k = key[len("module."):] if key.startswith("module.") else key
         part = next((name for p, name in BRANCHES.items() if k.startswith(p)), None)
-        if part is None:
+        if part is None and k.startswith(DROPPED_HEADS):  # the converter drops them too
+            parts.setdefault("dropped", {})[k] = value
+        elif part is None:
             parts.setdefault("extra", {})[_strip(k)] = value
         else:
             parts.setdefault(part, {})[_strip(k[len(next(p for p in BRANCHES if k.startswith(p))):])] = value
@@ -101,7 +122,8 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
     differs (a checkpoint for another config) raises ValueError naming it.
     """
     if isinstance(source, Mapping) and set(source) <= set(BRANCHES.values()):
-        parts = {part: {_strip(k): v for k, v in read_checkpoint(src).items()} for part, src in source.items()}
+        parts = {part: {_own_prefix(part, _strip(k)): v for k, v in read_checkpoint(src).items()}
+                 for part, src in source.items()}
     else:
         parts = split_full_checkpoint(read_checkpoint(source))
     report, copies = LoadReport(), []
@@ -112,9 +134,14 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         for key in [k for k in sd if k.split(".")[-1] in REBUILT or k in UNUSED]:
             report.ignored.append(f"{part}.{key}")
             del sd[key]
+        if part == "dropped":
+            report.ignored += [f"{k} (a pretraining head)" for k in sd]
+            continue
         if part == "extra":
             report.unexpected += [f"{k}" for k in sd]
             continue
+        if part == "hr" and HR_PATCH in sd:
+            sd[HR_PATCH] = _rgb_to_rgbnir(sd[HR_PATCH], getattr(model, part).state_dict().get(HR_PATCH), report)
         target: nn.Module = getattr(model, part)
         own = target.state_dict()
         report.unexpected += [f"{part}.{k}" for k in sd if k not in own]
