@@ -304,6 +304,31 @@ def test_parse_dates_and_find_series(tmp_path):
     assert parse_date(str(tmp_path / "tagged" / "frame.tif")) == dt.date(2021, 7, 4)
 
 
+def test_official_s2_band_order(model, tmp_path):
+    """The official S2 files store B8 fourth (their reader takes bands [1,2,3,5,6,7,4,8,9,10]);
+    embed read them as if in the model's order. --s2-band-order official reads them right."""
+    from skysense_fast.data.series import OFFICIAL_S2_ORDER
+
+    write_scene(tmp_path / "s.tif", 64, 64)
+    write_series(tmp_path / "s2", ["S2_20210301.tif"], 10, "EPSG:32633", from_origin(500000, 5000000, 10, 10), (8, 8))
+    with rasterio.open(tmp_path / "s2" / "S2_20210301.tif") as d:
+        model_order, profile = d.read(), d.profile
+    stored = np.empty_like(model_order)
+    stored[list(OFFICIAL_S2_ORDER)] = model_order   # B8 (model band 6) in stored slot 3, ...
+    assert np.array_equal(stored[[0, 1, 2, 4, 5, 6, 3, 7, 8, 9]], model_order)
+    (tmp_path / "off").mkdir()
+    with rasterio.open(tmp_path / "off" / "S2_20210301.tif", "w", **profile) as d:
+        d.write(stored)
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "ref.tif", tile=64, overlap=0, s2=tmp_path / "s2")
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "off.tif", tile=64, overlap=0, s2=tmp_path / "off",
+                s2_band_order="official")
+    embed_scene(model, tmp_path / "s.tif", tmp_path / "wrong.tif", tile=64, overlap=0, s2=tmp_path / "off")
+    with rasterio.open(tmp_path / "ref.tif") as a, rasterio.open(tmp_path / "off.tif") as b, \
+            rasterio.open(tmp_path / "wrong.tif") as c:
+        np.testing.assert_allclose(b.read(), a.read(), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(c.read(), a.read(), rtol=1e-3, atol=1e-3)
+
+
 def test_multimodal_embed_reprojects_series(model, tmp_path):
     write_scene(tmp_path / "s.tif", 256, 320)  # EPSG:32633, 0.5 m: 128 m x 160 m
     # S2 in geographic coordinates around the scene; S1 in linear power, UTM at 10 m

@@ -75,7 +75,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                        device=device, dtype=dtype, output=args.features, progress=args.progress,
                        s2=getattr(args, "s2", None), s1=getattr(args, "s1", None), resume=getattr(args, "resume", False),
                        s2_dates=_dates(getattr(args, "s2_dates", None)), s1_dates=_dates(getattr(args, "s1_dates", None)),
-                       chunk_rows=getattr(args, "chunk_rows", 64), hr_scale=getattr(args, "hr_scale", None))
+                       chunk_rows=getattr(args, "chunk_rows", 64), hr_scale=getattr(args, "hr_scale", None),
+                       s2_band_order=getattr(args, "s2_band_order", "model"))
     C, h, w = info["shape"]
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
@@ -339,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear) or one multi-band file")
     e.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
     e.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
+    e.add_argument("--s2-band-order", choices=("model", "official"), default="model",
+                   help="how S2 files store their bands: model (B2..B8, B8A, B11, B12) or official (B8 fourth, "
+                        "as the official SkySense files); band names in the descriptions decide where present")
     e.set_defaults(fn=_cmd_embed)
     d = sub.add_parser("demo", help="embed the sample scene; write its features and a PCA picture")
     d.add_argument("--out-dir", default="demo_output")

@@ -14,6 +14,9 @@ import numpy as np
 from .normalisation import DEFAULT
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+# The official SkySense S2 GeoTIFFs store B8 fourth (B2, B3, B4, B8, B5, B6, B7, B8A, B11, B12);
+# its reader takes stored bands [1, 2, 3, 5, 6, 7, 4, 8, 9, 10]: position of each model band
+OFFICIAL_S2_ORDER = (0, 1, 2, 4, 5, 6, 3, 7, 8, 9)
 S1_BANDS = ("VV", "VH")
 # L2A digital numbers (no division) and dB, from the official SkySense++ configs
 S2_MEAN, S2_STD = np.array(DEFAULT.s2_mean, np.float32), np.array(DEFAULT.s2_std, np.float32)
@@ -59,13 +62,17 @@ class Acquisition:
     """One acquisition: a file, or a group of bands of a multi-band series file.
 
     ``bands``: the 1-based bands holding it (None: the whole file, B bands or B + 1 with a
-    cloud mask last); ``mask_band``: a band whose non-zero pixels are clouds / invalid.
+    cloud mask last); ``mask_band``: a band whose non-zero pixels are clouds / invalid;
+    ``band_order``: where each of the model's bands is stored among them (0-based), for files
+    not stored in the model's order (:data:`OFFICIAL_S2_ORDER`); band names in the
+    descriptions, where every band has one, decide instead.
     """
 
     path: str
     date: dt.date
     bands: tuple[int, ...] | None = None
     mask_band: int | None = None
+    band_order: tuple[int, ...] | None = None
 
     @property
     def doy(self) -> int:
@@ -212,6 +219,8 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
                 wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
             elif len(wanted) != bands:
                 raise ValueError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
+            if a.band_order is not None:
+                wanted = tuple(wanted[j] for j in a.band_order)
             grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
             with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan,
                            dtype="float32") as v:

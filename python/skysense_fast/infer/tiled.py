@@ -11,6 +11,7 @@ complete: an interrupted run leaves no partial output at the final path.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -45,13 +46,17 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                 overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
                 gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, s2_dates=None, s1_dates=None,
-                resume: bool = False, chunk_rows: int = 64, hr_scale: str | None = None) -> dict:
+                resume: bool = False, chunk_rows: int = 64, hr_scale: str | None = None,
+                s2_band_order: str = "model") -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
         model: a :class:`~skysense_fast.models.SkySense` (its HR branch, fusion and geo-context).
         src: RGB GeoTIFF, any size (edges are zero-padded to whole tiles): 8-bit, or any
             other dtype with ``hr_scale``.
+        s2_band_order: "model" (B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12 as stored) or
+            "official" (B8 stored fourth, as the official SkySense S2 files are); band names in
+            the files' descriptions decide where every band has one.
         hr_scale: how values that are not 8-bit become 0-255: ``"max=VALUE"`` or
             ``"percentile=LO,HI"`` (see :func:`~skysense_fast.data.geotiff.hr_scaler`); a raster
             that is not 8-bit without it is refused, never guessed.
@@ -93,6 +98,12 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     rank, world = _distributed()
     model = model.eval().to(device)
     series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
+    if s2_band_order not in ("model", "official"):
+        raise ValueError(f"s2_band_order must be 'model' or 'official', got {s2_band_order!r}")
+    if s2_band_order == "official" and series["s2"]:
+        from ..data.series import OFFICIAL_S2_ORDER
+
+        series["s2"] = [dataclasses.replace(a, band_order=OFFICIAL_S2_ORDER) for a in series["s2"]]
     _refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
