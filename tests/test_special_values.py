@@ -137,3 +137,15 @@ def test_empty_inputs_get_errors_that_name_them():
         window_attention(*[torch.randn(0, 8, 8, 2, 4)] * 3, 4)
     with pytest.raises(ValueError, match="at least one problem, sample and prototype"):
         skysense_fast.sinkhorn(torch.randn(0, 5))
+
+
+def test_sinkhorn_beyond_float32_precision_says_so():
+    """Scores with |S| / eps ~ 1e9 failed as 'a prototype whose scores are all -inf'."""
+    s = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)) * 1e8
+    with skysense_fast.use_backend("cpp"):
+        with pytest.raises(ValueError, match="too large for float32.*float64"):
+            skysense_fast.sinkhorn(s, 0.05)
+        q = skysense_fast.sinkhorn(s.double(), 0.05)
+    from skysense_fast.ops import sinkhorn_reference
+
+    torch.testing.assert_close(q, sinkhorn_reference(s.double(), 0.05)[0], rtol=1e-5, atol=1e-6)  # float64 at 2e9

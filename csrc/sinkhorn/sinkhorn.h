@@ -13,6 +13,7 @@ enum SinkhornStatus : int32_t {
   kSinkhornNonFinite = 1,   // NaN or +inf in scores
   kSinkhornEmptyColumn = 2, // a prototype whose scores are all -inf: it cannot take mass
   kSinkhornEmptyRow = 3,    // a sample whose scores are all -inf (after the column scaling)
+  kSinkhornPrecision = 4,   // |scores| / epsilon beyond what the accumulation type resolves
 };
 
 // Validated, prepared arguments: scores as (B, N, K) contiguous, log-marginals (B, N) and

@@ -189,8 +189,8 @@ struct Problem {
       for (int t = 0; t < T; ++t) m = std::max(m, cmax[t][k]);
       double s = 0;
       for (int t = 0; t < T; ++t) s += csum[t][k] == 0 ? 0 : csum[t][k] * std::exp(cmax[t][k] - m);
-      if (!(s > 0)) {
-        status.store(kSinkhornEmptyColumn);
+      if (!(s > 0)) {  // a finite max with no mass: the scale exceeded the accumulation type's precision
+        status.store(std::isfinite(m) ? kSinkhornPrecision : kSinkhornEmptyColumn);
         return;
       }
       v[k] = static_cast<acc_t>(static_cast<double>(log_b[k]) - (m + std::log(s)));

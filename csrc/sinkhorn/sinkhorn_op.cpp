@@ -109,6 +109,10 @@ void sinkhorn_raise_status(const at::Tensor& status) {
       case kSinkhornEmptyRow:
         TORCH_CHECK_VALUE(false, "sinkhorn: scores has a sample (row) whose scores are all -inf",
                           where, "; it cannot be assigned");
+      case kSinkhornPrecision:
+        TORCH_CHECK_VALUE(false, "sinkhorn: |scores| / epsilon is too large for float32", where,
+                          " (its log-sum-exp loses the maximum itself); pass float64 scores, a larger epsilon, "
+                          "or scores on a smaller scale (e.g. cosine similarities)");
       default: TORCH_CHECK(false, "sinkhorn: internal error, status ", p[b]);
     }
   }
