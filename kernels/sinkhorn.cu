@@ -19,7 +19,7 @@ constexpr int kWarp = 32;
 constexpr int kRowWarps = 8;             // warps per row-pass block
 constexpr int kColTileK = 32;            // columns per column-pass block
 constexpr int kColTileRows = 8;          // row lanes per column-pass block
-constexpr int kStatusNonFinite = 1, kStatusEmptyColumn = 2, kStatusEmptyRow = 3;
+constexpr int kStatusNonFinite = 1, kStatusEmptyColumn = 2, kStatusEmptyRow = 3, kStatusPrecision = 4;
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -100,8 +100,8 @@ __global__ void col_finish(const float* __restrict__ log_b, int64_t K, int P, Wo
   }
   if (isnan(st.s) || isnan(st.m) || st.m == INFINITY) {
     atomicMax(status + b, kStatusNonFinite);
-  } else if (!(st.s > 0.f)) {
-    atomicMax(status + b, kStatusEmptyColumn);
+  } else if (!(st.s > 0.f)) {  // a finite max with no mass: past float32's precision
+    atomicMax(status + b, st.m > -INFINITY ? kStatusPrecision : kStatusEmptyColumn);
   }
   w.v[int64_t(b) * K + k] = log_b[int64_t(b) * K + k] - (st.m + __logf(st.s));
 }

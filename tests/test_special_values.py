@@ -140,7 +140,9 @@ def test_empty_inputs_get_errors_that_name_them():
 
 
 def test_sinkhorn_beyond_float32_precision_says_so():
-    """Scores with |S| / eps ~ 1e9 failed as 'a prototype whose scores are all -inf'."""
+    """Scores with |S| / eps ~ 1e9 failed as 'a prototype whose scores are all -inf' (CPU
+    kernel; the Triton kernel and the reference answer there, inaccurately, as the docstring
+    says)."""
     s = torch.randn(64, 10, generator=torch.Generator().manual_seed(0)) * 1e8
     with skysense_fast.use_backend("cpp"):
         with pytest.raises(ValueError, match="too large for float32.*float64"):

@@ -25,6 +25,7 @@ from .launch import Launch
 _NON_FINITE = tl.constexpr(1)
 _EMPTY_COLUMN = tl.constexpr(2)
 _EMPTY_ROW = tl.constexpr(3)
+_PRECISION = tl.constexpr(4)
 
 
 @triton.jit
@@ -72,9 +73,12 @@ def _col_finish(log_b, v, part_m, part_s, status, K, P, BLOCK_K: tl.constexpr):
         s = tl.where(s == 0.0, 0.0, s * tl.exp(m - shift)) + tl.where(ps == 0.0, 0.0, ps * tl.exp(pm - shift))
         m = m_new
     bad = cmask & ((s != s) | (m == float("inf")))
-    empty = cmask & (s == 0.0)
+    empty = cmask & (s == 0.0) & (m == float("-inf"))
+    lost = cmask & (s == 0.0) & (m > float("-inf"))  # a finite max with no mass: past float32's precision
     if tl.sum(bad.to(tl.int32), 0) > 0:
         tl.atomic_max(status + b, _NON_FINITE)
+    elif tl.sum(lost.to(tl.int32), 0) > 0:
+        tl.atomic_max(status + b, _PRECISION)
     elif tl.sum(empty.to(tl.int32), 0) > 0:
         tl.atomic_max(status + b, _EMPTY_COLUMN)
     lb = tl.load(log_b + b * K + cols, mask=cmask, other=0.0)
