@@ -214,3 +214,23 @@ def test_official_checkpoints_in_every_form():
     w = nir.hr.state_dict()["patch_embed.projection.weight"]
     assert torch.equal(w[:, :3], src.hr.state_dict()["patch_embed.projection.weight"]) and torch.equal(w[:, 3], w[:, 0])
     assert any("RGBNIR" in c for c in report.converted)
+
+
+def test_convert_official_weights_once(tmp_path, capsys):
+    """`skysense-fast convert`: the official .pth files become one safetensors file that
+    --weights takes (no pickle read again)."""
+    from skysense_fast.cli import main
+    from skysense_fast.weights import load_any
+
+    src = models.create("skysense-tiny")
+    args = []
+    for part, sd in official_files(src).items():
+        torch.save(sd, tmp_path / f"{part}.pth")
+        args += ["--weights", f"{part}={tmp_path / f'{part}.pth'}"]
+    out = tmp_path / "tiny.safetensors"
+    assert main(["convert", "-o", str(out), *args]) == 0
+    dst = fresh(5)
+    load_any(dst, str(out))
+    same_weights(src, dst)
+    assert main(["convert", "-o", str(tmp_path / "x.bin"), *args]) == 2
+    assert "must name a .safetensors file" in capsys.readouterr().err

@@ -207,6 +207,21 @@ def _export_module(model, part: str, size: int, frames: int):
     return _positional(model, names), example
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Official .pth weights -> this package's safetensors, once: the pickles are read here
+    (weights_only=True) and never again."""
+    from skysense_fast.weights import save_weights
+
+    if not args.weights:
+        raise ValueError("convert: give the official weights with --weights (a full checkpoint, or part=FILE items)")
+    if not args.output.endswith(".safetensors"):
+        raise ValueError(f"convert: -o must name a .safetensors file, got {args.output}")
+    model = _load_model(args)
+    save_weights(model, args.output)  # atomic: a temporary file, then a rename
+    print(f"wrote {args.output}: {args.config} weights as safetensors (use it with --weights)")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     """torch.export (.pt2) or TorchScript (trace) file of the HR encoder or the HR model path."""
     import os
@@ -359,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--format", choices=("export", "torchscript"), default="export")
     x.add_argument("--size", type=int, default=256, help="example HR input size (pixels, multiple of 32)")
     x.set_defaults(fn=_cmd_export)
+    cv = sub.add_parser("convert", help="official .pth weights -> a .safetensors file (read the pickles once)")
+    cv.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    model_args(cv)
+    cv.set_defaults(fn=_cmd_convert)
     sd = sub.add_parser("sinkhorn-demo", help="Sinkhorn-Knopp prototype assignment on a synthetic problem")
     sd.add_argument("--batch", type=int, default=8)
     sd.add_argument("--samples", type=int, default=4096)
