@@ -47,14 +47,21 @@ def test_split_files_round_trip(tmp_path):
     same_weights(src, dst)
 
 
-def test_full_checkpoint_round_trip():
-    src, dst = fresh(0), fresh(1)
-    prefix = {"hr": "backbone_gep.", "s2": "backbone_s2.", "s1": "backbone_s1.", "fusion": "fusion.",
-              "head_s2": "head_s2.", "head_s1": "head_s1."}
-    full = {prefix[p] + k.removeprefix("backbone."): v for p, sd in official_files(src).items() for k, v in sd.items()
+PREFIX = {"hr": "backbone_gep.", "s2": "backbone_s2.", "s1": "backbone_s1.", "fusion": "fusion.",
+          "head_s2": "head_s2.", "head_s1": "head_s1."}
+
+
+def full_checkpoint(src):
+    """One official full checkpoint: every part's keys under its branch prefix, + ctpe."""
+    full = {PREFIX[p] + k.removeprefix("backbone."): v for p, sd in official_files(src).items() for k, v in sd.items()
             if k != "ctpe"}
     full["ctpe"] = src.ctpe.ctpe.detach().clone()
-    load_official(dst, {"model": full})
+    return full
+
+
+def test_full_checkpoint_round_trip():
+    src, dst = fresh(0), fresh(1)
+    load_official(dst, {"model": full_checkpoint(src)})
     same_weights(src, dst)
 
 
@@ -193,18 +200,14 @@ def test_official_checkpoints_in_every_form():
     drops them); split files whose keys keep their own prefix loaded zero tensors; the RGBNIR
     model (4-band HR) had no path from the RGB weights."""
     src, dst = fresh(0), fresh(1)
-    prefix = {"hr": "backbone_gep.", "s2": "backbone_s2.", "s1": "backbone_s1.", "fusion": "fusion.",
-              "head_s2": "head_s2.", "head_s1": "head_s1."}
-    full = {prefix[p] + k.removeprefix("backbone."): v for p, sd in official_files(src).items() for k, v in sd.items()
-            if k != "ctpe"}
-    full["ctpe"] = src.ctpe.ctpe.detach().clone()
+    full = full_checkpoint(src)
     full["head_gep.proj.weight"] = torch.zeros(4, 4)
     full["head.mlp.0.bias"] = torch.zeros(4)
     report = load_official(dst, {"model": full})
     assert not report.unexpected and "head_gep.proj.weight (a pretraining head)" in report.ignored
     same_weights(src, dst)
     dst = fresh(2)
-    files = {p: {prefix[p] + k.removeprefix("backbone."): v for k, v in sd.items()}
+    files = {p: {PREFIX[p] + k.removeprefix("backbone."): v for k, v in sd.items()}
              for p, sd in official_files(src).items()}
     report = load_official(dst, files)
     assert not report.missing and report.loaded["fusion"] == len(src.fusion.state_dict())
