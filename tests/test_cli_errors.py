@@ -83,3 +83,14 @@ def test_a_bug_keeps_its_traceback(scene, tmp_path, monkeypatch):
     monkeypatch.setattr(infer, "embed_scene", broken)
     with pytest.raises(KeyError, match="an internal bug"):
         main(["embed", str(scene), "-o", str(tmp_path / "f.tif")])
+
+
+def test_out_of_memory_names_what_to_lower(scene, tmp_path, capsys, monkeypatch):
+    import skysense_fast.infer as infer
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(infer, "embed_scene", oom)
+    code, err = _run(capsys, ["embed", scene, "-o", tmp_path / "f.tif", "--tile", "64", "--batch-size", "8"])
+    assert code == 2 and "--tile 64 --batch-size 8: lower --batch-size" in err and "Traceback" not in err

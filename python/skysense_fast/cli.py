@@ -71,12 +71,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one card per rank
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     t0 = time.perf_counter()
-    info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                       device=device, dtype=dtype, output=args.features, progress=args.progress,
-                       s2=getattr(args, "s2", None), s1=getattr(args, "s1", None), resume=getattr(args, "resume", False),
-                       s2_dates=_dates(getattr(args, "s2_dates", None)), s1_dates=_dates(getattr(args, "s1_dates", None)),
-                       chunk_rows=getattr(args, "chunk_rows", 64), hr_scale=getattr(args, "hr_scale", None),
-                       s2_band_order=getattr(args, "s2_band_order", "model"))
+    try:
+        info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
+                           batch_size=args.batch_size, device=device, dtype=dtype, output=args.features,
+                           progress=args.progress, s2=getattr(args, "s2", None), s1=getattr(args, "s1", None),
+                           resume=getattr(args, "resume", False), s2_dates=_dates(getattr(args, "s2_dates", None)),
+                           s1_dates=_dates(getattr(args, "s1_dates", None)), chunk_rows=getattr(args, "chunk_rows", 64),
+                           hr_scale=getattr(args, "hr_scale", None),
+                           s2_band_order=getattr(args, "s2_band_order", "model"))
+    except torch.OutOfMemoryError:
+        from skysense_fast.errors import InputError
+
+        raise InputError(f"out of memory on {device} with --tile {args.tile} --batch-size {args.batch_size}: lower "
+                         "--batch-size (then --tile), or use --dtype bfloat16") from None
     C, h, w = info["shape"]
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
