@@ -71,3 +71,21 @@ def test_manifest_of_scenes(scene):
     raw["data"].update(manifest=str(scene / "scenes.yaml"), hr=str(scene / "hr.tif"))
     with pytest.raises(ConfigError, match="exclude each other"):
         from_dict(raw)
+
+
+def test_scenes_that_are_not_8_bit_need_a_stated_scale(scene):
+    """Pretraining scenes normalised uint16 / float rasters as if they were 0-255."""
+    import pickle
+
+    import numpy as np
+
+    with rasterio.open(scene / "hr.tif") as d:
+        img, profile = d.read(), dict(d.profile, dtype="uint16")
+    with rasterio.open(scene / "hr16.tif", "w", **profile) as d:
+        d.write(img.astype(np.uint16) * 40)
+    args = (str(scene / "s2"), str(scene / "s1"))
+    with pytest.raises(ValueError, match="holds uint16 values, not 8-bit RGB"):
+        SceneDataset(str(scene / "hr16.tif"), *args, grid=4)
+    ref = SceneDataset(str(scene / "hr.tif"), *args, grid=4)
+    scaled = pickle.loads(pickle.dumps(SceneDataset(str(scene / "hr16.tif"), *args, grid=4, hr_scale="max=10200")))
+    torch.testing.assert_close(scaled[1]["hr"], ref[1]["hr"])          # the same input; picklable for workers

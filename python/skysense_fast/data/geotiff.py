@@ -67,7 +67,18 @@ HR_SCALE_HELP = ("--hr-scale max=VALUE (VALUE becomes 255, e.g. max=10000 for re
                  "--hr-scale percentile=LO,HI (the scene's LO-th / HI-th percentiles per band become 0 / 255)")
 
 
-def hr_scaler(ds, spec: str | None):
+class HRScale:
+    """(3, h, w) values -> 0-255 floats: (a - offset) * factor, clipped (picklable, so data
+    loader workers can take it)."""
+
+    def __init__(self, offset: np.ndarray, factor: np.ndarray):
+        self.offset, self.factor = offset, factor
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return np.clip((a.astype(np.float32) - self.offset) * self.factor, 0, 255)
+
+
+def hr_scaler(ds, spec: str | None) -> HRScale | None:
     """How an HR raster's values become the 0-255 range the model takes: None for an 8-bit
     raster given as is; otherwise from ``spec`` (``max=VALUE`` or ``percentile=LO,HI``, the
     percentiles measured once over the whole scene, nodata excluded). A raster that is not
@@ -86,8 +97,7 @@ def hr_scaler(ds, spec: str | None):
     except ValueError:
         numbers = []
     if kind == "max" and len(numbers) == 1 and np.isfinite(numbers[0]) and numbers[0] > 0:
-        factor = 255.0 / numbers[0]
-        return lambda a: np.clip(a.astype(np.float32) * factor, 0, 255)
+        return HRScale(np.zeros((3, 1, 1), np.float32), np.full((3, 1, 1), 255.0 / numbers[0], np.float32))
     if kind == "percentile" and len(numbers) == 2 and 0 <= numbers[0] < numbers[1] <= 100:
         shape = (3, min(ds.height, 1024), min(ds.width, 1024))
         sample = ds.read([1, 2, 3], out_shape=shape).astype(np.float64)
@@ -102,7 +112,7 @@ def hr_scaler(ds, spec: str | None):
             hi.append(p_hi if p_hi > p_lo else p_lo + 1.0)
         lo_a = np.array(lo, np.float32)[:, None, None]
         span = (np.array(hi, np.float32) - np.array(lo, np.float32))[:, None, None]
-        return lambda a: np.clip((a.astype(np.float32) - lo_a) * (255.0 / span), 0, 255)
+        return HRScale(lo_a, 255.0 / span)
     raise InputError(f"--hr-scale {spec!r}: expected {HR_SCALE_HELP}")
 
 

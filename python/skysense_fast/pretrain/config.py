@@ -31,7 +31,8 @@ class ModelSection:
 class DataSection:
     kind: str = "synthetic"      # "synthetic" (generated, deterministic per index) or "scenes"
     samples: int = 4096          # dataset size (synthetic)
-    hr: str | None = None        # scenes: the HR GeoTIFF (RGB, 0-255)
+    hr: str | None = None        # scenes: the HR GeoTIFF (RGB, 8-bit; other dtypes need hr_scale)
+    hr_scale: str | None = None  # scenes: "max=VALUE" or "percentile=LO,HI" for an HR raster that is not 8-bit
     s2: str | None = None        # scenes: Sentinel-2 series (folder of GeoTIFFs or one multi-band file)
     s1: str | None = None        # scenes: Sentinel-1 series
     stride: int = 0              # scenes: cells between sample windows (0 = grid: no overlap)

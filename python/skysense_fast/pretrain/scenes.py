@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.geotiff import nodata_mask, normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.series import check_coverage, find_series, read_on_grid
 from .synthetic import HR_SCALE
 
@@ -29,10 +29,11 @@ def _pick(acq: list, frames: int) -> list:
 
 class SceneDataset(torch.utils.data.Dataset):
     def __init__(self, hr: str, s2: str, s1: str, grid: int = 6, s2_frames: int = 4, s1_frames: int = 4,
-                 stride: int | None = None):
+                 stride: int | None = None, hr_scale: str | None = None):
         self.hr, self.grid, self.frames = hr, grid, {"s2": s2_frames, "s1": s1_frames}
         with open_raster(hr, bands=3) as ds:
             self.crs, self.transform, H, W = ds.crs, ds.transform, ds.height, ds.width
+            self.scale = hr_scaler(ds, hr_scale)  # a raster that is not 8-bit needs data.hr_scale
             self.series = {"s2": _pick(find_series(s2, band_count=10), s2_frames),
                            "s1": _pick(find_series(s1, band_count=2), s1_frames)}
             for kind, acq in self.series.items():
@@ -54,7 +55,7 @@ class SceneDataset(torch.utils.data.Dataset):
         size = self.grid * HR_SCALE
         with open_raster(self.hr, bands=3) as ds:
             a = ds.read([1, 2, 3], window=Window(c, r, size, size))
-            x = normalise_hr(a)
+            x = normalise_hr(a if self.scale is None else self.scale(a))
             hole = nodata_mask(a, ds.nodata)
             if hole is not None:
                 x = np.where(hole[None], 0.0, x).astype(np.float32)

@@ -94,7 +94,8 @@ def make_dataset(cfg: PretrainConfig):
         from .scenes import SceneDataset
 
         scenes = scene_list(d.manifest) if d.manifest else [{"hr": d.hr, "s2": d.s2, "s1": d.s1}]
-        parts = [SceneDataset(sc["hr"], sc["s2"], sc["s1"], d.grid, d.s2_frames, d.s1_frames, d.stride or None)
+        parts = [SceneDataset(sc["hr"], sc["s2"], sc["s1"], d.grid, d.s2_frames, d.s1_frames, d.stride or None,
+                              d.hr_scale)
                  for sc in scenes]
         return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     return SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
