@@ -10,6 +10,7 @@ import torch
 
 from skysense_fast.cli import main
 
+from bad_geotiffs import corpus
 from test_infer import write_scene
 
 
@@ -94,3 +95,29 @@ def test_out_of_memory_names_what_to_lower(scene, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(infer, "embed_scene", oom)
     code, err = _run(capsys, ["embed", scene, "-o", tmp_path / "f.tif", "--tile", "64", "--batch-size", "8"])
     assert code == 2 and "--tile 64 --batch-size 8: lower --batch-size" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["empty file", "truncated", "not a tiff", "header only", "one band"])
+def test_bad_geotiffs_are_one_line(case, tmp_path, capsys):
+    """Each file of the seeded corpus: exit 2, one line naming the file, nothing written."""
+    path, _ = corpus(tmp_path)[case]
+    code, err = _run(capsys, ["embed", path, "-o", tmp_path / "f.tif"])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert path.rsplit("/", 1)[-1] in err, err
+    assert not (tmp_path / "f.tif").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "-o", "{t}/x.pt2", "--size", "0"], "--size must be >= 1"),
+    (["export", "-o", "{t}/x.pt2", "--size", "48"], "multiple of 32"),
+    (["export", "-o", "{t}/no/x.pt2"], "does not exist"),
+    (["convert", "-o", "{t}/w.safetensors"], "give the official weights"),
+    (["pretrain", "{t}/missing.yaml"], "missing.yaml"),
+    (["pretrain", "{cfg}", "--set", "optim.lr=.inf"], "optim.lr must be a finite number"),
+    (["pretrain", "{cfg}", "--steps", "0"], "--steps must be >= 1"),
+])
+def test_other_commands_bad_input(argv, message, tmp_path, capsys):
+    cfg = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "skysense-tiny.yaml")
+    code, err = _run(capsys, [a.format(t=tmp_path, cfg=cfg) for a in argv])
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -455,7 +455,10 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
 
     from rasterio.transform import Affine
 
+    from rasterio.errors import RasterioError
+
     from ..data.series import read_on_grid
+    from ..errors import InputError
 
     series = {k: v for k, v in (series or {}).items() if v}
 
@@ -464,7 +467,11 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
         arr, fracs, extra = [], [], {k: ([], []) for k in series}
         grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
-            a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+            try:
+                a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+            except RasterioError as e:  # rasterio's message names neither the file nor the place
+                raise InputError(f"{ds.name}: reading pixels ({r}, {c}) to ({r + h}, {c + w}) failed ({e}); "
+                                 "is the file truncated or damaged?") from None
             x = normalise_hr(a if scale is None else scale(a), stats)
             hole = nodata_mask(a, nodata)
             if hole is not None:  # nodata pixels become zero input, like padding
