@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _lib
+from .errors import InputError
 
 log = logging.getLogger("skysense_fast")
 
@@ -76,7 +77,7 @@ def _status(name: str) -> BackendStatus:
         if not torch.cuda.is_available():
             return BackendStatus(False, f"built for sm_{info.get('cuda_archs')} but no CUDA device is visible")
         return BackendStatus(True, f"CUDA kernels for sm {info.get('cuda_archs')}")
-    raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    raise InputError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def backends() -> dict[str, object]:
@@ -101,7 +102,7 @@ def use_backend(name: str) -> Iterator[None]:
     a device the backend cannot handle, raises when the op is called.
     """
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     st = _status(name)
     if not st.available:
         raise RuntimeError(f"backend {name!r} is not available: {st.reason}")

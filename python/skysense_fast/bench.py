@@ -12,6 +12,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 from .backends import use_backend
+from .errors import InputError
 
 
 def _cases(device: torch.device, scale: int) -> dict[str, tuple[Callable, Callable | None]]:
@@ -68,9 +69,9 @@ def _max_error(fn: Callable) -> float:
 def run(device: str = "cpu", scale: int = 1, out=print) -> list[dict]:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("bench: --device cuda but no CUDA device is available")
+        raise InputError("bench: --device cuda but no CUDA device is available")
     if scale < 1:
-        raise ValueError(f"bench: --scale must be >= 1, got {scale}")
+        raise InputError(f"bench: --scale must be >= 1, got {scale}")
     rows = []
     out(f"{'op':<58}{'pass':<10}{'fused ms':>10}{'reference ms':>14}{'speed-up':>10}{'max |err|':>11}")
     for name, (fwd, fwd_bwd) in _cases(dev, scale).items():

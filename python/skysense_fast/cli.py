@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from .errors import InputError
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -80,8 +81,6 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                            hr_scale=getattr(args, "hr_scale", None),
                            s2_band_order=getattr(args, "s2_band_order", "model"))
     except torch.OutOfMemoryError:
-        from skysense_fast.errors import InputError
-
         raise InputError(f"out of memory on {device} with --tile {args.tile} --batch-size {args.batch_size}: lower "
                          "--batch-size (then --tile), or use --dtype bfloat16") from None
     C, h, w = info["shape"]
@@ -220,9 +219,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from skysense_fast.weights import save_weights
 
     if not args.weights:
-        raise ValueError("convert: give the official weights with --weights (a full checkpoint, or part=FILE items)")
+        raise InputError("convert: give the official weights with --weights (a full checkpoint, or part=FILE items)")
     if not args.output.endswith(".safetensors"):
-        raise ValueError(f"convert: -o must name a .safetensors file, got {args.output}")
+        raise InputError(f"convert: -o must name a .safetensors file, got {args.output}")
     model = _load_model(args)
     save_weights(model, args.output)  # atomic: a temporary file, then a rename
     print(f"wrote {args.output}: {args.config} weights as safetensors (use it with --weights)")
@@ -238,9 +237,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = _load_model(args).eval()
     size = args.size
     if size % 32:
-        raise ValueError(f"--size must be a multiple of 32, got {size}")
+        raise InputError(f"--size must be a multiple of 32, got {size}")
     if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+        raise InputError(f"--frames must be >= 1, got {args.frames}")
     module, example = _export_module(model, args.part, size, args.frames)
     tmp = args.output + ".partial"
     try:
@@ -295,7 +294,7 @@ def _parse_set(items: list[str]) -> dict:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or "." not in key:
-            raise ValueError(f"--set takes SECTION.FIELD=VALUE (e.g. train.steps=100), got {item!r}")
+            raise InputError(f"--set takes SECTION.FIELD=VALUE (e.g. train.steps=100), got {item!r}")
         out[key] = yaml.safe_load(value)
     return out
 
@@ -423,8 +422,6 @@ def _one_line(e: BaseException) -> str:
 
 def _check_common(args: argparse.Namespace) -> None:
     """What can be checked before any work starts: sizes, the device, the output path."""
-    from .errors import InputError
-
     for name in ("batch_size", "tile", "chunk_rows", "size", "frames", "steps"):
         value = getattr(args, name, None)
         if value is not None and value < 1:

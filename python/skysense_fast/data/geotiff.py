@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from .normalisation import DEFAULT
+from ..errors import InputError
 
 # HR RGB statistics on 0-255 values (SKYSENSE_SPEC.md §8: ImageNet's, as the official configs use)
 HR_MEAN, HR_STD = np.array(DEFAULT.hr_mean, np.float32), np.array(DEFAULT.hr_std, np.float32)
@@ -23,13 +24,13 @@ def open_raster(path: str | os.PathLike, bands: int | None = None):
     try:
         ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
-        raise ValueError(f"{path} is not a readable raster ({e})") from None
+        raise InputError(f"{path} is not a readable raster ({e})") from None
     if bands is not None and ds.count < bands:
         ds.close()
-        raise ValueError(f"{path} has {ds.count} band(s); the HR branch needs {bands} (R, G, B)")
+        raise InputError(f"{path} has {ds.count} band(s); the HR branch needs {bands} (R, G, B)")
     if ds.crs is None:
         ds.close()
-        raise ValueError(f"{path} has no CRS: it is not georeferenced")
+        raise InputError(f"{path} has no CRS: it is not georeferenced")
     return ds
 
 
@@ -83,8 +84,6 @@ def hr_scaler(ds, spec: str | None) -> HRScale | None:
     raster given as is; otherwise from ``spec`` (``max=VALUE`` or ``percentile=LO,HI``, the
     percentiles measured once over the whole scene, nodata excluded). A raster that is not
     8-bit without a ``spec`` is refused: its scale is not guessed."""
-    from ..errors import InputError
-
     dtypes = set(ds.dtypes[:3])
     if spec is None:
         if dtypes == {"uint8"}:

@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Normalisation:
         for kind in ("hr", "s2", "s1"):
             mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
             if len(mean) != len(std) or not all(s > 0 for s in std):
-                raise ValueError(f"normalisation: {kind} needs as many means as stds, all stds > 0; "
+                raise InputError(f"normalisation: {kind} needs as many means as stds, all stds > 0; "
                                  f"got {mean}, {std}")
 
     def apply(self, x: np.ndarray, kind: str) -> np.ndarray:
@@ -34,7 +35,7 @@ class Normalisation:
         mean = np.asarray(getattr(self, f"{kind}_mean"), np.float32)
         std = np.asarray(getattr(self, f"{kind}_std"), np.float32)
         if x.shape[0] != len(mean):
-            raise ValueError(f"normalisation: {kind} has {len(mean)} bands, the data {x.shape[0]}")
+            raise InputError(f"normalisation: {kind} has {len(mean)} bands, the data {x.shape[0]}")
         return ((x.astype(np.float32) - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
 
     def to_json(self) -> str:

@@ -15,6 +15,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from ..errors import InputError
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 HR_SAMPLE = SAMPLE_DIR / "osbs_029_rgb_10cm.tif"
@@ -41,10 +42,10 @@ def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SA
             licences = [n for n in z.namelist() if n.endswith(("LICENSE", "LICENSE.txt", "AUTHORS.md"))]
             notice = "\n\n".join(f"--- {n} ---\n{z.read(n).decode('utf-8', 'replace')}" for n in licences)
     except (OSError, zipfile.BadZipFile, KeyError) as e:
-        raise ValueError(f"{wheel}: not the expected {WHEEL} wheel with {MEMBER} ({e})") from None
+        raise InputError(f"{wheel}: not the expected {WHEEL} wheel with {MEMBER} ({e})") from None
     with MemoryFile(data) as mem, mem.open() as src:
         if src.count < 3 or src.crs is None:
-            raise ValueError(f"{MEMBER} in {wheel}: expected a georeferenced RGB image, got {src.count} band(s), "
+            raise InputError(f"{MEMBER} in {wheel}: expected a georeferenced RGB image, got {src.count} band(s), "
                              f"CRS {src.crs}")
         img = src.read([1, 2, 3])
         profile = dict(driver="GTiff", height=src.height, width=src.width, count=3, dtype=img.dtype.name,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .normalisation import DEFAULT
+from ..errors import InputError
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 # The official SkySense S2 GeoTIFFs store B8 fourth (B2, B3, B4, B8, B5, B6, B7, B8A, B11, B12);
@@ -52,7 +53,7 @@ def parse_date(name: str) -> dt.date:
                 if found is not None:
                     break
     if found is None:
-        raise ValueError(f"no acquisition date in the file name {name!r} (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD) "
+        raise InputError(f"no acquisition date in the file name {name!r} (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD) "
                          f"nor in its tags ({', '.join(_DATE_TAGS)}); pass the dates explicitly")
     return found
 
@@ -84,7 +85,7 @@ def _as_date(d) -> dt.date:
         return d
     found = _first_date(str(d))
     if found is None:
-        raise ValueError(f"not a date: {d!r} (expected YYYY-MM-DD or YYYYMMDD)")
+        raise InputError(f"not a date: {d!r} (expected YYYY-MM-DD or YYYYMMDD)")
     return found
 
 
@@ -98,13 +99,13 @@ def _series_file(path: str, dates: list | None, band_count: int) -> list[Acquisi
     if dates is None:
         per_band = [_first_date(d) if d else None for d in descriptions]
         if any(d is None for d in per_band):
-            raise ValueError(f"{path} holds a series in one file: give its dates (--s2-dates / --s1-dates, or "
+            raise InputError(f"{path} holds a series in one file: give its dates (--s2-dates / --s1-dates, or "
                              "dates=[...]) or put the date of each band in its description")
         dates = list(dict.fromkeys(per_band))            # distinct, in band order
     dates = [_as_date(d) for d in dates]
     T = len(dates)
     if T == 0 or count % T or count // T not in (band_count, band_count + 1):
-        raise ValueError(f"{path} has {count} bands for {T} acquisitions: each needs {band_count} bands "
+        raise InputError(f"{path} has {count} bands for {T} acquisitions: each needs {band_count} bands "
                          f"(or {band_count + 1} with a cloud mask last)")
     per = count // T
     return [Acquisition(path, d, tuple(range(i * per + 1, i * per + band_count + 1)),
@@ -127,15 +128,15 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
         src = os.fspath(source)
         if os.path.isfile(src):
             if band_count is None:
-                raise ValueError("find_series: a single-file series needs band_count (10 for S2, 2 for S1)")
+                raise InputError("find_series: a single-file series needs band_count (10 for S2, 2 for S1)")
             return sorted(_series_file(src, dates, band_count), key=lambda a: a.date)
         if not os.path.isdir(src):
             raise FileNotFoundError(f"series folder or file not found: {src}")
         files = sorted(glob.glob(os.path.join(src, "*.tif")) + glob.glob(os.path.join(src, "*.tiff")))
         if not files:
-            raise ValueError(f"no GeoTIFF (*.tif) in {src}")
+            raise InputError(f"no GeoTIFF (*.tif) in {src}")
     if dates is not None and len(dates) != len(files):
-        raise ValueError(f"{len(dates)} dates given for {len(files)} files")
+        raise InputError(f"{len(dates)} dates given for {len(files)} files")
     found = [_as_date(d) for d in dates] if dates is not None else [parse_date(f) for f in files]
     return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
 
@@ -164,7 +165,7 @@ def ordered_bands(path: str, descriptions, wanted: tuple[int, ...], kind: str) -
     if any(n is None for n in names):
         return list(wanted)
     if sorted(names) != sorted(expected):
-        raise ValueError(f"{path}: its bands are named {', '.join(names)}; {kind.upper()} needs "
+        raise InputError(f"{path}: its bands are named {', '.join(names)}; {kind.upper()} needs "
                          f"{', '.join(expected)}")
     by_name = dict(zip(names, wanted))
     return [by_name[n] for n in expected]
@@ -182,14 +183,14 @@ def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
     for path in dict.fromkeys(a.path for a in acq):
         with rasterio.open(path) as ds:
             if ds.crs is None:
-                raise ValueError(f"{path} has no CRS: {kind.upper()} files must be georeferenced to be aligned "
+                raise InputError(f"{path} has no CRS: {kind.upper()} files must be georeferenced to be aligned "
                                  "with the scene")
             b = transform_bounds(ds.crs, crs, *ds.bounds, densify_pts=21)
         seen.append(b)
         if b[0] < right and b[2] > left and b[1] < top and b[3] > bottom:
             return
     fmt = lambda b: "(" + ", ".join(f"{v:.1f}" for v in b) + ")"  # noqa: E731
-    raise ValueError(f"the {kind.upper()} series does not overlap the scene: scene bounds {fmt(bounds)}, series "
+    raise InputError(f"the {kind.upper()} series does not overlap the scene: scene bounds {fmt(bounds)}, series "
                      f"bounds {', '.join(fmt(b) for b in seen[:3])} (in the scene's CRS {crs})")
 
 
@@ -214,11 +215,11 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
             wanted, mask_band = a.bands, a.mask_band
             if wanted is None:
                 if ds.count not in (bands, bands + 1):
-                    raise ValueError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} ({', '.join(names)})"
+                    raise InputError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} ({', '.join(names)})"
                                      f", optionally + 1 cloud-mask band")
                 wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
             elif len(wanted) != bands:
-                raise ValueError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
+                raise InputError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
             if a.band_order is not None:
                 wanted = tuple(wanted[j] for j in a.band_order)
             grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])

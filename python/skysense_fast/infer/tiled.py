@@ -23,6 +23,7 @@ import torch
 from ..data.geotiff import hr_scaler, may_hold_nodata, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.normalisation import of as normalisation_of
 from ..data.series import check_coverage
+from ..errors import InputError
 
 SCALE = 32  # image pixels per feature pixel (the HR stage-3 grid)
 
@@ -89,17 +90,17 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     from rasterio.transform import Affine
 
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
-        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
+        raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
     if output not in ("fused", "geo"):
-        raise ValueError(f"output must be 'fused' or 'geo', got {output!r}")
+        raise InputError(f"output must be 'fused' or 'geo', got {output!r}")
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     dst = os.fspath(dst)
     rank, world = _distributed()
     model = model.eval().to(device)
     series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
     if s2_band_order not in ("model", "official"):
-        raise ValueError(f"s2_band_order must be 'model' or 'official', got {s2_band_order!r}")
+        raise InputError(f"s2_band_order must be 'model' or 'official', got {s2_band_order!r}")
     if s2_band_order == "official" and series["s2"]:
         from ..data.series import OFFICIAL_S2_ORDER
 
@@ -325,7 +326,7 @@ def _embed_in_pieces(run: _Run, dst: str, profile: dict, output: str, chunk_rows
                 old = json.load(f)
             if old != manifest:
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-                raise ValueError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
+                raise InputError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
                                  "weights, input, dtype or tiling); remove it to start over")
         else:
             shutil.rmtree(folder, ignore_errors=True)
@@ -410,7 +411,7 @@ def _refuse_to_overwrite_an_input(dst: str, inputs) -> None:
         return
     for path in inputs:
         if os.path.exists(path) and os.path.samefile(path, dst):
-            raise ValueError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
+            raise InputError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
                              "would replace the input with its features: choose another output path")
 
 
@@ -458,7 +459,6 @@ def _run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output
     from rasterio.errors import RasterioError
 
     from ..data.series import read_on_grid
-    from ..errors import InputError
 
     series = {k: v for k, v in (series or {}).items() if v}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def list_configs() -> list[str]:
 
 def get_config(name: str, **overrides) -> SkySenseConfig:
     if name not in _CONFIGS:
-        raise ValueError(f"unknown SkySense config {name!r}; available: {', '.join(list_configs())}")
+        raise InputError(f"unknown SkySense config {name!r}; available: {', '.join(list_configs())}")
     return replace(_CONFIGS[name], **overrides)
 
 

@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from ..errors import InputError
 
 
 def region_index(latlon: Tensor, regions: int) -> Tensor:
@@ -25,14 +26,14 @@ def region_index(latlon: Tensor, regions: int) -> Tensor:
     """
     n = math.isqrt(regions)
     if n * n != regions:
-        raise ValueError(f"region_index: regions must be a square number (an n x n grid), got {regions}")
+        raise InputError(f"region_index: regions must be a square number (an n x n grid), got {regions}")
     if latlon.dim() != 2 or latlon.shape[1] != 2:
-        raise ValueError(f"geolocation must have shape (B, 2) = (latitude, longitude), got {tuple(latlon.shape)}")
+        raise InputError(f"geolocation must have shape (B, 2) = (latitude, longitude), got {tuple(latlon.shape)}")
     lat, lon = latlon[:, 0].double(), latlon[:, 1].double()
     bad = ~((lat >= -90) & (lat <= 90) & (lon >= -180) & (lon <= 180))
     if not torch.compiler.is_compiling() and bad.any():  # (a data-dependent check: eager only)
         i = int(bad.nonzero()[0])
-        raise ValueError(f"geolocation out of range for sample {i}: latitude {lat[i].item()} (must be in [-90, 90]), "
+        raise InputError(f"geolocation out of range for sample {i}: latitude {lat[i].item()} (must be in [-90, 90]), "
                          f"longitude {lon[i].item()} (must be in [-180, 180])")
     row = ((lat + 90) / 180 * n).floor().clamp(max=n - 1).long()
     col = ((lon + 180) / 360 * n).floor().long() % n
@@ -52,7 +53,7 @@ class GeoContext(nn.Module):
         """fused (B, dim, h, w), latlon (B, 2) -> (B, 2 dim, h, w)."""
         B, C, h, w = fused.shape
         if latlon.shape[0] != B:
-            raise ValueError(f"geolocation has {latlon.shape[0]} rows for a batch of {B}")
+            raise InputError(f"geolocation has {latlon.shape[0]} rows for a batch of {B}")
         P = self.prototypes[region_index(latlon, self.regions).to(self.prototypes.device)].to(fused.dtype)  # (B, Np, d)
         f = fused.flatten(2).transpose(1, 2)  # (B, hw, d)
         ctx = torch.softmax(f @ P.transpose(1, 2) / math.sqrt(C), dim=-1) @ P

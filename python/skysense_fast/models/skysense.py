@@ -14,6 +14,7 @@ from .config import SkySenseConfig, get_config
 from .geo_context import GeoContext
 from .swinv2 import SwinV2Encoder
 from .vit import UPHead, ViTEncoder
+from ..errors import InputError
 
 
 class SkySense(nn.Module):
@@ -53,7 +54,7 @@ class SkySense(nn.Module):
     def _series(self, x: Tensor, name: str, encoder: ViTEncoder, head: UPHead) -> Tensor:
         """(B, T, C, h, w) -> (B, T, out, h, w): acquisitions folded into the batch."""
         if x.dim() != 5 or x.shape[2] != encoder.in_chans:
-            raise ValueError(f"SkySense: {name} must have shape (B, T, {encoder.in_chans}, h, w) "
+            raise InputError(f"SkySense: {name} must have shape (B, T, {encoder.in_chans}, h, w) "
                              f"({encoder.in_chans} bands), got {tuple(x.shape)}")
         B, T, _, h, w = x.shape
         # the ViT pads to whole patches; its padding comes back out of the UPHead: crop it
@@ -78,22 +79,22 @@ class SkySense(nn.Module):
         """
         cfg = self.config
         if hr is None and s2 is None and s1 is None:
-            raise ValueError("SkySense: give at least one of hr, s2, s1")
+            raise InputError("SkySense: give at least one of hr, s2, s1")
         maps: dict[str, Tensor | None] = {"hr": None, "s2": None, "s1": None}
         if hr is not None:
             if hr.dim() != 4 or hr.shape[1] != cfg.hr_in_chans:
-                raise ValueError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} bands), "
+                raise InputError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} bands), "
                                  f"got {tuple(hr.shape)}")
             maps["hr"] = self.hr(hr)[0]
         for name, x, doy, enc, head in (("s2", s2, doy_s2, self.s2, self.head_s2), ("s1", s1, doy_s1, self.s1, self.head_s1)):
             if x is None:
                 continue
             if doy is None:
-                raise ValueError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) are required")
+                raise InputError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) are required")
             maps[name] = self._series(x, name, enc, head)
         grids = {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in maps.items() if v is not None}
         if len(set(grids.values())) > 1:
-            raise ValueError(f"SkySense: the modalities do not share the fusion grid: {grids} "
+            raise InputError(f"SkySense: the modalities do not share the fusion grid: {grids} "
                              "(HR needs 32 pixels per Sentinel pixel)")
         dates = {f"doy_{n}": d for n, d in (("s2", doy_s2), ("s1", doy_s1)) if n in cfg.date_embedding and maps[n] is not None}
         fused = self.fusion.forward_maps(maps["hr"], maps["s2"], maps["s1"], date_table=self.ctpe.ctpe if dates else None,

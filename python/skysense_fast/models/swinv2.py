@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..nn.temporal_fusion import _FFN
 from ..nn.window_attention import WindowAttentionV2
+from ..errors import InputError
 
 
 class PatchEmbed(nn.Module):
@@ -139,7 +140,7 @@ class SwinV2Encoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """(B, in_chans, H, W) -> one (B, C_i, H / 2^(i+2), W / 2^(i+2)) map per out index."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"SwinV2Encoder: expected (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+            raise InputError(f"SwinV2Encoder: expected (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
         x = self.patch_embed(x)
         outs = []
         for i, stage in enumerate(self.stages):

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..nn.temporal_fusion import TransformerLayer
+from ..errors import InputError
 
 
 class ViTEncoder(nn.Module):
@@ -53,7 +54,7 @@ class ViTEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_chans, H, W) -> (N, dim, ceil(H/4), ceil(W/4)), the last layer's tokens."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"ViTEncoder: expected (N, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+            raise InputError(f"ViTEncoder: expected (N, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
         ph, pw = (-x.shape[2]) % self.patch, (-x.shape[3]) % self.patch
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))

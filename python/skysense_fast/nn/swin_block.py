@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .window_attention import WindowAttention, WindowAttentionV2, _pair
+from ..errors import InputError
 
 
 class Mlp(nn.Module):
@@ -52,7 +53,7 @@ class DropPath(nn.Module):
 def _act(act_layer) -> Callable[[], nn.Module]:
     if isinstance(act_layer, str):
         if act_layer.lower() != "gelu":
-            raise ValueError(f"act_layer {act_layer!r}: only 'gelu' (or an nn.Module class) is supported")
+            raise InputError(f"act_layer {act_layer!r}: only 'gelu' (or an nn.Module class) is supported")
         return nn.GELU
     return act_layer
 

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
 from ..ops.temporal_attention import MAX_TOKENS, temporal_attention_qkv
+from ..errors import InputError
 
 
 class TemporalPositionEncoding(nn.Module):
@@ -31,7 +32,7 @@ class TemporalPositionEncoding(nn.Module):
     def forward(self, doy: Tensor) -> Tensor:
         """Embeddings of integer days of year 1..366, shape doy.shape + (dim,)."""
         if doy.is_floating_point() or ((doy < 1) | (doy > 366)).any():
-            raise ValueError("TemporalPositionEncoding: doy must be integer days of year in 1..366")
+            raise InputError("TemporalPositionEncoding: doy must be integer days of year in 1..366")
         return self.ctpe[0, doy.long().clamp(max=DATE_TABLE_DAYS) - 1]
 
 

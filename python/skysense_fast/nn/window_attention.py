@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.window_attention import window_attention
+from ..errors import InputError
 
 
 def _pair(x: int | Sequence[int]) -> tuple[int, int]:
@@ -34,7 +35,7 @@ def relative_position_index(window: tuple[int, int], device=None) -> Tensor:
 
 def _no_attn_drop(p: float) -> None:
     if p > 0:
-        raise ValueError(f"attn_drop={p}: the fused window attention has no attention dropout "
+        raise InputError(f"attn_drop={p}: the fused window attention has no attention dropout "
                          "(Swin and SwinV2 use 0); use timm's module for attention dropout")
 
 
@@ -62,7 +63,7 @@ class _FusedWindowAttention(nn.Module):
         B_, N, C = x.shape
         wh, ww = self.window_size
         if N != wh * ww:
-            raise ValueError(f"{type(self).__name__}: x has {N} tokens per window, expected {wh} x {ww}")
+            raise InputError(f"{type(self).__name__}: x has {N} tokens per window, expected {wh} x {ww}")
         o = self._attend(x.view(B_, wh, ww, C), (0, 0), mask)
         return self.proj_drop(self.proj(o.view(B_, N, -1)))
 
@@ -72,7 +73,7 @@ class _FusedWindowAttention(nn.Module):
         B, H, W, C = x.shape
         wh, ww = self.window_size
         if H % wh or W % ww:
-            raise ValueError(f"forward_spatial: the map ({H}, {W}) must be a multiple of the window {self.window_size} "
+            raise InputError(f"forward_spatial: the map ({H}, {W}) must be a multiple of the window {self.window_size} "
                              "(pad it first, as Swin does before its qkv projection)")
         return self.proj_drop(self.proj(self._attend(x, _pair(shift), None)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from ..errors import InputError
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -17,4 +18,4 @@ def same_device(op: str, anchor: str, tensors: dict) -> None:
     dev = tensors[anchor].device
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.device != dev:
-            raise ValueError(f"{op}: {name} must be on {dev} like {anchor}, got {t.device}")
+            raise InputError(f"{op}: {name} must be on {dev} like {anchor}, got {t.device}")

@@ -18,6 +18,7 @@ from torch import Tensor
 from .. import _lib
 from ..backends import select
 from ._dtypes import acc_dtype, same_device
+from ..errors import InputError
 
 __all__ = ["fusion_tokens", "fusion_tokens_reference"]
 
@@ -78,7 +79,7 @@ def fusion_tokens(hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor
     args = (hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table)
     present = next((x for x in (hr, s2, s1) if x is not None), None)
     if present is None:
-        raise ValueError("fusion_tokens: at least one of hr, s2, s1 must be given")
+        raise InputError("fusion_tokens: at least one of hr, s2, s1 must be given")
     backend = select("fusion_tokens", present.device, IMPLEMENTED, CUDA_ORDER)
     if backend == "reference":
         if _lib.load_error() is None:  # the kernels' argument checks, for the same errors
@@ -138,7 +139,7 @@ def _register() -> None:
     def _shape(hr, s2, s1):
         x5 = [t if t.dim() == 5 else t.unsqueeze(1) for t in (hr, s2, s1) if t is not None]
         if not x5:
-            raise ValueError("fusion_tokens: at least one of hr, s2, s1 must be given")
+            raise InputError("fusion_tokens: at least one of hr, s2, s1 must be given")
         B, _, C, h, w = x5[0].shape
         return x5[0], B * h * w, sum(t.shape[1] for t in x5), C
 

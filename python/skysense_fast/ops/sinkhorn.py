@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import _lib
 from ..backends import select
 from ._dtypes import same_device
+from ..errors import InputError
 
 __all__ = ["sinkhorn", "sinkhorn_reference"]
 
@@ -42,30 +43,30 @@ def _check(scores: Tensor, epsilon: float, num_iters: int, tol: float) -> None:
     if not isinstance(scores, Tensor):
         raise TypeError(f"sinkhorn: scores must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() not in (2, 3):
-        raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
+        raise InputError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
     if scores.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise ValueError(f"sinkhorn: scores must be float32, float64, bfloat16 or float16, got {scores.dtype}")
+        raise InputError(f"sinkhorn: scores must be float32, float64, bfloat16 or float16, got {scores.dtype}")
     if scores.numel() == 0:
-        raise ValueError(f"sinkhorn: scores must have at least one problem, sample and prototype, got shape {tuple(scores.shape)}")
+        raise InputError(f"sinkhorn: scores must have at least one problem, sample and prototype, got shape {tuple(scores.shape)}")
     if not (math.isfinite(epsilon) and epsilon > 0):
-        raise ValueError(f"sinkhorn: epsilon must be a finite number > 0, got {epsilon}")
+        raise InputError(f"sinkhorn: epsilon must be a finite number > 0, got {epsilon}")
     if num_iters < 1:
-        raise ValueError(f"sinkhorn: num_iters must be >= 1, got {num_iters}")
+        raise InputError(f"sinkhorn: num_iters must be >= 1, got {num_iters}")
     if not (math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"sinkhorn: tol must be a finite number >= 0 (0 = run exactly num_iters), got {tol}")
+        raise InputError(f"sinkhorn: tol must be a finite number >= 0 (0 = run exactly num_iters), got {tol}")
 
 
 def _marginal(m: Tensor, name: str, what: str, B: int, L: int, like: Tensor) -> Tensor:
     if m.device != like.device:
-        raise ValueError(f"sinkhorn: {name} must be on {like.device} like scores, got {m.device}")
+        raise InputError(f"sinkhorn: {name} must be on {like.device} like scores, got {m.device}")
     if not m.is_floating_point():
-        raise ValueError(f"sinkhorn: {name} must be a floating tensor, got {m.dtype}")
+        raise InputError(f"sinkhorn: {name} must be a floating tensor, got {m.dtype}")
     if not ((m.dim() == 1 and m.shape[0] == L) or (m.dim() == 2 and tuple(m.shape) == (B, L))):
-        raise ValueError(f"sinkhorn: {name} must have shape ({L},) or ({B}, {L}) (one entry per {what}), "
+        raise InputError(f"sinkhorn: {name} must have shape ({L},) or ({B}, {L}) (one entry per {what}), "
                          f"got {tuple(m.shape)}")
     m = m.to(like.dtype).expand(B, L)
     if not (torch.isfinite(m).all() and (m > 0).all()):
-        raise ValueError(f"sinkhorn: {name} must be finite and > 0 everywhere")
+        raise InputError(f"sinkhorn: {name} must be finite and > 0 everywhere")
     return m
 
 
@@ -106,7 +107,7 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
     S = (scores if batched else scores.unsqueeze(0)).to(acc) / epsilon
     if torch.isnan(S).any() or torch.isposinf(S).any():
-        raise ValueError("sinkhorn: scores contain NaN or +inf; scores must be finite (-inf is allowed and gives zero mass)")
+        raise InputError("sinkhorn: scores contain NaN or +inf; scores must be finite (-inf is allowed and gives zero mass)")
     B, N, K = S.shape
     a = None if row_marginals is None else _marginal(row_marginals, "row_marginals", "sample", B, N, S)
     b = None if col_marginals is None else _marginal(col_marginals, "col_marginals", "prototype", B, K, S)
@@ -117,7 +118,7 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     elif b is None:
         b = (a.sum(1, keepdim=True) / K).expand(B, K)
     elif not torch.allclose(a.sum(1).double(), b.sum(1).double(), rtol=1e-4, atol=0):
-        raise ValueError("sinkhorn: row_marginals and col_marginals must have the same total mass per problem, "
+        raise InputError("sinkhorn: row_marginals and col_marginals must have the same total mass per problem, "
                          f"got {a.sum(1).tolist()} and {b.sum(1).tolist()}")
     log_a, log_b = a.log(), b.log()
 
@@ -128,7 +129,7 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
         v_new = log_b - torch.logsumexp(S + u[:, :, None], dim=1)
         u_new = log_a - torch.logsumexp(S + v_new[:, None, :], dim=2)
         if torch.isinf(v_new).any() or torch.isinf(u_new).any():
-            raise ValueError("sinkhorn: scores has a prototype (column) or sample (row) whose scores are all -inf")
+            raise InputError("sinkhorn: scores has a prototype (column) or sample (row) whose scores are all -inf")
         u = torch.where(active[:, None], u_new, u)
         v = torch.where(active[:, None], v_new, v)
         if tol > 0:
@@ -242,7 +243,7 @@ def _register() -> None:
     def _fake(scores, epsilon=0.05, num_iters=3, tol=0.0, row_marginals=None, col_marginals=None):
         same_device("sinkhorn", "scores", dict(scores=scores, row_marginals=row_marginals, col_marginals=col_marginals))
         if scores.dim() not in (2, 3):
-            raise ValueError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
+            raise InputError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
         B = scores.shape[0] if scores.dim() == 3 else 1
         return torch.empty_like(scores, memory_format=torch.contiguous_format), scores.new_empty((B,), dtype=torch.int64)
 

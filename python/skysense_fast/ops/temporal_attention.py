@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import _lib
 from ..backends import select
 from ._dtypes import acc_dtype, same_device
+from ..errors import InputError
 
 __all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
@@ -75,7 +76,7 @@ def temporal_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor
 
 def _unpack(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
-        raise ValueError(f"temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got {tuple(qkv.shape)}")
+        raise InputError(f"temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got {tuple(qkv.shape)}")
     return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
 
 
@@ -153,7 +154,7 @@ def _register() -> None:
     def _fake(q, k, v, key_padding_mask=None, scale=None):
         same_device("temporal_attention", "q", dict(q=q, k=k, v=v, key_padding_mask=key_padding_mask))
         if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-            raise ValueError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
+            raise InputError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
         return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
 
     @torch.library.register_fake("skysense::temporal_attention_backward")

@@ -23,6 +23,7 @@ from .. import _lib
 from ..backends import select
 from ._dtypes import acc_dtype, same_device
 from .window_attention_reference import window_attention_reference
+from ..errors import InputError
 
 __all__ = ["window_attention", "window_attention_reference"]
 
@@ -35,7 +36,7 @@ def _pair(x: int | Sequence[int], name: str) -> list[int]:
         return [x, x]
     x = list(x)
     if len(x) != 2 or not all(isinstance(i, int) for i in x):
-        raise ValueError(f"window_attention: {name} must be an int or two ints, got {x}")
+        raise InputError(f"window_attention: {name} must be an int or two ints, got {x}")
     return x
 
 
@@ -134,7 +135,7 @@ def _register() -> None:
     def _fake(q, k, v, window, shift, logit_scale=None, bias=None, mask=None, scale=None):
         same_device("window_attention", "q", dict(q=q, k=k, v=v, logit_scale=logit_scale, bias=bias, mask=mask))
         if q.dim() != 5 or k.shape != q.shape or v.shape != q.shape:
-            raise ValueError("window_attention: q, k and v must have the same shape (B, H, W, heads, head_dim)")
+            raise InputError("window_attention: q, k and v must have the same shape (B, H, W, heads, head_dim)")
         return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(_lse_shape(q, window),
                                                                                        dtype=acc_dtype(q.dtype))
 

@@ -38,6 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .checkpoint_reader import SafeLoadPlanner, SafeReader
+from ..errors import InputError
 
 TRAINER_FILE = "trainer.json"
 _STEP_DIR = re.compile(r"step_\d{8}")
@@ -179,7 +180,7 @@ def check_resumable(path: str, config: dict) -> None:
     diff = [f"{sec}.{f}: checkpoint {saved[sec][f]!r}, config {config[sec][f]!r}"
             for sec, fields in _SHAPE_FIELDS.items() for f in fields if saved[sec].get(f) != config[sec].get(f)]
     if diff:
-        raise ValueError(f"{path} was written by a run with another model: " + "; ".join(diff)
+        raise InputError(f"{path} was written by a run with another model: " + "; ".join(diff)
                          + " (use another train.out_dir, or --no-resume)")
 
 

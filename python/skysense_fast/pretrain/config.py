@@ -14,9 +14,10 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from ..errors import InputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A pretraining config that cannot run; the message names the field."""
 
 

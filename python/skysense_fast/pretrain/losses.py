@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.sinkhorn import sinkhorn
+from ..errors import InputError
 
 
 class DINOHead(nn.Module):
@@ -75,7 +76,7 @@ def distill_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp:
     split over ranks. The teacher side carries no gradient.
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"distill_loss: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
+        raise InputError(f"distill_loss: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
     target = teacher_targets(teacher, center, teacher_temp, centering, sinkhorn_iters)
     per_row = -(target * torch.log_softmax(student.float() / student_temp, dim=-1)).sum(-1)
     w = torch.ones_like(per_row) if weight is None else weight.float()
@@ -122,7 +123,7 @@ def info_nce(za: Tensor, zb: Tensor, temperature: float) -> Tensor:
     of row n is column n. Returns the mean over images, rows and both directions.
     """
     if za.shape != zb.shape or za.dim() != 3 or za.shape[1] < 2:
-        raise ValueError(f"info_nce: za and zb must both be (B, N >= 2, d), got {tuple(za.shape)}, {tuple(zb.shape)}")
+        raise InputError(f"info_nce: za and zb must both be (B, N >= 2, d), got {tuple(za.shape)}, {tuple(zb.shape)}")
     za, zb = F.normalize(za.float(), dim=-1), F.normalize(zb.float(), dim=-1)
     logits = za @ zb.transpose(1, 2) / temperature                            # (B, N, N)
     target = torch.arange(za.shape[1], device=za.device).expand(za.shape[0], -1)

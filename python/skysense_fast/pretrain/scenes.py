@@ -19,6 +19,7 @@ from torch import Tensor
 from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.series import check_coverage, find_series, read_on_grid
 from .synthetic import HR_SCALE
+from ..errors import InputError
 
 
 def _pick(acq: list, frames: int) -> list:
@@ -41,7 +42,7 @@ class SceneDataset(torch.utils.data.Dataset):
         size, step = grid * HR_SCALE, (stride or grid) * HR_SCALE
         self.windows = [(r, c) for r in range(0, H - size + 1, step) for c in range(0, W - size + 1, step)]
         if not self.windows:
-            raise ValueError(f"{hr} ({W} x {H} px) is smaller than one sample of {size} x {size} px "
+            raise InputError(f"{hr} ({W} x {H} px) is smaller than one sample of {size} x {size} px "
                              f"(data.grid = {grid} cells of {HR_SCALE} px)")
 
     def __len__(self) -> int:

@@ -30,6 +30,7 @@ from .config import PretrainConfig, validate
 from .objective import SkySensePretrainer, ema_update, make_teacher
 from .optim import build_optimizer, build_scheduler, cosine_schedule
 from .synthetic import SyntheticMultimodal
+from ..errors import InputError
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:
@@ -46,7 +47,7 @@ def _device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("config: train.device is cuda but no CUDA device is available")
+            raise InputError("config: train.device is cuda but no CUDA device is available")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
 

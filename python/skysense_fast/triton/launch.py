@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from ..errors import InputError
 
 # CUDA's grid limits: x up to 2^31 - 1 blocks, y and z up to 65,535
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
@@ -27,7 +28,7 @@ class Launch:
     def __post_init__(self):
         for i, (n, lim) in enumerate(zip(self.grid, GRID_LIMITS)):
             if not 0 <= n <= lim:
-                raise ValueError(f"{self.name}: grid dimension {i} is {n}, outside CUDA's limit 0..{lim} "
+                raise InputError(f"{self.name}: grid dimension {i} is {n}, outside CUDA's limit 0..{lim} "
                                  "(split the input into smaller calls)")
 
     @property

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .launch import Launch
+from ..errors import InputError
 
 # status codes, as in csrc/sinkhorn/sinkhorn.h
 _NON_FINITE = tl.constexpr(1)
@@ -234,7 +235,7 @@ def launches(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, eps
     """(launches, Q, iters, status) for prepared (B, N, K) scores: the kernels to run, in order,
     into `out` (new if None), contiguous (B, N, K)."""
     if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"sinkhorn (triton): scores must be float32, bfloat16 or float16, got {scores.dtype}")
+        raise InputError(f"sinkhorn (triton): scores must be float32, bfloat16 or float16, got {scores.dtype}")
     B, N, K = scores.shape
     dev = scores.device
     f32 = dict(device=dev, dtype=torch.float32)

@@ -23,6 +23,7 @@ import triton.language as tl
 
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
 from .launch import Launch
+from ..errors import InputError
 
 
 @triton.jit
@@ -140,7 +141,7 @@ def _tiles(dtype: torch.dtype, T: int, hd: int) -> tuple[dict, tuple[int, int]]:
 
 def _config(q, key_mask):
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"temporal_attention (triton): q must be float32, bfloat16 or float16, got {q.dtype}")
+        raise InputError(f"temporal_attention (triton): q must be float32, bfloat16 or float16, got {q.dtype}")
     S, heads, T, hd = q.shape
     tiles, warps = _tiles(q.dtype, T, hd)
     meta = dict(HAS_MASK=key_mask is not None, IEEE=q.dtype == torch.float32, **tiles)

@@ -24,6 +24,7 @@ import triton.language as tl
 from ..ops.window_attention_reference import LOGIT_SCALE_MAX
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
 from .launch import Launch
+from ..errors import InputError
 
 MASK_VALUE = tl.constexpr(-100.0)
 LS_MAX = tl.constexpr(LOGIT_SCALE_MAX)
@@ -241,7 +242,7 @@ def _config(q, logit_scale, bias, mask, scale, g):
     """(constexprs shared by the kernels, per-kernel tiles, scalar geometry, (logit_scale, bias,
     mask) or dummies)."""
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"window_attention (triton): q must be float32, bfloat16 or float16, got {q.dtype}")
+        raise InputError(f"window_attention (triton): q must be float32, bfloat16 or float16, got {q.dtype}")
     meta = dict(WH=g["wh"], WW=g["ww"], SH=g["sh"], SW=g["sw"], COSINE=logit_scale is not None,
                 HAS_BIAS=bias is not None, HAS_MASK=mask is not None, IEEE=q.dtype == torch.float32)
     geo = (g["H"], g["W"], g["Hp"], g["Wp"], g["nW"], g["nWw"], g["hd"],

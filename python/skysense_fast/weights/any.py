@@ -10,6 +10,7 @@ from torch import nn
 from .checks import file_format
 from .io import load_weights
 from .official import BRANCHES, load_official
+from ..errors import InputError
 
 
 def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
@@ -23,19 +24,19 @@ def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     """
     items = [os.fspath(sources)] if isinstance(sources, (str, os.PathLike)) else [os.fspath(s) for s in sources]
     if not items:
-        raise ValueError("weights: nothing given")
+        raise InputError("weights: nothing given")
     named = [s for s in items if _is_part(s)]
     if named:
         if len(named) != len(items):
-            raise ValueError(f"weights: give one file, or part=path items only; got {items}")
+            raise InputError(f"weights: give one file, or part=path items only; got {items}")
         parts = dict(s.split("=", 1) for s in named)
         known = set(BRANCHES.values())
         bad = sorted(set(parts) - known)
         if bad:
-            raise ValueError(f"weights: unknown part {bad[0]!r} (parts: {', '.join(sorted(known))})")
+            raise InputError(f"weights: unknown part {bad[0]!r} (parts: {', '.join(sorted(known))})")
         return str(load_official(model, parts))
     if len(items) > 1:
-        raise ValueError(f"weights: several files need part=path names (e.g. hr=backbone_hr.pth); got {items}")
+        raise InputError(f"weights: several files need part=path names (e.g. hr=backbone_hr.pth); got {items}")
     path = items[0]
     if file_format(path) == "safetensors" and _is_ours(path):
         load_weights(model, path)

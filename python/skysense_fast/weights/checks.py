@@ -11,6 +11,7 @@ import struct
 
 import torch
 from torch import Tensor
+from ..errors import InputError
 
 _ZIP = b"PK\x03\x04"
 
@@ -31,24 +32,24 @@ def file_format(path: str | os.PathLike) -> str:
         try:
             json.loads(header)
         except ValueError as e:
-            raise ValueError(f"{path} is a damaged safetensors file (its header is not JSON: {e})") from None
+            raise InputError(f"{path} is a damaged safetensors file (its header is not JSON: {e})") from None
         return "safetensors"
-    raise ValueError(f"{path} is neither a safetensors file nor a torch checkpoint (its first bytes are "
+    raise InputError(f"{path} is neither a safetensors file nor a torch checkpoint (its first bytes are "
                      f"{head[:8]!r}); is it truncated or of another format?")
 
 
 def check_tensor(name: str, value: Tensor, target: Tensor) -> None:
     """Raises ValueError naming `name` unless `value` can replace `target`."""
     if not isinstance(value, Tensor):
-        raise ValueError(f"{name}: the file holds a {type(value).__name__}, not a tensor")
+        raise InputError(f"{name}: the file holds a {type(value).__name__}, not a tensor")
     if tuple(value.shape) != tuple(target.shape):
-        raise ValueError(f"{name}: the file has shape {tuple(value.shape)}, the model {tuple(target.shape)} "
+        raise InputError(f"{name}: the file has shape {tuple(value.shape)}, the model {tuple(target.shape)} "
                          "(weights for another config?)")
     if target.is_floating_point():
         if not value.is_floating_point():
-            raise ValueError(f"{name}: the file holds {value.dtype} values where the model has {target.dtype}")
+            raise InputError(f"{name}: the file holds {value.dtype} values where the model has {target.dtype}")
         if not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"{name}: {bad} of {value.numel()} values are NaN or infinite (a corrupt file?)")
+            raise InputError(f"{name}: {bad} of {value.numel()} values are NaN or infinite (a corrupt file?)")
     elif value.dtype != target.dtype:
-        raise ValueError(f"{name}: the file holds {value.dtype} where the model has {target.dtype}")
+        raise InputError(f"{name}: the file holds {value.dtype} where the model has {target.dtype}")

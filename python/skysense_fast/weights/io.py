@@ -15,6 +15,7 @@ from torch import nn
 from ..data.normalisation import Normalisation
 from ..data.normalisation import of as normalisation_of
 from .checks import check_tensor, file_format
+from ..errors import InputError
 
 
 def _config_json(model: nn.Module) -> str:
@@ -47,14 +48,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
     path = os.fspath(path)
     if file_format(path) != "safetensors":
-        raise ValueError(f"{path} is a torch checkpoint, not a safetensors file (official .pth files: load_official)")
+        raise InputError(f"{path} is a torch checkpoint, not a safetensors file (official .pth files: load_official)")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     saved = json.loads(meta.get("skysense_config", "{}"))
     mine = json.loads(_config_json(model))
     if saved and mine and saved != mine:
         diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
-        raise ValueError(f"{path} was saved for another config; differing fields (file, model): {diff}")
+        raise InputError(f"{path} was saved for another config; differing fields (file, model): {diff}")
     state = load_file(path)
     own = model.state_dict()
     for k, v in state.items():  # everything checked before anything is copied: all or nothing
@@ -62,10 +63,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
             try:
                 check_tensor(k, v, own[k])
             except ValueError as e:
-                raise ValueError(f"{path}: {e}") from None
+                raise InputError(f"{path}: {e}") from None
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if strict and (missing or unexpected):
-        raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        raise InputError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
                          " (strict=False loads what matches)")
     result = model.load_state_dict(state, strict=strict)
     if "skysense_normalisation" in meta:  # the input statistics the weights were trained with

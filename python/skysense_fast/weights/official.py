@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_tensor, file_format
+from ..errors import InputError
 
 WRAPPERS = ("module.", "backbone.", "model.")
 BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "fusion.": "fusion",
@@ -61,10 +62,10 @@ def read_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> dict[st
             try:
                 sd = torch.load(source, map_location="cpu", weights_only=True)
             except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # a damaged or non-tensor file
-                raise ValueError(f"{source} is not a readable weights-only torch checkpoint: "
+                raise InputError(f"{source} is not a readable weights-only torch checkpoint: "
                                  f"{str(e).splitlines()[0]}") from None
         if not isinstance(sd, Mapping):
-            raise ValueError(f"{source} holds a {type(sd).__name__}, not a state dict")
+            raise InputError(f"{source} holds a {type(sd).__name__}, not a state dict")
     for key in ("model", "state_dict"):
         if key in sd and isinstance(sd[key], Mapping):
             sd = dict(sd[key])
@@ -149,7 +150,7 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         copies += [(own[key], value, f"{part}.{key}") for key, value in sd.items() if key in own]
         report.loaded[part] = sum(k in own for k in sd)
     if strict and (report.missing or report.unexpected):
-        raise ValueError("official checkpoint does not match the model (use strict=False to load what matches):\n"
+        raise InputError("official checkpoint does not match the model (use strict=False to load what matches):\n"
                          + str(report))
     for dst, src, name in copies:  # everything checked before anything is copied: all or nothing
         check_tensor(name, src, dst)
