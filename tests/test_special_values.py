@@ -151,3 +151,13 @@ def test_sinkhorn_beyond_float32_precision_says_so():
     from skysense_fast.ops import sinkhorn_reference
 
     torch.testing.assert_close(q, sinkhorn_reference(s.double(), 0.05)[0], rtol=1e-5, atol=1e-6)  # float64 at 2e9
+
+
+def test_sinkhorn_subnormal_marginals_are_refused():
+    """Marginals of 1e-44 (subnormal float32) gave NaN Q, silently."""
+    s = torch.randn(20, 6, generator=torch.Generator().manual_seed(0))
+    with skysense_fast.use_backend("cpp"):
+        with pytest.raises(ValueError, match="col_marginals must be finite and at least .* smallest normal float32"):
+            skysense_fast.sinkhorn(s, 0.05, 3, col_marginals=torch.full((6,), 1e-44))
+        q = skysense_fast.sinkhorn(s, 0.05, 3, col_marginals=torch.full((6,), 1e-30))  # small but normal
+    assert torch.isfinite(q).all()

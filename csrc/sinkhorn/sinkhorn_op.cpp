@@ -1,6 +1,8 @@
 // skysense::sinkhorn: schema, argument checks shared by all backends, and the CPU kernel's
 // registration. The CUDA key is registered from Python (it picks Triton or CUDA C++).
 #include <ATen/ATen.h>
+
+#include <limits>
 #include <ATen/MemoryOverlap.h>
 #include <torch/library.h>
 
@@ -22,8 +24,11 @@ at::Tensor check_marginal(const at::Tensor& m, const char* name, const char* wha
   TORCH_CHECK_VALUE(ok, "sinkhorn: ", name, " must have shape (", L, ",) or (", B, ", ", L,
                     ") (one entry per ", what, "), got ", shape_str(m.sizes()));
   at::Tensor m2 = m.to(acc).expand({B, L}).contiguous();
-  TORCH_CHECK_VALUE(at::isfinite(m2).all().item<bool>() && (m2 > 0).all().item<bool>(),
-                    "sinkhorn: ", name, " must be finite and > 0 everywhere");
+  // subnormal masses have too few bits for the log domain's exp / log round trip (NaN Q)
+  const double tiny = acc == at::kDouble ? std::numeric_limits<double>::min() : std::numeric_limits<float>::min();
+  TORCH_CHECK_VALUE(at::isfinite(m2).all().item<bool>() && (m2 >= tiny).all().item<bool>(),
+                    "sinkhorn: ", name, " must be finite and at least ", tiny, " (the smallest normal ",
+                    acc == at::kDouble ? "float64" : "float32", ") everywhere; scale both marginals up");
   return m2;
 }
 

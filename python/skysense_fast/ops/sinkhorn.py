@@ -65,8 +65,10 @@ def _marginal(m: Tensor, name: str, what: str, B: int, L: int, like: Tensor) -> 
         raise InputError(f"sinkhorn: {name} must have shape ({L},) or ({B}, {L}) (one entry per {what}), "
                          f"got {tuple(m.shape)}")
     m = m.to(like.dtype).expand(B, L)
-    if not (torch.isfinite(m).all() and (m > 0).all()):
-        raise InputError(f"sinkhorn: {name} must be finite and > 0 everywhere")
+    tiny = torch.finfo(like.dtype).tiny  # subnormal masses lose the log domain's round trip (as the kernels)
+    if not (torch.isfinite(m).all() and (m >= tiny).all()):
+        raise InputError(f"sinkhorn: {name} must be finite and at least {tiny:g} (the smallest normal "
+                         f"{str(like.dtype)[6:]}) everywhere; scale both marginals up")
     return m
 
 
