@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+
 from .errors import InputError
 
 

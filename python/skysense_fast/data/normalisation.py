@@ -9,6 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
 from ..errors import InputError
 
 

@@ -15,6 +15,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+
 from ..errors import InputError
 
 SAMPLE_DIR = Path(__file__).parent / "sample"

@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+
 from ..errors import InputError
 
 

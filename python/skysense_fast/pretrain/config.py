@@ -14,6 +14,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+
 from ..errors import InputError
 
 

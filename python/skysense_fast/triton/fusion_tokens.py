@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Launch
+from .launch import Launch, run
 
 DAYS = 365
 
@@ -106,8 +106,7 @@ def forward_launches(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, dat
 
 def fusion_tokens_forward(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table):
     plan, tokens, mask = forward_launches(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table)
-    for launch in plan:
-        launch()
+    run(plan)
     return tokens, mask
 
 
@@ -141,8 +140,7 @@ def fusion_tokens_backward(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, v
     Frames' pixel sums go to their date rows by a one-hot product in float64: deterministic
     (no atomics) and exact enough to match the reference's summation."""
     plan, grads, parts = backward_launches(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table)
-    for launch in plan:
-        launch()
+    run(plan)
     empty = grad.new_empty((0,))
     gtable = empty
     if date_table is not None:

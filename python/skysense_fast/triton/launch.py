@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
 from ..errors import InputError
 
 # CUDA's grid limits: x up to 2^31 - 1 blocks, y and z up to 65,535

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Launch
+from .launch import Launch, run
 from ..errors import InputError
 
 # status codes, as in csrc/sinkhorn/sinkhorn.h
@@ -282,6 +282,5 @@ def sinkhorn_triton(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tens
     """Runs the kernels on prepared (B, N, K) scores into `out` (new if None), contiguous
     (B, N, K); returns (Q, iters, status)."""
     plan, out, iters, status = launches(scores, log_a, log_b, epsilon, num_iters, tol, out)
-    for launch in plan:
-        launch()
+    run(plan)
     return out, iters, status

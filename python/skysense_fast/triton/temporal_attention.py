@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
-from .launch import Launch
+from .launch import Launch, run
 from ..errors import InputError
 
 
@@ -199,6 +199,5 @@ def temporal_attention_forward(q, k, v, key_mask, scale):
 
 def temporal_attention_backward(grad_out, out, lse, q, k, v, key_mask, scale):
     launches, dq, dk, dv = backward_launches(grad_out, out, lse, q, k, v, key_mask, scale)
-    for launch in launches:
-        launch()
+    run(launches)
     return dq, dk, dv

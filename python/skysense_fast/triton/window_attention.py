@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ..ops.window_attention_reference import LOGIT_SCALE_MAX
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
-from .launch import Launch
+from .launch import Launch, run
 from ..errors import InputError
 
 MASK_VALUE = tl.constexpr(-100.0)
@@ -313,8 +313,7 @@ def window_attention_backward(grad_out, out, lse, q, k, v, logit_scale, bias, ma
     """(dq, dk, dv, d logit_scale, d bias); the last two are (0,) when not applicable."""
     launches, dq, dk, dv, dbias, dls = backward_launches(grad_out, out, lse, q, k, v, logit_scale, bias, mask,
                                                          scale, g)
-    for launch in launches:
-        launch()
+    run(launches)
     if logit_scale is not None:  # d tau / d logit_scale = tau below the clamp, 0 above
         lsf = logit_scale.float()
         dls = dls.sum((0, 2)) * torch.where(lsf < LOGIT_SCALE_MAX, torch.exp(torch.clamp(lsf, max=LOGIT_SCALE_MAX)), 0.0)

@@ -11,6 +11,7 @@ import struct
 
 import torch
 from torch import Tensor
+
 from ..errors import InputError
 
 _ZIP = b"PK\x03\x04"
