@@ -1,7 +1,7 @@
 """Temporal fusion, float32 on the CPU: temporal_attention (4,096 sequences of 31 tokens =
-1 + 20 + 10, 16 heads x 64) against torch SDPA on the permuted layout (the permutes
-included) and the eager reference, forward and forward+backward; fusion_tokens against the
-eager permute + cat + index + add.
+1 + 20 + 10, 16 heads x 64; and a small cache-resident 512 x 16 tokens, 8 x 32) against
+torch SDPA on the same strided views of one projection and the eager reference, forward and
+forward+backward; fusion_tokens against the eager permute + cat + index + add.
 
     pytest benchmarks/ --benchmark-only
 """
@@ -17,49 +17,66 @@ import torch.nn.functional as F
 from skysense_fast.ops import (fusion_tokens, fusion_tokens_reference, temporal_attention, temporal_attention_qkv,
                                temporal_attention_reference)
 
-S, T, HEADS, HD = 4096, 31, 16, 64
-
-
-@functools.cache
-def qkv(grad: bool):
-    g = torch.Generator().manual_seed(0)
-    proj = torch.randn(S, T, 3, HEADS, HD, generator=g)  # one qkv projection, as in a layer
-    mask = torch.rand(S, T, generator=g) > 0.8
-    mask[:, 0] = False
-    return proj.requires_grad_(grad), mask, torch.randn(S, T, HEADS * HD, generator=g)
-
-
-def heads_first(proj):  # (S, heads, T, hd) views
-    return [t.transpose(1, 2) for t in proj.unbind(2)]
-
-
-ATTN = {
-    # each returns (S, T, heads * hd), what the output projection consumes
-    "fused": lambda proj, m: temporal_attention(*heads_first(proj), m).transpose(1, 2).reshape(S, T, -1),
-    # the same kernel on the packed projection, as the fusion layers call it (one gradient buffer)
-    "fused_qkv": lambda proj, m: temporal_attention_qkv(proj, m).transpose(1, 2).reshape(S, T, -1),
-    "sdpa": lambda proj, m: F.scaled_dot_product_attention(*[t.contiguous() for t in heads_first(proj)],
-                                                           attn_mask=~m[:, None, None, :]).transpose(1, 2).reshape(S, T, -1),
-    "reference": lambda proj, m: temporal_attention_reference(*heads_first(proj), m).transpose(1, 2).reshape(S, T, -1),
+SHAPES = {  # sequences, tokens, heads, head_dim
+    "4096x31-16x64": (4096, 31, 16, 64),  # a 64 x 64 fusion grid, 1 + 20 + 10 tokens, ViT-L-wide heads
+    "512x16-8x32": (512, 16, 8, 32),     # small and cache-resident: call overhead shows
 }
 
 
+@functools.cache
+def qkv(shape: str, grad: bool):
+    S, T, heads, hd = SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+    proj = torch.randn(S, T, 3, heads, hd, generator=g)  # one qkv projection, as in a layer
+    mask = torch.rand(S, T, generator=g) > 0.8
+    mask[:, 0] = False
+    return proj.requires_grad_(grad), mask, torch.randn(S, T, heads * hd, generator=g)
+
+
+def heads_first(proj):  # (S, heads, T, hd) views of the projection, what a layer passes
+    return [t.transpose(1, 2) for t in proj.unbind(2)]
+
+
+def merge(o):  # (S, heads, T, hd) -> (S, T, heads * hd), what the output projection consumes
+    return o.transpose(1, 2).reshape(o.shape[0], o.shape[2], -1)
+
+
+ATTN = {
+    "fused": lambda proj, m: merge(temporal_attention(*heads_first(proj), m)),
+    # the same kernel on the packed projection, as the fusion layers call it (one gradient buffer)
+    "fused_qkv": lambda proj, m: merge(temporal_attention_qkv(proj, m)),
+    # SDPA as its users call it: on the strided views of the projection, a boolean keep-mask
+    "sdpa": lambda proj, m: merge(F.scaled_dot_product_attention(*heads_first(proj), attn_mask=~m[:, None, None, :])),
+    "reference": lambda proj, m: merge(temporal_attention_reference(*heads_first(proj), m)),
+}
+
+
+def _group(what, shape):
+    S, T, heads, hd = SHAPES[shape]
+    return f"temporal attention {what} ({S} seqs x {T} tokens, {heads} heads x {hd})"
+
+
 @pytest.mark.parametrize("impl", list(ATTN))
-def test_temporal_attention_forward(benchmark, impl):
-    proj, mask, _ = qkv(False)
-    benchmark.group = f"temporal attention fwd ({S} seqs x {T} tokens, {HEADS} heads x {HD})"
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_temporal_attention_forward(benchmark, shape, impl):
+    proj, mask, _ = qkv(shape, False)
+    benchmark.group = _group("fwd", shape)
     benchmark.extra_info["impl"] = impl
     if impl.startswith("fused"):
         torch.testing.assert_close(ATTN[impl](proj, mask), ATTN["sdpa"](proj, mask), rtol=1e-4, atol=1e-4)
-    benchmark.pedantic(ATTN[impl], args=(proj, mask), rounds=5, warmup_rounds=1)
+    rounds = 5 if shape.startswith("4096") else 50
+    benchmark.pedantic(ATTN[impl], args=(proj, mask), rounds=rounds, warmup_rounds=2)
 
 
 @pytest.mark.parametrize("impl", list(ATTN))
-def test_temporal_attention_forward_backward(benchmark, impl):
-    proj, mask, grad = qkv(True)
-    benchmark.group = f"temporal attention fwd+bwd ({S} seqs x {T} tokens, {HEADS} heads x {HD})"
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_temporal_attention_forward_backward(benchmark, shape, impl):
+    proj, mask, grad = qkv(shape, True)
+    benchmark.group = _group("fwd+bwd", shape)
     benchmark.extra_info["impl"] = impl
-    benchmark.pedantic(lambda: torch.autograd.grad(ATTN[impl](proj, mask), proj, grad), rounds=3, warmup_rounds=1)
+    rounds = 5 if shape.startswith("4096") else 30
+    benchmark.pedantic(lambda: torch.autograd.grad(ATTN[impl](proj, mask), proj, grad), rounds=rounds,
+                       warmup_rounds=2)
 
 
 @functools.cache

@@ -35,6 +35,9 @@ py::dict build_info() {
 #endif
   d["cpu_capabilities_built"] = caps;
   d["cpu_capability"] = skysense::cpu_capability_name(skysense::cpu_capability());
+  // The CPU kernels' own limits (the ops' backend choice reads them)
+  d["cpu_max_window"] = skysense::kMaxWindow;
+  d["cpu_max_tokens"] = skysense::kMaxTemporalTokens;
 #if defined(__clang__)
   d["compiler"] = "clang " __clang_version__;
 #elif defined(__GNUC__)
@@ -55,7 +58,8 @@ PYBIND11_MODULE(_C, m) {
         auto in = skysense::sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals);
         return py::make_tuple(in.scores, in.log_a, in.log_b, in.batched);
       },
-      "Checks sinkhorn's arguments; returns (scores as (B,N,K), log_a, log_b, batched)");
+      "Checks sinkhorn's arguments; returns (scores as (B,N,K), log_a, log_b, batched)", py::arg("scores"),
+      py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"), py::arg("col_marginals"));
   m.def("sinkhorn_raise_status", &skysense::sinkhorn_raise_status);
   m.def("sinkhorn_check_out", &skysense::sinkhorn_check_out);
   m.def(
@@ -74,7 +78,9 @@ PYBIND11_MODULE(_C, m) {
           geom[name] = val;
         return py::make_tuple(in.q, in.k, in.v, opt(in.logit_scale), opt(in.bias), opt(in.mask), in.scale, geom);
       },
-      "Checks window_attention's arguments; returns (q, k, v, logit_scale, bias, mask, scale, geometry)");
+      "Checks window_attention's arguments; returns (q, k, v, logit_scale, bias, mask, scale, geometry)",
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("window"), py::arg("shift"), py::arg("logit_scale"),
+      py::arg("bias"), py::arg("mask"), py::arg("scale"));
   m.def(
       "temporal_attention_prepare",
       [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<at::Tensor> key_padding_mask,
@@ -82,7 +88,8 @@ PYBIND11_MODULE(_C, m) {
         auto in = skysense::temporal_attention_prepare(q, k, v, key_padding_mask, scale);
         return py::make_tuple(in.q, in.k, in.v, in.key_mask.defined() ? py::cast(in.key_mask) : py::none(), in.scale);
       },
-      "Checks temporal_attention's arguments; returns (q, k, v, additive key mask or None, scale)");
+      "Checks temporal_attention's arguments; returns (q, k, v, additive key mask or None, scale)", py::arg("q"),
+      py::arg("k"), py::arg("v"), py::arg("key_padding_mask"), py::arg("scale"));
   m.def("temporal_attention_output_like", &skysense::temporal_attention_output_like);
   m.def(
       "fusion_tokens_check",
@@ -91,7 +98,9 @@ PYBIND11_MODULE(_C, m) {
          std::optional<at::Tensor> valid_s2, std::optional<at::Tensor> valid_s1, std::optional<at::Tensor> table) {
         skysense::fusion_tokens_prepare(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, table);
       },
-      "Checks fusion_tokens' arguments (ValueError naming the problem)");
+      "Checks fusion_tokens' arguments (ValueError naming the problem)", py::arg("hr"), py::arg("s2"), py::arg("s1"),
+      py::arg("doy_hr"), py::arg("doy_s2"), py::arg("doy_s1"), py::arg("valid_s2"), py::arg("valid_s1"),
+      py::arg("date_table"));
 #if defined(SKYSENSE_WITH_CUDA)
   m.def("sinkhorn_cuda", &skysense::sinkhorn_cuda, "CUDA C++ Sinkhorn (kernels/sinkhorn.cu)",
         py::arg("scores"), py::arg("epsilon"), py::arg("num_iters"), py::arg("tol"), py::arg("row_marginals"),

@@ -22,6 +22,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _gpu_path_on_cpu(request):
+    """Under the interpreter, a test of the Triton backend (its name or parameters say
+    triton) runs with each op's CUDA implementation registered for the CPU key: the path a
+    GPU takes (dispatcher, fake kernel, register_autograd, launchers), on CPU tensors."""
+    from skysense_fast.backends import triton_interpreted
+
+    if HAS_CUDA or not triton_interpreted() or "triton" not in request.node.name:
+        yield
+        return
+    from skysense_fast.ops.fused_op import gpu_implementations_on_cpu
+
+    with gpu_implementations_on_cpu():
+        yield
+
+
 @pytest.fixture
 def poisoned():
     """Fresh allocations (torch.empty & co., C++ included) come filled with NaN, so an

@@ -153,11 +153,12 @@ TORCH_LIBRARY_FRAGMENT(skysense, m) {
   // no slots) and the key padding mask (B h w, L), True for invalid acquisitions.
   m.def("fusion_tokens(Tensor? hr, Tensor? s2, Tensor? s1, Tensor? doy_hr=None, Tensor? doy_s2=None, "
         "Tensor? doy_s1=None, Tensor? valid_s2=None, Tensor? valid_s1=None, Tensor? date_table=None) "
-        "-> (Tensor, Tensor)");
+        "-> (Tensor tokens, Tensor key_padding_mask)");
   // Gradients of hr, s2, s1 and of the date table ((0,) where absent); the table's in
   // float32 (float64 for float64 features).
-  m.def("fusion_tokens_backward(Tensor grad, Tensor? hr, Tensor? s2, Tensor? s1, Tensor? doy_hr, Tensor? doy_s2, "
-        "Tensor? doy_s1, Tensor? valid_s2, Tensor? valid_s1, Tensor? date_table) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("fusion_tokens_backward(Tensor grad_tokens, Tensor? hr, Tensor? s2, Tensor? s1, Tensor? doy_hr, Tensor? doy_s2, "
+        "Tensor? doy_s1, Tensor? valid_s2, Tensor? valid_s1, Tensor? date_table) "
+        "-> (Tensor grad_hr, Tensor grad_s2, Tensor grad_s1, Tensor grad_date_table)");
 }
 
 TORCH_LIBRARY_IMPL(skysense, CPU, m) {

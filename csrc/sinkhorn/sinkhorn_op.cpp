@@ -8,6 +8,7 @@
 
 #include "op_checks.h"
 
+#include "huge_pages.h"
 #include "sinkhorn/sinkhorn.h"
 
 namespace skysense {
@@ -146,6 +147,7 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores, double
                                                 const std::optional<at::Tensor>& col_marginals) {
   TORCH_CHECK_VALUE(scores.defined(), "sinkhorn: scores is undefined");
   at::Tensor out = at::empty(scores.sizes(), scores.options().memory_format(at::MemoryFormat::Contiguous));
+  advise_huge_pages(out);  // before the kernel's first write faults it in
   at::Tensor iters = sinkhorn_cpu_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out);
   return {out, iters};
 }
@@ -155,12 +157,12 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_cpu(const at::Tensor& scores, double
 TORCH_LIBRARY_FRAGMENT(skysense, m) {
   m.def(
       "sinkhorn(Tensor scores, float epsilon=0.05, int num_iters=3, float tol=0., "
-      "Tensor? row_marginals=None, Tensor? col_marginals=None) -> (Tensor, Tensor)");
+      "Tensor? row_marginals=None, Tensor? col_marginals=None) -> (Tensor Q, Tensor iters)");
   // Writes Q into a caller's buffer (reused across calls: no fresh pages to fault in);
   // returns the iteration counts.
   m.def(
       "sinkhorn_into(Tensor scores, float epsilon, int num_iters, float tol, "
-      "Tensor? row_marginals, Tensor? col_marginals, Tensor(a!) out) -> Tensor");
+      "Tensor? row_marginals, Tensor? col_marginals, Tensor(a!) out) -> Tensor iters");
 }
 
 TORCH_LIBRARY_IMPL(skysense, CPU, m) {

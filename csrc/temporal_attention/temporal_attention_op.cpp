@@ -20,8 +20,6 @@ TemporalAttentionInputs temporal_attention_prepare(const at::Tensor& q, const at
   in.S = q.size(0), in.heads = q.size(1), in.T = q.size(2), in.hd = q.size(3);
   TORCH_CHECK_VALUE(in.S >= 1 && in.heads >= 1 && in.T >= 1 && in.hd >= 1,
                     "temporal_attention: q has an empty dimension: ", shape_str(q.sizes()));
-  TORCH_CHECK_VALUE(in.T <= kMaxTemporalTokens, "temporal_attention: sequences of at most ", kMaxTemporalTokens,
-                    " tokens, got T = ", in.T);
   auto rows = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
   in.q = rows(q), in.k = rows(k), in.v = rows(v);
   in.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(in.hd));
@@ -54,6 +52,12 @@ at::Tensor temporal_attention_output_like(const at::Tensor& q) {
 
 namespace {
 
+// The CPU kernels keep a sequence's scores in registers / L1: the limit is theirs, not the op's.
+void check_cpu_tokens(const TemporalAttentionInputs& in) {
+  TORCH_CHECK_VALUE(in.T <= kMaxTemporalTokens, "temporal_attention (cpp): sequences of at most ", kMaxTemporalTokens,
+                    " tokens, got T = ", in.T);
+}
+
 // t in dtype with contiguous channels (the kernels read rows by stride), copying only if needed
 at::Tensor as_rows(const at::Tensor& t, at::ScalarType dtype) {
   at::Tensor c = t.to(dtype);
@@ -64,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_attention_cpu(const at::Tensor& q, c
                                                           const std::optional<at::Tensor>& key_padding_mask,
                                                           std::optional<double> scale) {
   TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  check_cpu_tokens(in);
   at::Tensor out = temporal_attention_output_like(q);
   at::Tensor lse = at::empty({in.S, in.heads, in.T}, q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
   SKYSENSE_CPU_DISPATCH(temporal_attention_fwd_kernel, in, out, lse);
@@ -74,6 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
   TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  check_cpu_tokens(in);
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "temporal_attention_backward: grad_out and out must have the shape of q");
   TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({in.S, in.heads, in.T}),
@@ -106,6 +112,7 @@ at::Tensor temporal_attention_qkv_backward_cpu(const at::Tensor& grad_out, const
                                                std::optional<double> scale) {
   auto [q, k, v] = unpack_qkv(qkv);
   TemporalAttentionInputs in = temporal_attention_prepare(q, k, v, key_padding_mask, scale);
+  check_cpu_tokens(in);
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "temporal_attention_qkv_backward: grad_out and out must have shape (S, heads, T, head_dim)");
   const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -121,15 +128,15 @@ at::Tensor temporal_attention_qkv_backward_cpu(const at::Tensor& grad_out, const
 TORCH_LIBRARY_FRAGMENT(skysense, m) {
   // The same on one packed projection qkv (S, T, 3, heads, head_dim), as a layer computes
   // it: the backward returns that projection's gradient directly.
-  m.def("temporal_attention_qkv(Tensor qkv, Tensor? key_padding_mask=None, float? scale=None) -> (Tensor, Tensor)");
+  m.def("temporal_attention_qkv(Tensor qkv, Tensor? key_padding_mask=None, float? scale=None) -> (Tensor out, Tensor lse)");
   m.def("temporal_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, "
-        "Tensor? key_padding_mask, float? scale) -> Tensor");
+        "Tensor? key_padding_mask, float? scale) -> Tensor grad_qkv");
   // q, k, v (S, heads, T, head_dim); key_padding_mask (S, T), True = ignore that key. Returns
   // out (S, heads, T, head_dim), stored as (S, T, heads, head_dim), and lse (S, heads, T).
   m.def("temporal_attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, float? scale=None) "
-        "-> (Tensor, Tensor)");
+        "-> (Tensor out, Tensor lse)");
   m.def("temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
-        "Tensor? key_padding_mask, float? scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor? key_padding_mask, float? scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }
 
 TORCH_LIBRARY_IMPL(skysense, CPU, m) {

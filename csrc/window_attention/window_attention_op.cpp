@@ -33,8 +33,8 @@ WindowAttentionInputs window_attention_prepare(const at::Tensor& q, const at::Te
   WindowGeometry g{};
   g.B = q.size(0), g.H = q.size(1), g.W = q.size(2), g.heads = q.size(3), g.hd = q.size(4);
   g.wh = window[0], g.ww = window[1], g.sh = shift[0], g.sw = shift[1];
-  TORCH_CHECK_VALUE(g.wh >= 1 && g.ww >= 1 && g.wh <= kMaxWindow && g.ww <= kMaxWindow,
-                    "window_attention: window must be in 1..", kMaxWindow, " per side, got ", shape_str(window));
+  TORCH_CHECK_VALUE(g.wh >= 1 && g.ww >= 1, "window_attention: window must be >= 1 per side, got ",
+                    shape_str(window));
   TORCH_CHECK_VALUE(g.sh >= 0 && g.sw >= 0 && g.sh < g.wh && g.sw < g.ww,
                     "window_attention: shift must satisfy 0 <= shift < window, got shift ", shape_str(shift),
                     " for window ", shape_str(window));
@@ -79,6 +79,12 @@ WindowAttentionInputs window_attention_prepare(const at::Tensor& q, const at::Te
 
 namespace {
 
+// The CPU kernels keep one window's scores (N x N) in L1: the limit is theirs, not the op's.
+void check_cpu_window(at::IntArrayRef window) {
+  TORCH_CHECK_VALUE(window[0] <= kMaxWindow && window[1] <= kMaxWindow, "window_attention (cpp): window must be at most ",
+                    kMaxWindow, " per side, got ", shape_str(window));
+}
+
 std::tuple<at::Tensor, at::Tensor> window_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                         at::IntArrayRef window, at::IntArrayRef shift,
                                                         const std::optional<at::Tensor>& logit_scale,
@@ -86,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor> window_attention_cpu(const at::Tensor& q, con
                                                         const std::optional<at::Tensor>& mask,
                                                         std::optional<double> scale) {
   WindowAttentionInputs in = window_attention_prepare(q, k, v, window, shift, logit_scale, bias, mask, scale);
+  check_cpu_window(window);
   const auto& g = in.g;
   at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor lse = at::empty({g.B * g.nW, g.heads, g.N}, in.q.options().dtype(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
@@ -98,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_at
     const at::Tensor& lse, at::IntArrayRef window, at::IntArrayRef shift, const std::optional<at::Tensor>& logit_scale,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, std::optional<double> scale) {
   WindowAttentionInputs in = window_attention_prepare(q, k, v, window, shift, logit_scale, bias, mask, scale);
+  check_cpu_window(window);
   const auto& g = in.g;
   TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(),
                     "window_attention_backward: grad_out and out must have the shape of q");
@@ -121,13 +129,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> window_at
 TORCH_LIBRARY_FRAGMENT(skysense, m) {
   m.def(
       "window_attention(Tensor q, Tensor k, Tensor v, int[2] window, int[2] shift, Tensor? logit_scale=None, "
-      "Tensor? bias=None, Tensor? mask=None, float? scale=None) -> (Tensor, Tensor)");
-  // Returns dq, dk, dv, d logit_scale (heads,) and d bias (heads, N, N); the last two are
-  // empty (0,) tensors when logit_scale / bias were not given.
+      "Tensor? bias=None, Tensor? mask=None, float? scale=None) -> (Tensor out, Tensor lse)");
+  // Returns dq, dk, dv, d logit_scale (heads,) and d bias (heads, N, N), the last two in the
+  // accumulation dtype, or empty (0,) tensors when logit_scale / bias were not given. The
+  // names follow ops/fused_op.py's convention: grad_<output> in, grad_<argument> out.
   m.def(
       "window_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
       "int[2] window, int[2] shift, Tensor? logit_scale, Tensor? bias, Tensor? mask, float? scale) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_logit_scale, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(skysense, CPU, m) {

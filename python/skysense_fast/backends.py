@@ -7,10 +7,11 @@ Every hot op has up to four implementations:
 ``triton``     a Triton kernel (CUDA; on the CPU only under ``TRITON_INTERPRET=1``);
 ``cuda``       a CUDA C++ kernel from ``kernels/``.
 
-Automatic selection takes the fast path for the tensor's device: ``cpp`` on the CPU; on
-CUDA the op's own rule between ``cuda`` and ``triton`` (see each op). The reasons a
-backend was skipped are logged at DEBUG; a backend asked for with :func:`use_backend`
-that cannot run raises them instead.
+Each op chooses once per call (``skysense_fast.ops.fused_op``): the fast backend of the
+tensors' device that can run the inputs (``cpp`` on the CPU; on CUDA the op's order of
+``cuda`` and ``triton``), else the reference; skipped backends are logged at DEBUG with
+their reasons. A backend forced with :func:`use_backend` that cannot run a call raises
+with every backend's reasons instead.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _triton_status() -> BackendStatus:
     return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 before importing triton to run on the CPU)")
 
 
-def _status(name: str) -> BackendStatus:
+def backend_status(name: str) -> BackendStatus:
+    """Whether backend ``name`` can run on this machine, and why not."""
     if name == "reference":
         return BackendStatus(True, "plain PyTorch")
     if name == "cpp":
@@ -86,7 +88,7 @@ def backends() -> dict[str, object]:
     Returns a dict with one entry per backend (``{"available": bool, "reason": str}``), plus
     ``flash_attn`` (optional, detected at run time) and ``build`` (the extension's build info).
     """
-    out: dict[str, object] = {name: _status(name).as_dict() for name in BACKENDS}
+    out: dict[str, object] = {name: backend_status(name).as_dict() for name in BACKENDS}
     has_fa = importlib.util.find_spec("flash_attn") is not None
     out["flash_attn"] = BackendStatus(has_fa, "installed" if has_fa else "not installed (optional)").as_dict()
     out["build"] = _lib.build_info()
@@ -103,7 +105,7 @@ def use_backend(name: str) -> Iterator[None]:
     """
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    st = _status(name)
+    st = backend_status(name)
     if not st.available:
         raise RuntimeError(f"backend {name!r} is not available: {st.reason}")
     token = _forced.set(name)
@@ -115,38 +117,3 @@ def use_backend(name: str) -> Iterator[None]:
 
 def forced_backend() -> str | None:
     return _forced.get()
-
-
-# Backend choice happens at trace time under torch.compile / export: the chosen kernel is
-# what the graph records (the custom op itself stays opaque).
-@torch.compiler.assume_constant_result
-def select(op: str, device: torch.device, implemented: dict[str, tuple[str, ...]], cuda_order: tuple[str, ...]) -> str:
-    """Backend for one call of ``op`` on ``device``.
-
-    ``implemented`` maps backend -> device types it handles for this op; ``cuda_order`` is
-    the op's measured preference between its GPU backends.
-    """
-    forced = _forced.get()
-    dev = device.type
-    if forced is not None:
-        devices = implemented.get(forced)
-        if devices is None:
-            raise RuntimeError(f"{op}: backend {forced!r} has no implementation of this op "
-                               f"(implemented: {', '.join(implemented)})")
-        if dev not in devices and not (forced == "triton" and dev == "cpu" and triton_interpreted()):
-            raise RuntimeError(f"{op}: backend {forced!r} cannot run {dev} tensors "
-                               f"(it handles: {', '.join(devices)})")
-        return forced
-    order = ("cpp",) if dev == "cpu" else cuda_order if dev == "cuda" else ()
-    reasons = []
-    for name in order:
-        if dev not in implemented.get(name, ()):
-            reasons.append(f"{name}: not implemented for {dev}")
-            continue
-        st = _status(name)
-        if st.available:
-            log.debug("%s on %s: using %s (skipped: %s)", op, dev, name, "; ".join(reasons) or "none")
-            return name
-        reasons.append(f"{name}: {st.reason}")
-    raise RuntimeError(f"{op}: no fast backend can run {dev} tensors ({'; '.join(reasons) or 'none implemented'}). "
-                       "Use `with skysense_fast.use_backend('reference'):` for the plain PyTorch path.")

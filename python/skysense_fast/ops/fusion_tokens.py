@@ -6,7 +6,8 @@ with a learned day-of-year embedding added. Eagerly that is permute + cat + inde
 the whole feature volume (several passes); here it is one blocked transpose per frame.
 
 Pieces: schemas and CPU kernels (forward, backward) in ``csrc/fusion_tokens/``; the CUDA
-kernels in ``skysense_fast.triton.fusion_tokens``; fake kernels and autograd here;
+kernels in ``skysense_fast.triton.fusion_tokens``; fake kernels and backends here, the rest
+derived from the schema (:mod:`.fused_op`);
 :func:`fusion_tokens_reference`, the specification.
 """
 
@@ -16,14 +17,12 @@ import torch
 from torch import Tensor
 
 from .. import _lib
-from ..backends import select
-from ._dtypes import acc_dtype, same_device
 from ..errors import InputError
+from ._dtypes import acc_dtype, same_device
+from .fused_op import Backend, FusedOp, Inputs, grid_limits
 
 __all__ = ["fusion_tokens", "fusion_tokens_reference"]
 
-IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
-CUDA_ORDER = ("triton",)
 DATE_TABLE_DAYS = 365
 
 
@@ -71,111 +70,69 @@ def fusion_tokens_reference(hr: Tensor | None = None, s2: Tensor | None = None, 
     return torch.cat(tokens, 1), torch.cat(masks, 1)
 
 
+def _check(a: Inputs) -> None:
+    _lib.native().fusion_tokens_check(*FUSION.forward_args(a).values())
+
+
+def _features(a: Inputs) -> list[Tensor]:  # the present modalities as (B, T, C, h, w)
+    x5 = [t if t.dim() == 5 else t.unsqueeze(1) for t in (a.hr, a.s2, a.s1) if t is not None]
+    if not x5:
+        raise InputError("fusion_tokens: at least one of hr, s2, s1 must be given")
+    return x5
+
+
+def _triton_limits(a: Inputs) -> str | None:
+    x = _features(a)[0]
+    if x.dtype == torch.float64:
+        return "float64 is not supported (float32, bfloat16, float16)"
+    B, _, C, h, w = x.shape
+    return grid_limits(("pixel blocks", -(-h * w // 32), 65535), ("channel blocks", -(-C // 64), 65535))
+
+
+def _triton_forward(a: Inputs) -> tuple[Tensor, Tensor]:
+    from ..triton.fusion_tokens import fusion_tokens_forward  # lazy: TRITON_INTERPRET
+
+    _check(a)
+    return fusion_tokens_forward(*FUSION.forward_args(a).values())
+
+
+def _triton_backward(a: Inputs) -> tuple[Tensor, ...]:
+    from ..triton.fusion_tokens import fusion_tokens_backward
+
+    return fusion_tokens_backward(a.grad_tokens, *FUSION.forward_args(a).values())
+
+
+def _fake(a: Inputs) -> tuple[Tensor, Tensor]:
+    present = [n for n in ("hr", "s2", "s1") if a[n] is not None]
+    if present:  # none present: _features raises the usual error
+        same_device("fusion_tokens", present[0], a)
+    x5 = _features(a)
+    B, _, C, h, w = x5[0].shape
+    n, L = B * h * w, sum(t.shape[1] for t in x5)
+    return x5[0].new_empty((n, L, C)), x5[0].new_empty((n, L), dtype=torch.bool)
+
+
+def _fake_backward(a: Inputs) -> tuple[Tensor, ...]:
+    grad = a.grad_tokens
+    same_device("fusion_tokens_backward", "grad_tokens", a)
+    like = lambda t: grad.new_empty((0,)) if t is None else torch.empty_like(t)  # noqa: E731
+    table = grad.new_empty((0,)) if a.date_table is None else \
+        grad.new_empty((DATE_TABLE_DAYS, grad.shape[-1]), dtype=acc_dtype(grad.dtype))
+    return like(a.hr), like(a.s2), like(a.s1), table
+
+
+FUSION = FusedOp("fusion_tokens", reference=fusion_tokens_reference, fake=_fake, fake_backward=_fake_backward,
+                 check=_check, gpu_order=("triton",),
+                 backends=(Backend("cpp", ("cpu",)),
+                           Backend("triton", ("cuda",), _triton_limits, _triton_forward, _triton_backward)))
+
+
+@FUSION.entry
 def fusion_tokens(hr: Tensor | None = None, s2: Tensor | None = None, s1: Tensor | None = None, *,
                   doy_hr: Tensor | None = None, doy_s2: Tensor | None = None, doy_s1: Tensor | None = None,
                   valid_s2: Tensor | None = None, valid_s1: Tensor | None = None,
                   date_table: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Fused :func:`fusion_tokens_reference`; differentiable in the features and the table."""
-    args = (hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table)
-    present = next((x for x in (hr, s2, s1) if x is not None), None)
-    if present is None:
+    if all(x is None for x in (hr, s2, s1)):
         raise InputError("fusion_tokens: at least one of hr, s2, s1 must be given")
-    backend = select("fusion_tokens", present.device, IMPLEMENTED, CUDA_ORDER)
-    if backend == "reference":
-        if _lib.load_error() is None:  # the kernels' argument checks, for the same errors
-            _lib.native().fusion_tokens_check(*args)
-        return fusion_tokens_reference(*args)
-    _lib.native()
-    if backend == "triton" and present.device.type == "cpu":  # the Triton interpreter (tests)
-        return _TritonOnCpu.apply(*args)
-    return torch.ops.skysense.fusion_tokens(*args)
-
-
-class _TritonOnCpu(torch.autograd.Function):
-    """The Triton kernels on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
-
-    @staticmethod
-    def forward(ctx, *args):
-        from ..triton.fusion_tokens import fusion_tokens_forward
-
-        _lib.native().fusion_tokens_check(*args)
-        ctx.save_for_backward(*args)
-        tokens, mask = fusion_tokens_forward(*args)
-        ctx.mark_non_differentiable(mask)
-        return tokens, mask
-
-    @staticmethod
-    def backward(ctx, grad, _):
-        from ..triton.fusion_tokens import fusion_tokens_backward
-
-        args = ctx.saved_tensors
-        g_hr, g_s2, g_s1, g_t = fusion_tokens_backward(grad, *args)
-        table = args[8]
-        keep = lambda g, t: None if t is None else g  # noqa: E731
-        return (keep(g_hr, args[0]), keep(g_s2, args[1]), keep(g_s1, args[2]), None, None, None, None, None,
-                None if table is None else g_t.reshape(table.shape).to(table.dtype))
-
-
-def _register() -> None:
-    if _lib.load_error() is not None:
-        return
-
-    @torch.library.impl("skysense::fusion_tokens", "CUDA")
-    def _cuda(*args):
-        _lib.native().fusion_tokens_check(*args)
-        if select("fusion_tokens", torch.device("cuda"), IMPLEMENTED, CUDA_ORDER) == "reference":
-            tokens, mask = fusion_tokens_reference(*args)
-            return tokens.contiguous(), mask.contiguous()
-        from ..triton.fusion_tokens import fusion_tokens_forward
-
-        return fusion_tokens_forward(*args)
-
-    @torch.library.impl("skysense::fusion_tokens_backward", "CUDA")
-    def _cuda_backward(grad, *args):
-        from ..triton.fusion_tokens import fusion_tokens_backward
-
-        return fusion_tokens_backward(grad, *args)
-
-    def _shape(hr, s2, s1):
-        x5 = [t if t.dim() == 5 else t.unsqueeze(1) for t in (hr, s2, s1) if t is not None]
-        if not x5:
-            raise InputError("fusion_tokens: at least one of hr, s2, s1 must be given")
-        B, _, C, h, w = x5[0].shape
-        return x5[0], B * h * w, sum(t.shape[1] for t in x5), C
-
-    @torch.library.register_fake("skysense::fusion_tokens")
-    def _fake(hr, s2, s1, doy_hr=None, doy_s2=None, doy_s1=None, valid_s2=None, valid_s1=None, date_table=None):
-        named = dict(hr=hr, s2=s2, s1=s1, doy_hr=doy_hr, doy_s2=doy_s2, doy_s1=doy_s1, valid_s2=valid_s2,
-                     valid_s1=valid_s1, date_table=date_table)
-        present = [n for n in ("hr", "s2", "s1") if named[n] is not None]
-        if present:  # none present: _shape raises the usual error
-            same_device("fusion_tokens", present[0], named)
-        x, n, L, C = _shape(hr, s2, s1)
-        return x.new_empty((n, L, C)), x.new_empty((n, L), dtype=torch.bool)
-
-    @torch.library.register_fake("skysense::fusion_tokens_backward")
-    def _fake_backward(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, date_table):
-        same_device("fusion_tokens_backward", "grad", dict(grad=grad, hr=hr, s2=s2, s1=s1, doy_hr=doy_hr,
-                                                           doy_s2=doy_s2, doy_s1=doy_s1, valid_s2=valid_s2,
-                                                           valid_s1=valid_s1, date_table=date_table))
-        acc = acc_dtype(grad.dtype)
-        like = lambda t: grad.new_empty((0,)) if t is None else torch.empty_like(t)  # noqa: E731
-        table = grad.new_empty((0,)) if date_table is None else grad.new_empty((DATE_TABLE_DAYS, grad.shape[-1]), dtype=acc)
-        return like(hr), like(s2), like(s1), table
-
-    def _setup(ctx, inputs, output):
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad_tokens, grad_mask):
-        hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, table = ctx.saved_tensors
-        g_hr, g_s2, g_s1, g_t = torch.ops.skysense.fusion_tokens_backward(
-            grad_tokens, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1, table)
-        maybe = lambda g, t: None if t is None or g.numel() == 0 and t.numel() != 0 else g  # noqa: E731
-        g_t = None if table is None else g_t.reshape(table.shape).to(table.dtype)
-        return maybe(g_hr, hr), maybe(g_s2, s2), maybe(g_s1, s1), None, None, None, None, None, g_t
-
-    torch.library.register_autograd("skysense::fusion_tokens", _backward, setup_context=_setup)
-
-
-_register()
+    return FUSION.call(locals())

@@ -8,10 +8,10 @@ samples' mass and whose columns share it out as asked (equally by default).
 Pieces of the op (the pattern every op of this package follows):
 
 * schema and CPU kernel: ``csrc/sinkhorn/`` (C++, registered by loading ``_C``);
-* CUDA: registered here for the CUDA key; picks the CUDA C++ kernel (``kernels/sinkhorn.cu``)
-  or the Triton kernel (``skysense_fast.triton.sinkhorn``), or the one forced with
-  :func:`skysense_fast.use_backend`;
-* fake (meta) kernel for torch.compile / torch.export: here;
+* CUDA: the CUDA C++ kernel (``kernels/sinkhorn.cu``) or the Triton kernel
+  (``skysense_fast.triton.sinkhorn``), or the one forced with :func:`skysense_fast.use_backend`;
+* fake (meta) kernel and backends: here, their registration derived from the schema
+  (:mod:`.fused_op`);
 * autograd: the assignment is a target (SwAV computes it under ``no_grad``), so the op
   has no derivative; asking for one raises a clear error instead of returning zeros;
 * :func:`sinkhorn_reference`: plain PyTorch, the specification.
@@ -25,17 +25,11 @@ import torch
 from torch import Tensor
 
 from .. import _lib
-from ..backends import select
-from ._dtypes import same_device
 from ..errors import InputError
+from ._dtypes import same_device
+from .fused_op import Backend, FusedOp, Inputs, grid_limits
 
 __all__ = ["sinkhorn", "sinkhorn_reference"]
-
-# backend -> devices it runs on, for this op; and the GPU preference. CUDA C++ comes first
-# because it needs no JIT compile on first use; the two have not yet been timed against
-# each other on a GPU (benchmarks/gpu_check.py does, on a GPU machine).
-IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",), "cuda": ("cuda",)}
-CUDA_ORDER = ("cuda", "triton")
 
 
 def _check(scores: Tensor, epsilon: float, num_iters: int, tol: float) -> None:
@@ -146,23 +140,76 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     return (Q if batched else Q.squeeze(0)), iters
 
 
-def _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out=None):
-    C = _lib.native()
-    s3, log_a, log_b, batched = C.sinkhorn_prepare(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
-    if out is not None:
-        C.sinkhorn_check_out(out, scores)
+def _prepare(a: Inputs) -> tuple:
+    return _lib.native().sinkhorn_prepare(*SINKHORN.forward_args(a).values())
+
+
+def _cuda_limits(a: Inputs) -> str | None:
+    if a.scores.dtype == torch.float64:
+        return "float64 is not supported (float32, bfloat16, float16)"
+    return None
+
+
+def _triton_limits(a: Inputs) -> str | None:
+    return _cuda_limits(a) or grid_limits(("problems", a.scores.shape[0] if a.scores.dim() == 3 else 1, 65535))
+
+
+def _triton(a: Inputs) -> tuple[Tensor, Tensor]:
     from ..triton.sinkhorn import sinkhorn_triton  # lazy: TRITON_INTERPRET is read at import
 
-    out3 = None if out is None else (out if batched else out.unsqueeze(0))
-    q, iters, status = sinkhorn_triton(s3, log_a, log_b, epsilon, num_iters, tol, out3)
-    C.sinkhorn_raise_status(status)
+    C = _lib.native()
+    s3, log_a, log_b, batched = _prepare(a)
+    out = a.get("out")
     if out is not None:
-        return out, iters
-    return (q if batched else q.squeeze(0)), iters
+        C.sinkhorn_check_out(out, a.scores)
+    out3 = None if out is None else (out if batched else out.unsqueeze(0))
+    q, iters, status = sinkhorn_triton(s3, log_a, log_b, a.epsilon, a.num_iters, a.tol, out3)
+    C.sinkhorn_raise_status(status)
+    return (out if out is not None else q if batched else q.squeeze(0)), iters
 
 
-def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: float = 0.0,
-             row_marginals: Tensor | None = None, col_marginals: Tensor | None = None,
+def _cuda(a: Inputs) -> tuple[Tensor, Tensor]:
+    return _lib.native().sinkhorn_cuda(*a.values())
+
+
+def _fake(a: Inputs) -> tuple[Tensor, Tensor]:
+    same_device("sinkhorn", "scores", a)
+    s = a.scores
+    if s.dim() not in (2, 3):
+        raise InputError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(s.shape)}")
+    iters = s.new_empty((s.shape[0] if s.dim() == 3 else 1,), dtype=torch.int64)
+    return torch.empty_like(s, memory_format=torch.contiguous_format), iters
+
+
+def _into(f):  # sinkhorn_into returns the iteration counts; Q is in `out`
+    return lambda a: f(a)[1]
+
+
+# backend -> devices it runs on, and the GPU preference: CUDA C++ first because it needs no
+# JIT compile on first use; the two have not yet been timed against each other on a GPU
+# (benchmarks/gpu_check.py does, on a GPU machine).
+def _op(name: str, reference, fake, wrap=lambda f: f) -> FusedOp:
+    return FusedOp(name, reference=reference, fake=fake, differentiable=False, check=_prepare,
+                   gpu_order=("cuda", "triton"),
+                   backends=(Backend("cpp", ("cpu",)), Backend("cuda", ("cuda",), _cuda_limits, wrap(_cuda)),
+                             Backend("triton", ("cuda",), _triton_limits, wrap(_triton))))
+
+
+def _reference_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
+    q, iters = sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
+    _lib.native().sinkhorn_check_out(out, scores)
+    out.copy_(q)
+    return iters
+
+
+SINKHORN = _op("sinkhorn", sinkhorn_reference, _fake)
+# The same, writing Q into a caller's buffer (reused across calls: no fresh pages to fault in).
+SINKHORN_INTO = _op("sinkhorn_into", _reference_into, lambda a: _fake(a)[1], _into)
+
+
+@SINKHORN.entry
+def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, tol: float = 0.0,
+             row_marginals: Tensor | None = None, col_marginals: Tensor | None = None, *,
              out: Tensor | None = None, return_iters: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Sinkhorn-Knopp assignment of N samples to K prototypes (fused kernels).
 
@@ -187,79 +234,23 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3, *, tol: 
     """
     if not isinstance(scores, Tensor):
         raise TypeError(f"sinkhorn: scores must be a torch.Tensor, got {type(scores).__name__}")
-    backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
-    args = (scores, float(epsilon), int(num_iters), float(tol), row_marginals, col_marginals)
-    if backend == "reference":
-        Q, iters = sinkhorn_reference(*args)
-        if out is not None:
-            _lib.native().sinkhorn_check_out(out, scores)
-            Q = out.copy_(Q)
-    elif backend == "triton" and scores.device.type == "cpu":  # the Triton interpreter (tests)
-        Q, iters = _sinkhorn_triton(*args, out=out)
-    elif out is not None:
-        _lib.native()
+    args = dict(epsilon=float(epsilon), num_iters=int(num_iters), tol=float(tol))
+    if out is None:
+        Q, iters = SINKHORN.call(locals(), **args)
+    else:
         if torch.is_grad_enabled() and scores.requires_grad:
             raise RuntimeError("sinkhorn: out= cannot record a gradient (sinkhorn is not differentiable: its "
                                "assignment is a training target); call it under torch.no_grad() or on scores.detach()")
-        iters = torch.ops.skysense.sinkhorn_into(*args, out)
-        Q = out
-    else:
-        _lib.native()
-        Q, iters = torch.ops.skysense.sinkhorn(*args)
+        Q, iters = out, SINKHORN_INTO.call(locals(), **args)
     return (Q, iters) if return_iters else Q
 
 
-def _register() -> None:
-    lib_ok = _lib.load_error() is None
-    if not lib_ok:
-        return
+def _not_differentiable(ctx, grad_q, grad_iters):
+    raise RuntimeError("sinkhorn is not differentiable: its assignment is a training target (SwAV, SkySense). "
+                       "Compute it under torch.no_grad() or from scores.detach().")
 
-    @torch.library.impl("skysense::sinkhorn", "CUDA")
-    def _cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals):
-        backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
-        if backend == "cuda":
-            return _lib.native().sinkhorn_cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
-        if backend == "triton":
-            return _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
-        return sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
 
-    @torch.library.impl("skysense::sinkhorn_into", "CUDA")
-    def _cuda_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
-        backend = select("sinkhorn", scores.device, IMPLEMENTED, CUDA_ORDER)
-        if backend == "cuda":
-            return _lib.native().sinkhorn_cuda(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out)[1]
-        if backend == "triton":
-            return _sinkhorn_triton(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out)[1]
-        q, iters = sinkhorn_reference(scores, epsilon, num_iters, tol, row_marginals, col_marginals)
-        _lib.native().sinkhorn_check_out(out, scores)
-        out.copy_(q)
-        return iters
-
-    @torch.library.register_fake("skysense::sinkhorn_into")
-    def _fake_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
-        same_device("sinkhorn", "scores", dict(scores=scores, row_marginals=row_marginals,
-                                               col_marginals=col_marginals, out=out))
-        return scores.new_empty((scores.shape[0] if scores.dim() == 3 else 1,), dtype=torch.int64)
-
-    @torch.library.register_fake("skysense::sinkhorn")
-    def _fake(scores, epsilon=0.05, num_iters=3, tol=0.0, row_marginals=None, col_marginals=None):
-        same_device("sinkhorn", "scores", dict(scores=scores, row_marginals=row_marginals, col_marginals=col_marginals))
-        if scores.dim() not in (2, 3):
-            raise InputError(f"sinkhorn: scores must have shape (N, K) or (B, N, K), got shape {tuple(scores.shape)}")
-        B = scores.shape[0] if scores.dim() == 3 else 1
-        return torch.empty_like(scores, memory_format=torch.contiguous_format), scores.new_empty((B,), dtype=torch.int64)
-
-    def _setup(ctx, inputs, output):
-        pass
-
-    def _backward(ctx, grad_q, grad_iters):
-        raise RuntimeError(
-            "sinkhorn is not differentiable: its assignment is a training target (SwAV, SkySense). "
-            "Compute it under torch.no_grad() or from scores.detach().")
-
-    torch.library.register_autograd("skysense::sinkhorn", _backward, setup_context=_setup)
+if SINKHORN.schema is not None:
+    torch.library.register_autograd("skysense::sinkhorn", _not_differentiable, setup_context=lambda ctx, inputs, output: None)
     # sinkhorn_into mutates `out`, so it cannot carry an autograd formula; sinkhorn() refuses
     # out= when a gradient is being recorded.
-
-
-_register()

@@ -8,8 +8,8 @@ poorly served by SDPA on CPUs. Pieces, as for every op of this package:
 * schemas and CPU kernels (forward, backward): ``csrc/temporal_attention/`` (C++, on the
   tile math shared with window attention, ``csrc/attention_tile.h``);
 * CUDA: ``skysense_fast.triton.temporal_attention``, registered here;
-* fake kernels and the autograd formula: here; :func:`temporal_attention_reference`: the
-  specification.
+* fake kernels and backends: here, the rest derived from the schema (:mod:`.fused_op`);
+  :func:`temporal_attention_reference`: the specification.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import torch
 from torch import Tensor
 
 from .. import _lib
-from ..backends import select
-from ._dtypes import acc_dtype, same_device
 from ..errors import InputError
+from ._dtypes import acc_dtype, same_device
+from .fused_op import Backend, FusedOp, Inputs, grid_limits
 
 __all__ = ["temporal_attention", "temporal_attention_qkv", "temporal_attention_reference"]
 
-IMPLEMENTED = {"reference": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cuda",)}
-MAX_TOKENS = 256  # per sequence; the scores of a sequence stay in registers / L1
-CUDA_ORDER = ("triton",)
+# Sequences up to this length are what the fused kernels are for (the CPU kernel's limit,
+# build_info()["cpu_max_tokens"]); layers hand longer ones (a ViT's 257 tokens) to SDPA.
+MAX_TOKENS = 256
 
 
 def temporal_attention_reference(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
@@ -51,155 +51,117 @@ def temporal_attention_reference(q: Tensor, k: Tensor, v: Tensor, key_padding_ma
     return scores.softmax(dim=-1) @ v
 
 
-def temporal_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
-                       scale: float | None = None) -> Tensor:
-    """Fused :func:`temporal_attention_reference`, differentiable in q, k, v.
-
-    Any number of sequences; T <= 256. q, k, v may be any views with contiguous channels
-    (e.g. slices of one (S, T, 3, heads, head_dim) projection, transposed). The result is an
-    (S, heads, T, head_dim) tensor stored as (S, T, heads, head_dim), so
-    ``out.transpose(1, 2).reshape(S, T, -1)`` for the output projection is free.
-    """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"temporal_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-    backend = select("temporal_attention", q.device, IMPLEMENTED, CUDA_ORDER)
-    if backend == "reference":
-        if _lib.load_error() is None:  # the kernels' argument checks, for the same errors
-            _lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale)
-        return temporal_attention_reference(q, k, v, key_padding_mask, scale)
-    _lib.native()
-    if backend == "triton" and q.device.type == "cpu":  # the Triton interpreter (tests)
-        return _TritonOnCpu.apply(q, k, v, key_padding_mask, scale)
-    return torch.ops.skysense.temporal_attention(q, k, v, key_padding_mask, scale)[0]
-
-
 def _unpack(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if not isinstance(qkv, Tensor):
+        raise TypeError(f"temporal_attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise InputError(f"temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got {tuple(qkv.shape)}")
     return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
 
 
+def _qkv(a: Inputs) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v of either op's arguments."""
+    return _unpack(a.qkv) if "qkv" in a else (a.q, a.k, a.v)
+
+
+def _prepare(a: Inputs) -> tuple:
+    return _lib.native().temporal_attention_prepare(*_qkv(a), a.key_padding_mask, a.scale)
+
+
+def _cpp_limits(a: Inputs) -> str | None:
+    T, most = _qkv(a)[0].shape[2], _lib.build_info()["cpu_max_tokens"]
+    return f"T = {T} tokens is over {most} (the CPU kernel keeps a sequence's scores in L1)" if T > most else None
+
+
+def _triton_limits(a: Inputs) -> str | None:
+    q = _qkv(a)[0]
+    if q.dtype == torch.float64:
+        return "float64 is not supported (float32, bfloat16, float16)"
+    if q.shape[-1] > 128:
+        return f"head_dim {q.shape[-1]} is over 128 (the compile gate's largest)"
+    return grid_limits(("heads", q.shape[1], 65535), ("query blocks per sequence", -(-q.shape[2] // 16), 65535))
+
+
+def _triton_forward(a: Inputs) -> tuple[Tensor, Tensor]:
+    from ..triton.temporal_attention import temporal_attention_forward  # lazy: TRITON_INTERPRET
+
+    return temporal_attention_forward(*_prepare(a))
+
+
+def _triton_backward(a: Inputs) -> tuple[Tensor, Tensor, Tensor]:
+    from ..triton.temporal_attention import temporal_attention_backward
+
+    return temporal_attention_backward(a.grad_out, a.out, a.lse, *_prepare(a))
+
+
+def _triton_backward_qkv(a: Inputs) -> Tensor:  # the packed projection's gradient
+    return torch.stack(_triton_backward(a), 0).permute(1, 3, 0, 2, 4).contiguous()
+
+
+def _like(q: Tensor) -> Tensor:  # (S, heads, T, hd) stored as (S, T, heads, hd), as the kernels write it
+    S, heads, T, hd = q.shape
+    return q.new_empty((S, T, heads, hd)).permute(0, 2, 1, 3)
+
+
+def _fake(a: Inputs) -> tuple[Tensor, Tensor]:
+    same_device("temporal_attention", "qkv" if "qkv" in a else "q", a)
+    q, k, v = _qkv(a)
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise InputError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
+    return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
+
+
+def _fake_backward(a: Inputs) -> tuple[Tensor, Tensor, Tensor]:
+    same_device("temporal_attention_backward", "q", a)
+    return _like(a.q), _like(a.q), _like(a.q)
+
+
+def _fake_backward_qkv(a: Inputs) -> Tensor:
+    same_device("temporal_attention_qkv_backward", "qkv", a)
+    return torch.empty_like(a.qkv, memory_format=torch.contiguous_format)
+
+
+def _op(name: str, reference, triton_backward, fake_backward) -> FusedOp:
+    return FusedOp(name, reference=reference, fake=_fake, fake_backward=fake_backward, check=_prepare,
+                   gpu_order=("triton",),
+                   backends=(Backend("cpp", ("cpu",), _cpp_limits),
+                             Backend("triton", ("cuda",), _triton_limits, _triton_forward, triton_backward)))
+
+
+TEMPORAL = _op("temporal_attention", temporal_attention_reference, _triton_backward, _fake_backward)
+# The same on one packed projection: its backward writes the projection's gradient in one
+# buffer instead of three gradients and a stack copy.
+TEMPORAL_QKV = _op("temporal_attention_qkv",
+                   lambda qkv, key_padding_mask=None, scale=None: temporal_attention_reference(
+                       *_unpack(qkv), key_padding_mask, scale),
+                   _triton_backward_qkv, _fake_backward_qkv)
+
+
+def _first(out: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+@TEMPORAL.entry
+def temporal_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None,
+                       scale: float | None = None) -> Tensor:
+    """Fused :func:`temporal_attention_reference`, differentiable in q, k, v.
+
+    Any number of sequences; T <= 256 on the CPU kernel (longer ones run the reference).
+    q, k, v may be any views with contiguous channels (e.g. slices of one (S, T, 3, heads,
+    head_dim) projection, transposed). The result is an (S, heads, T, head_dim) tensor
+    stored as (S, T, heads, head_dim), so ``out.transpose(1, 2).reshape(S, T, -1)`` for the
+    output projection is free.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"temporal_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+    return _first(TEMPORAL.call(locals()))
+
+
+@TEMPORAL_QKV.entry
 def temporal_attention_qkv(qkv: Tensor, key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """:func:`temporal_attention` on one packed projection qkv (S, T, 3, heads, head_dim), the
     way a transformer layer computes it. Same result; the backward writes the projection's
     gradient in one buffer instead of three gradients and a stack copy."""
-    if not isinstance(qkv, Tensor):
-        raise TypeError(f"temporal_attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
-    backend = select("temporal_attention", qkv.device, IMPLEMENTED, CUDA_ORDER)
-    if backend == "reference" or (backend == "triton" and qkv.device.type == "cpu"):
-        return temporal_attention(*_unpack(qkv), key_padding_mask, scale)
-    _lib.native()
-    return torch.ops.skysense.temporal_attention_qkv(qkv, key_padding_mask, scale)[0]
-
-
-def _triton_forward(q, k, v, key_padding_mask, scale):
-    from ..triton.temporal_attention import temporal_attention_forward  # lazy: TRITON_INTERPRET
-
-    return temporal_attention_forward(*_lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale))
-
-
-def _triton_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
-    from ..triton.temporal_attention import temporal_attention_backward
-
-    qq, kk, vv, km, sc = _lib.native().temporal_attention_prepare(q, k, v, key_padding_mask, scale)
-    return temporal_attention_backward(grad_out, out, lse, qq, kk, vv, km, sc)
-
-
-class _TritonOnCpu(torch.autograd.Function):
-    """The Triton kernels on CPU tensors under TRITON_INTERPRET=1 (tests only)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_padding_mask, scale):
-        out, lse = _triton_forward(q, k, v, key_padding_mask, scale)
-        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        return (*_triton_backward(grad_out, q, k, v, out, lse, mask, ctx.scale), None, None)
-
-
-def _register() -> None:
-    if _lib.load_error() is not None:
-        return
-
-    @torch.library.impl("skysense::temporal_attention", "CUDA")
-    def _cuda(q, k, v, key_padding_mask, scale):
-        if select("temporal_attention", q.device, IMPLEMENTED, CUDA_ORDER) == "reference":
-            out = temporal_attention_reference(q, k, v, key_padding_mask, scale)
-            return _lib.native().temporal_attention_output_like(q).copy_(out), q.new_empty((0,), dtype=torch.float32)
-        return _triton_forward(q, k, v, key_padding_mask, scale)
-
-    @torch.library.impl("skysense::temporal_attention_backward", "CUDA")
-    def _cuda_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
-        return _triton_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale)
-
-    @torch.library.impl("skysense::temporal_attention_qkv", "CUDA")
-    def _cuda_qkv(qkv, key_padding_mask, scale):
-        return _cuda(*_unpack(qkv), key_padding_mask, scale)
-
-    @torch.library.impl("skysense::temporal_attention_qkv_backward", "CUDA")
-    def _cuda_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):
-        return torch.stack(_triton_backward(grad_out, *_unpack(qkv), out, lse, key_padding_mask, scale), 0).permute(
-            1, 3, 0, 2, 4).contiguous()
-
-    def _like(q):  # (S, heads, T, hd) stored as (S, T, heads, hd), as the kernels write it
-        S, heads, T, hd = q.shape
-        return q.new_empty((S, T, heads, hd)).permute(0, 2, 1, 3)
-
-    @torch.library.register_fake("skysense::temporal_attention")
-    def _fake(q, k, v, key_padding_mask=None, scale=None):
-        same_device("temporal_attention", "q", dict(q=q, k=k, v=v, key_padding_mask=key_padding_mask))
-        if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-            raise InputError("temporal_attention: q, k and v must have the same shape (S, heads, T, head_dim)")
-        return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
-
-    @torch.library.register_fake("skysense::temporal_attention_backward")
-    def _fake_backward(grad_out, q, k, v, out, lse, key_padding_mask, scale):
-        same_device("temporal_attention_backward", "q", dict(grad_out=grad_out, q=q, k=k, v=v, out=out, lse=lse,
-                                                             key_padding_mask=key_padding_mask))
-        return _like(q), _like(q), _like(q)
-
-    @torch.library.register_fake("skysense::temporal_attention_qkv")
-    def _fake_qkv(qkv, key_padding_mask=None, scale=None):
-        same_device("temporal_attention_qkv", "qkv", dict(qkv=qkv, key_padding_mask=key_padding_mask))
-        q = _unpack(qkv)[0]
-        return _like(q), q.new_empty(q.shape[:3], dtype=acc_dtype(q.dtype))
-
-    @torch.library.register_fake("skysense::temporal_attention_qkv_backward")
-    def _fake_qkv_backward(grad_out, qkv, out, lse, key_padding_mask, scale):
-        same_device("temporal_attention_qkv_backward", "qkv", dict(grad_out=grad_out, qkv=qkv, out=out, lse=lse,
-                                                                   key_padding_mask=key_padding_mask))
-        return torch.empty_like(qkv, memory_format=torch.contiguous_format)
-
-    def _setup_qkv(ctx, inputs, output):
-        qkv, key_padding_mask, scale = inputs
-        ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(qkv, output[0], output[1], key_padding_mask)
-        ctx.scale = scale
-
-    def _backward_qkv(ctx, grad_out, grad_lse):
-        qkv, out, lse, mask = ctx.saved_tensors
-        return torch.ops.skysense.temporal_attention_qkv_backward(grad_out, qkv, out, lse, mask, ctx.scale), None, None
-
-    torch.library.register_autograd("skysense::temporal_attention_qkv", _backward_qkv, setup_context=_setup_qkv)
-
-    def _setup(ctx, inputs, output):
-        q, k, v, key_padding_mask, scale = inputs
-        out, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-        ctx.scale = scale
-
-    def _backward(ctx, grad_out, grad_lse):
-        q, k, v, out, lse, mask = ctx.saved_tensors
-        dq, dk, dv = torch.ops.skysense.temporal_attention_backward(grad_out, q, k, v, out, lse, mask, ctx.scale)
-        return dq, dk, dv, None, None
-
-    torch.library.register_autograd("skysense::temporal_attention", _backward, setup_context=_setup)
-
-
-_register()
+    _unpack(qkv)
+    return _first(TEMPORAL_QKV.call(locals()))

@@ -45,7 +45,8 @@ def window_attention_reference(q: Tensor, k: Tensor, v: Tensor, window: tuple[in
 
     Args:
         q, k, v: (B, H, W, heads, head_dim), the un-partitioned spatial layout.
-        window: (wh, ww) window size, each in 1..16.
+        window: (wh, ww) window size, each >= 1 (the CPU kernel takes up to 16 per side; larger
+            windows run this reference there).
         shift: (sh, sw) cyclic shift, 0 <= s < window (0: plain windows).
         logit_scale: (heads,) SwinV2 learned log-scale: cosine attention, scores =
             normalize(q) . normalize(k) * exp(min(logit_scale, log 100)). None: Swin V1 dot
