@@ -28,12 +28,36 @@ inline void gemm_block(int64_t Kc, const T* A, int64_t lda, const T* B, int64_t 
     for (int j = 0; j < NV; ++j) c[r][j].store(C + r * ldc + j * V);
 }
 
+// Vector registers of the capability: the MR x NV accumulators plus a broadcast A value must
+// fit, or the block spills its accumulators to the stack on every step (AVX2 has 16).
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVecRegs = 32;
+#else
+constexpr int kVecRegs = 16;
+#endif
+
+template <int NV>
+constexpr int rows_per_block() {
+  const int mr = (kVecRegs - 2) / NV;
+  return mr < 1 ? 1 : mr > 8 ? 8 : mr;
+}
+
+template <typename T, int NV, int R = rows_per_block<NV>() - 1>
+inline void gemm_rows_left(int64_t rows, int64_t Kc, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
+                           int64_t ldc, bool acc) {
+  if constexpr (R >= 1) {
+    if (rows == R) return gemm_block<T, R, NV>(Kc, A, lda, B, ldb, C, ldc, acc);
+    gemm_rows_left<T, NV, R - 1>(rows, Kc, A, lda, B, ldb, C, ldc, acc);
+  }
+}
+
 template <typename T, int NV>
 inline void gemm_panel(int64_t M, int64_t Kc, const T* A, int64_t lda, const T* B, int64_t ldb, T* C, int64_t ldc,
                        bool acc) {
+  constexpr int MR = rows_per_block<NV>();
   int64_t i = 0;
-  for (; i + 4 <= M; i += 4) gemm_block<T, 4, NV>(Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
-  for (; i < M; ++i) gemm_block<T, 1, NV>(Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
+  for (; i + MR <= M; i += MR) gemm_block<T, MR, NV>(Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
+  if (i < M) gemm_rows_left<T, NV>(M - i, Kc, A + i * lda, lda, B, ldb, C + i * ldc, ldc, acc);
 }
 
 template <typename T>

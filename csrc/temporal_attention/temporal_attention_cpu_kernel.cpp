@@ -1,13 +1,14 @@
 // Fused multi-head attention over many short sequences on the CPU (compiled once per
-// CPU_CAPABILITY): one task per (sequence, head), tiles gathered by stride from q, k, v in
-// any layout with contiguous channels, the key padding mask added as -inf, and no limit on
-// the number of sequences.
+// CPU_CAPABILITY): one task per sequence, its rows staged from q, k, v in any layout with
+// contiguous channels (walked in address order), every head computed from the staged rows,
+// the key padding mask added as -inf, and no limit on the number of sequences.
 #include <algorithm>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -43,80 +44,109 @@ struct Kernel {
     return buf.data();
   }
 
-  // (T x hd) rows of src (S, heads, T, hd; channels contiguous) into dst (T x Dp)
-  void gather(const at::Tensor& src, int64_t s, int64_t h, acc_t* dst, int64_t Dp) const {
-    const scalar_t* base = src.const_data_ptr<scalar_t>() + s * src.stride(0) + h * src.stride(1);
-    const int64_t st = src.stride(2);
-    for (int64_t t = 0; t < in.T; ++t) {
-      const scalar_t* r = base + t * st;
-      acc_t* d = dst + t * Dp;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        Tile::copy(d, r, in.hd);
-      } else {
-        for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<acc_t>(r[c]);
-      }
+  // One sequence's rows, walked in address order (for views of one projection: every head
+  // of token 0, then of token 1, ... — one contiguous block of memory per sequence, which the
+  // hardware prefetchers stream; head by head the rows sit a projection row apart, a stride
+  // no prefetcher follows, and each row costs a memory round trip). f(h, t, row offset).
+  template <typename F>
+  void rows_of(const at::Tensor& t, int64_t s, F&& f) const {
+    const int64_t sh = t.stride(1), st = t.stride(2), base = s * t.stride(0);
+    if (sh <= st) {
+      for (int64_t i = 0; i < in.T; ++i)
+        for (int64_t h = 0; h < in.heads; ++h) f(h, i, base + h * sh + i * st);
+    } else {
+      for (int64_t h = 0; h < in.heads; ++h)
+        for (int64_t i = 0; i < in.T; ++i) f(h, i, base + h * sh + i * st);
     }
   }
 
-  // into dst (S, heads, T, hd; any strides but contiguous channels)
-  void scatter(const acc_t* src, int64_t s, int64_t h, int64_t Dp, at::Tensor& dst) const {
-    scalar_t* base = dst.mutable_data_ptr<scalar_t>() + s * dst.stride(0) + h * dst.stride(1);
-    for (int64_t t = 0; t < in.T; ++t) {
-      scalar_t* d = base + t * dst.stride(2);
-      const acc_t* r = src + t * Dp;
+  // src (S, heads, T, hd; channels contiguous), sequence s -> buf (heads, T, Dp)
+  void stage_in(const at::Tensor& src, int64_t s, acc_t* buf, int64_t Dp) const {
+    const scalar_t* p = src.const_data_ptr<scalar_t>();
+    rows_of(src, s, [&](int64_t h, int64_t t, int64_t off) {
+      acc_t* d = buf + (h * in.T + t) * Dp;
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        Tile::copy(d, r, in.hd);
+        Tile::copy(d, p + off, in.hd);
       } else {
-        for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<scalar_t>(r[c]);
+        for (int64_t c = 0; c < in.hd; ++c) d[c] = static_cast<acc_t>(p[off + c]);
       }
-    }
+    });
   }
 
+  // buf (heads, T, Dp) -> dst (S, heads, T, hd; any strides but contiguous channels), sequence s
+  void stage_out(const acc_t* buf, int64_t s, int64_t Dp, at::Tensor& dst) const {
+    scalar_t* p = dst.mutable_data_ptr<scalar_t>();
+    rows_of(dst, s, [&](int64_t h, int64_t t, int64_t off) {
+      const acc_t* r = buf + (h * in.T + t) * Dp;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        Tile::copy(p + off, r, in.hd);
+      } else {
+        for (int64_t c = 0; c < in.hd; ++c) p[off + c] = static_cast<scalar_t>(r[c]);
+      }
+    });
+  }
+
+  // One task per sequence: its inputs staged (heads, T, Dp) in address order, every head
+  // computed from the staged rows, the results staged and written back in address order.
+  // body(tile, s, h, key row, staged inputs beyond q k v, staged outputs) fills the outputs.
   template <typename Body>
-  void tasks(bool backward, Body&& body) const {
-    at::parallel_for(0, in.S * in.heads, 1, [&](int64_t t0, int64_t t1) {
+  void tasks(bool backward, std::initializer_list<const at::Tensor*> extra_in,
+             std::initializer_list<at::Tensor*> outs, Body&& body) const {
+    at::parallel_for(0, in.S, 1, [&](int64_t s0, int64_t s1) {
       Tile tile(in.T, in.hd, false, backward);
-      std::vector<acc_t> keys(Np);
-      for (int64_t task = t0; task < t1; ++task) {
-        const int64_t s = task / in.heads, h = task % in.heads;
-        gather(in.q, s, h, tile.Q.data(), tile.Dp);
-        gather(in.k, s, h, tile.K.data(), tile.Dp);
-        gather(in.v, s, h, tile.Vv.data(), tile.Dp);
+      const int64_t Dp = tile.Dp, per = in.heads * in.T * Dp, n_in = 3 + int64_t(extra_in.size());
+      std::vector<acc_t> keys(Np), staged_in(n_in * per), staged_out(int64_t(outs.size()) * per);
+      const at::Tensor* srcs[8] = {&in.q, &in.k, &in.v};
+      int64_t n = 3;
+      for (const at::Tensor* t : extra_in) srcs[n++] = t;
+      for (int64_t s = s0; s < s1; ++s) {
+        for (int64_t i = 0; i < n_in; ++i) stage_in(*srcs[i], s, staged_in.data() + i * per, Dp);
         const acc_t* kr = key_row(s, keys);
-        for (int64_t t = 0; t < in.T; ++t) {  // an ignored key reads as 0: a NaN there stays out
-          if (kr[t] == -std::numeric_limits<acc_t>::infinity()) {
-            std::fill_n(tile.K.data() + t * tile.Dp, in.hd, acc_t(0));
-            std::fill_n(tile.Vv.data() + t * tile.Dp, in.hd, acc_t(0));
+        for (int64_t h = 0; h < in.heads; ++h) {
+          const int64_t at = h * in.T * Dp;
+          std::copy_n(staged_in.data() + at, in.T * Dp, tile.Q.data());
+          std::copy_n(staged_in.data() + per + at, in.T * Dp, tile.K.data());
+          std::copy_n(staged_in.data() + 2 * per + at, in.T * Dp, tile.Vv.data());
+          for (int64_t t = 0; t < in.T; ++t) {  // an ignored key reads as 0: a NaN there stays out
+            if (kr[t] == -std::numeric_limits<acc_t>::infinity()) {
+              std::fill_n(tile.K.data() + t * Dp, in.hd, acc_t(0));
+              std::fill_n(tile.Vv.data() + t * Dp, in.hd, acc_t(0));
+            }
           }
+          tile.scores();
+          body(tile, s, h, kr, staged_in.data() + 3 * per + at, per, staged_out.data() + at);
         }
-        tile.scores();
-        body(tile, s, h, kr);
+        int64_t i = 0;
+        for (at::Tensor* t : outs) stage_out(staged_out.data() + (i++) * per, s, Dp, *t);
       }
     });
   }
 
   void forward(at::Tensor& out, at::Tensor& lse) const {
     acc_t* l = lse.mutable_data_ptr<acc_t>();
-    tasks(false, [&](Tile& tile, int64_t s, int64_t h, const acc_t* keys) {
+    tasks(false, {}, {&out}, [&](Tile& tile, int64_t s, int64_t h, const acc_t* keys, const acc_t*, int64_t,
+                                 acc_t* o) {
       tile.probabilities(static_cast<acc_t>(in.scale), [&](int64_t, int64_t j, Vec x) { return x + Vec::loadu(keys + j); },
                          nullptr, l + (s * in.heads + h) * in.T);
       tile.output();
-      scatter(tile.O.data(), s, h, tile.Dp, out);
+      std::copy_n(tile.O.data(), in.T * tile.Dp, o);
     });
   }
 
   void backward(const at::Tensor& out, const at::Tensor& lse, const at::Tensor& grad_out, at::Tensor& dq,
                 at::Tensor& dk, at::Tensor& dv) const {
     const acc_t* l = lse.const_data_ptr<acc_t>();
-    tasks(true, [&](Tile& tile, int64_t s, int64_t h, const acc_t* keys) {
+    tasks(true, {&grad_out, &out}, {&dq, &dk, &dv}, [&](Tile& tile, int64_t s, int64_t h, const acc_t* keys,
+                                                       const acc_t* more, int64_t per, acc_t* o) {
       tile.probabilities(static_cast<acc_t>(in.scale), [&](int64_t, int64_t j, Vec x) { return x + Vec::loadu(keys + j); },
                          l + (s * in.heads + h) * in.T, nullptr);
-      gather(grad_out, s, h, tile.dO.data(), tile.Dp);
-      gather(out, s, h, tile.O.data(), tile.Dp);
+      const int64_t n = in.T * tile.Dp;
+      std::copy_n(more, n, tile.dO.data());
+      std::copy_n(more + per, n, tile.O.data());
       tile.backward(static_cast<acc_t>(in.scale), nullptr, false);
-      scatter(tile.dQ.data(), s, h, tile.Dp, dq);
-      scatter(tile.dK.data(), s, h, tile.Dp, dk);
-      scatter(tile.dV.data(), s, h, tile.Dp, dv);
+      std::copy_n(tile.dQ.data(), n, o);
+      std::copy_n(tile.dK.data(), n, o + per);
+      std::copy_n(tile.dV.data(), n, o + 2 * per);
     });
   }
 };
