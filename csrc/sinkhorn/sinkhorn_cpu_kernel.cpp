@@ -268,6 +268,25 @@ struct Problem {
     return sums.total();
   }
 
+  // sum_k x_k y_k over one row, in four independent accumulators (one FMA chain would wait
+  // out the FMA latency at every vector).
+  acc_t dot(const acc_t* x, const acc_t* y) const {
+    constexpr int64_t W = Vec::size();
+    Vec d0(0), d1(0), d2(0), d3(0);
+    int64_t k = 0;
+    for (; k + 4 * W <= K; k += 4 * W) {
+      d0 = at::vec::fmadd(Vec::loadu(x + k), Vec::loadu(y + k), d0);
+      d1 = at::vec::fmadd(Vec::loadu(x + k + W), Vec::loadu(y + k + W), d1);
+      d2 = at::vec::fmadd(Vec::loadu(x + k + 2 * W), Vec::loadu(y + k + 2 * W), d2);
+      d3 = at::vec::fmadd(Vec::loadu(x + k + 3 * W), Vec::loadu(y + k + 3 * W), d3);
+    }
+    for (; k < K; k += W) {
+      const int64_t cnt = std::min(W, K - k);
+      d0 = at::vec::fmadd(load<Vec>(x + k, cnt), load<Vec>(y + k, cnt), d0);
+    }
+    return hsum((d0 + d1) + (d2 + d3));
+  }
+
   // Scaling-domain row pass over Q1 (held in `out`), Q = diag(alpha) Q1 diag(beta):
   // alpha_n = a_n / sum_k Q1_nk beta_k; returns colsum_k = sum_n alpha_n Q1_nk when asked
   // (colmass_k = beta_k colsum_k) and writes Q in place when `apply`.
@@ -278,18 +297,25 @@ struct Problem {
       BlockAccumulator<acc_t> acc(sums, K);
       for (int64_t n = r0; n < r1; ++n) {
         acc_t* q = reinterpret_cast<acc_t*>(out) + n * K;
-        Vec vdot(0);
-        for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
-          vdot = at::vec::fmadd(load<Vec>(q + k, cnt), load<Vec>(beta.data() + k, cnt), vdot);
-        });
-        const acc_t al = static_cast<acc_t>(std::exp(static_cast<double>(log_a[n]))) / hsum(vdot);
+        const acc_t al = static_cast<acc_t>(std::exp(static_cast<double>(log_a[n]))) / dot(q, beta.data());
         if (alpha) alpha[n] = al;
         const Vec va(al);
-        for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
-          const Vec qk = load<Vec>(q + k, cnt);
-          if (accumulate) store(at::vec::fmadd(qk, va, load<Vec>(acc.block.data() + k, cnt)), acc.block.data() + k, cnt);
-          if (apply) store(qk * va * load<Vec>(beta.data() + k, cnt), q + k, cnt);
-        });
+        if (accumulate && apply) {
+          for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
+            const Vec qk = load<Vec>(q + k, cnt);
+            store(at::vec::fmadd(qk, va, load<Vec>(acc.block.data() + k, cnt)), acc.block.data() + k, cnt);
+            store(qk * va * load<Vec>(beta.data() + k, cnt), q + k, cnt);
+          });
+        } else if (accumulate) {
+          for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
+            store(at::vec::fmadd(load<Vec>(q + k, cnt), va, load<Vec>(acc.block.data() + k, cnt)), acc.block.data() + k,
+                  cnt);
+          });
+        } else if (apply) {
+          for_chunks<Vec>(K, [&](int64_t k, int64_t cnt) {
+            store(load<Vec>(q + k, cnt) * va * load<Vec>(beta.data() + k, cnt), q + k, cnt);
+          });
+        }
         if (accumulate) acc.end_row(n + 1 == r1);
       }
     });
