@@ -27,7 +27,7 @@ struct AttentionTile {
   int64_t N, hd, Np, Dp;  // Np, Dp: N and hd rounded up to whole vectors
   bool cosine;
   std::vector<acc_t> Q, K, Vv, KT, C, P, O, norm_q, norm_k;
-  std::vector<acc_t> dO, VT, dP, PT, dQ, dK, dV, dCT, D;
+  std::vector<acc_t> dO, VT, dP, dQ, dK, dV, D;
 
   AttentionTile(int64_t n, int64_t d, bool cos, bool backward)
       : N(n), hd(d), Np(round_up(n, V)), Dp(round_up(d, V)), cosine(cos) {
@@ -39,7 +39,7 @@ struct AttentionTile {
     norm_k.assign(N, acc_t(1));
     if (backward) {
       for (auto* b : {&dO, &dQ, &dK, &dV}) b->assign(N * Dp, acc_t(0));
-      for (auto* b : {&dP, &PT, &dCT}) b->assign(N * Np, acc_t(0));
+      dP.assign(N * Np, acc_t(0));
       VT.assign(hd * Np, acc_t(0));
       D.assign(N, acc_t(0));
     }
@@ -57,12 +57,24 @@ struct AttentionTile {
   }
 
   static void transpose(const acc_t* src, int64_t rows, int64_t cols, int64_t lds, acc_t* dst, int64_t ldd) {
+    int64_t r = 0;
     if constexpr (std::is_same_v<acc_t, float>) {
-      at::vec::transpose_mxn<float>(src, lds, dst, ldd, int(rows), int(cols));  // 16x16 blocks on AVX-512
-    } else {
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+#if defined(CPU_CAPABILITY_AVX512)
+      at::vec::transpose_mxn<float>(src, lds, dst, ldd, int(rows), int(cols));  // masked 16x16 blocks
+      return;
+#elif defined(CPU_CAPABILITY_AVX2)
+      // whole 8x8 blocks in registers (ATen's runtime-size transpose is scalar on AVX2)
+      for (; r + 8 <= rows; r += 8) {
+        int64_t c = 0;
+        for (; c + 8 <= cols; c += 8)
+          at::vec::transpose_mxn<float, 8, 8>(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+        for (; c < cols; ++c)
+          for (int64_t i = r; i < r + 8; ++i) dst[c * ldd + i] = src[i * lds + c];
+      }
+#endif
     }
+    for (; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 
   // x^ = x / max(|x|, eps) row by row, in place, keeping |x| for the backward.
@@ -144,8 +156,7 @@ struct AttentionTile {
       for (int64_t c = 0; c < Dp; c += V) s = at::vec::fmadd(Vec::loadu(dO.data() + i * Dp + c), Vec::loadu(O.data() + i * Dp + c), s);
       D[i] = hsum(s);
     }
-    transpose(P.data(), N, N, Np, PT.data(), Np);  // dV = P^T dO
-    gemm_nn<acc_t>(N, Dp, N, PT.data(), Np, dO.data(), Dp, dV.data(), Dp, false);
+    gemm_tn<acc_t>(N, Dp, N, P.data(), Np, dO.data(), Dp, dV.data(), Dp, false);  // dV = P^T dO
     transpose(Vv.data(), N, hd, Dp, VT.data(), Np);  // dP = dO V^T
     gemm_nn<acc_t>(N, Np, hd, dO.data(), Dp, VT.data(), Np, dP.data(), Np, false);
     const Vec vt(tau);
@@ -160,8 +171,7 @@ struct AttentionTile {
       }
     }
     gemm_nn<acc_t>(N, Dp, N, dP.data(), Np, K.data(), Dp, dQ.data(), Dp, false);  // dq^ = dC k^
-    transpose(dP.data(), N, N, Np, dCT.data(), Np);  // dk^ = dC^T q^
-    gemm_nn<acc_t>(N, Dp, N, dCT.data(), Np, Q.data(), Dp, dK.data(), Dp, false);
+    gemm_tn<acc_t>(N, Dp, N, dP.data(), Np, Q.data(), Dp, dK.data(), Dp, false);  // dk^ = dC^T q^
     if (cosine) {
       unnormalize_grad(dQ.data(), Q.data(), norm_q.data());
       unnormalize_grad(dK.data(), K.data(), norm_k.data());

@@ -79,7 +79,9 @@ def _triton_limits(a: Inputs) -> str | None:
         return "float64 is not supported (float32, bfloat16, float16)"
     if q.shape[-1] > 128:
         return f"head_dim {q.shape[-1]} is over 128 (the compile gate's largest)"
-    return grid_limits(("heads", q.shape[1], 65535), ("query blocks per sequence", -(-q.shape[2] // 16), 65535))
+    if q.shape[2] > MAX_TOKENS:
+        return f"T = {q.shape[2]} tokens is over {MAX_TOKENS} (the compile gate's largest)"
+    return grid_limits(("heads", q.shape[1], 65535))
 
 
 def _triton_forward(a: Inputs) -> tuple[Tensor, Tensor]:

@@ -54,6 +54,8 @@ def _triton_limits(a: Inputs) -> str | None:
         return "float64 is not supported (float32, bfloat16, float16)"
     if a.q.shape[-1] > 128:
         return f"head_dim {a.q.shape[-1]} is over 128 (the compile gate's largest)"
+    if a.window[0] * a.window[1] > 256:
+        return f"window {tuple(a.window)} has over 256 tokens (the compile gate's largest: 16 x 16)"
     return grid_limits(("heads", a.q.shape[3], 65535))
 
 
