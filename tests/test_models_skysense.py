@@ -99,3 +99,28 @@ def test_named_configs_and_the_2b_count(capsys):
     with capsys.disabled():
         print("\n" + "\n".join(f"| {n} | {v:.2f} M |" for n, v in parts.items()) + f"\n| geo bank (buffer) | {bank:.2f} M |")
     assert round(sum(parts.values())) == 1659 and bank == pytest.approx(419.43, abs=0.01)
+
+
+def test_hr_stages_for_dense_heads(gen):
+    """config.hr_stages returns the HR stage maps (official norm names, strides 4-32) beside
+    the usual outputs, which stay as they were."""
+    torch.manual_seed(0)
+    plain = models.create("skysense-tiny").eval()
+    torch.manual_seed(0)
+    dense = models.create("skysense-tiny", hr_stages=(0, 1, 2, 3)).eval()
+    dense.load_state_dict(plain.state_dict(), strict=False)  # norm0-2 are its own
+    x = inputs(gen)
+    with torch.no_grad():
+        a, b = plain(**x), dense(**x)
+    for key in ("hr", "s2", "s1", "fused", "geo"):
+        torch.testing.assert_close(a[key], b[key])
+    info = dense.hr_feature_info()
+    assert [i["reduction"] for i in info] == [4, 8, 16, 32] and [i["module"] for i in info] == [
+        "hr.norm0", "hr.norm1", "hr.norm2", "hr.norm3"]
+    H, W = x["hr"].shape[-2:]
+    for f, i in zip(b["hr_stages"], info):
+        assert f.shape == (B, i["num_chs"], H // i["reduction"], W // i["reduction"])
+    torch.testing.assert_close(b["hr_stages"][-1], b["hr"])
+    assert "hr_stages" not in a
+    with pytest.raises(ValueError, match="hr_stages must be stage indices in 0..3"):
+        models.create("skysense-tiny", hr_stages=(4,))

@@ -237,3 +237,21 @@ def test_convert_official_weights_once(tmp_path, capsys):
     same_weights(src, dst)
     assert main(["convert", "-o", str(tmp_path / "x.bin"), *args]) == 2
     assert "must name a .safetensors file" in capsys.readouterr().err
+
+
+def test_hr_stages_load_strict_with_the_earlier_norms_at_init():
+    """A dense-head model (HR stages 0-3) loads a released HR file (norm3 only) strictly:
+    norm0-norm2 are reported as left at init, everything else is the file's."""
+    src = fresh(0)
+    dst = fresh(1, hr_stages=(0, 1, 2, 3))
+    init = {k: v.clone() for k, v in dst.hr.state_dict().items() if k.startswith(("norm0", "norm1", "norm2"))}
+    report = load_official(dst, {"hr": official_files(src)["hr"]})
+    assert not report.missing and not report.unexpected
+    assert sorted(report.at_init) == sorted(f"hr.norm{i}.{p}" for i in range(3) for p in ("weight", "bias"))
+    assert "at_init (6)" in str(report)
+    for k, v in dst.hr.state_dict().items():
+        expect = init[k] if k in init else src.hr.state_dict()[k]
+        assert torch.equal(v, expect), k
+    with pytest.raises(ValueError, match=r"missing \(2\): hr.norm3.weight, hr.norm3.bias"):  # the file's own
+        load_official(dst, {"hr": {k: v for k, v in official_files(src)["hr"].items()
+                                   if not k.startswith("backbone.norm3")}})

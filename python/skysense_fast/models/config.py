@@ -18,6 +18,9 @@ class SkySenseConfig:
     hr_heads: tuple[int, ...] = (8, 16, 32, 64)
     window_size: int = 8
     extra_norm_every_n_blocks: int = 6
+    # HR stages returned as out["hr_stages"] for dense heads (UPerNet: (0, 1, 2, 3), strides
+    # 4 / 8 / 16 / 32); the last stage always feeds the fusion. () returns none.
+    hr_stages: tuple[int, ...] = ()
     # S2 / S1 branches: ViT with patch 4 and the UPHead (x4) to the HR stage-3 grid
     s2_in_chans: int = 10                     # B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12
     s1_in_chans: int = 2                      # VV, VH

@@ -30,10 +30,13 @@ class SkySense(nn.Module):
         super().__init__()
         cfg = get_config(config) if isinstance(config, str) else config
         self.config = cfg
-        out = cfg.hr_out_dim
+        out, last = cfg.hr_out_dim, len(cfg.hr_depths) - 1
+        bad = [i for i in cfg.hr_stages if not (isinstance(i, int) and 0 <= i <= last)]
+        if bad:
+            raise InputError(f"SkySense: hr_stages must be stage indices in 0..{last}, got {list(cfg.hr_stages)}")
         self.hr = SwinV2Encoder(cfg.hr_in_chans, cfg.hr_embed_dim, cfg.hr_depths, cfg.hr_heads, cfg.window_size,
                                 extra_norm_every_n_blocks=cfg.extra_norm_every_n_blocks,
-                                out_indices=(len(cfg.hr_depths) - 1,))
+                                out_indices=sorted(set(cfg.hr_stages) | {last}))
         vit = dict(embed_dim=cfg.vit_dim, depth=cfg.vit_depth, num_heads=cfg.vit_heads, img_size=cfg.vit_img_size)
         self.s2 = ViTEncoder(cfg.s2_in_chans, **vit)
         self.s1 = ViTEncoder(cfg.s1_in_chans, **vit)
@@ -42,6 +45,11 @@ class SkySense(nn.Module):
         self.ctpe = TemporalPositionEncoding(out)
         self.fusion = MultimodalTemporalFusion(out, cfg.fusion_dim, cfg.fusion_layers, cfg.fusion_heads)
         self.geo = GeoContext(cfg.fusion_dim, cfg.geo_regions, cfg.geo_prototypes)
+
+    def hr_feature_info(self) -> list[dict]:
+        """Channels, stride and module of each map in out["hr_stages"] (timm's feature_info)."""
+        return [{"num_chs": self.hr.dims[i], "reduction": 2 ** (i + 2), "module": f"hr.norm{i}"}
+                for i in self.config.hr_stages]
 
     def set_grad_checkpointing(self, enable: bool = True) -> SkySense:
         """Recompute each transformer block in the backward instead of storing its activations
@@ -75,17 +83,22 @@ class SkySense(nn.Module):
 
         Returns:
             {"hr", "s2", "s1": per-modality maps on the fusion grid (None if absent),
-             "fused": (B, fusion_dim, h, w), "geo": (B, 2 fusion_dim, h, w) or None}.
+             "fused": (B, fusion_dim, h, w), "geo": (B, 2 fusion_dim, h, w) or None}; with
+            ``config.hr_stages`` also "hr_stages": the HR maps of those stages, (B, C_i,
+            H / 2^(i+2), W / 2^(i+2)) each (None without hr; see :meth:`hr_feature_info`).
         """
         cfg = self.config
         if hr is None and s2 is None and s1 is None:
             raise InputError("SkySense: give at least one of hr, s2, s1")
         maps: dict[str, Tensor | None] = {"hr": None, "s2": None, "s1": None}
+        stages: list[Tensor] | None = None
         if hr is not None:
             if hr.dim() != 4 or hr.shape[1] != cfg.hr_in_chans:
                 raise InputError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} bands), "
                                  f"got {tuple(hr.shape)}")
-            maps["hr"] = self.hr(hr)[0]
+            feats = self.hr(hr)
+            maps["hr"] = feats[-1]
+            stages = [feats[self.hr.out_indices.index(i)] for i in cfg.hr_stages]
         for name, x, doy, enc, head in (("s2", s2, doy_s2, self.s2, self.head_s2), ("s1", s1, doy_s1, self.s1, self.head_s1)):
             if x is None:
                 continue
@@ -101,7 +114,10 @@ class SkySense(nn.Module):
                                          valid_s2=valid_s2 if s2 is not None else None,
                                          valid_s1=valid_s1 if s1 is not None else None, **dates)
         geo = self.geo(fused, latlon) if latlon is not None else None
-        return {**maps, "fused": fused, "geo": geo}
+        out = {**maps, "fused": fused, "geo": geo}
+        if cfg.hr_stages:
+            out["hr_stages"] = stages
+        return out
 
 
 def create(name: str = "skysense-2b", **overrides) -> SkySense:

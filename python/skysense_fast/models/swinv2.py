@@ -137,6 +137,13 @@ class SwinV2Encoder(nn.Module):
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.dims[i]))
 
+    def left_at_init(self) -> list[str]:
+        """Keys an official HR checkpoint does not hold: the released file carries the last
+        stage's output norm only, so the norms of earlier out indices start at init (as the
+        official iSAID fine-tuning config meets them)."""
+        last = len(self.stages) - 1
+        return [f"norm{i}.{p}" for i in self.out_indices if i != last for p in ("weight", "bias")]
+
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """(B, in_chans, H, W) -> one (B, C_i, H / 2^(i+2), W / 2^(i+2)) map per out index."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:

@@ -38,10 +38,11 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)         # file keys the model lacks
     ignored: list[str] = field(default_factory=list)            # dropped on purpose (see REBUILT, UNUSED)
     converted: list[str] = field(default_factory=list)          # adapted on load (RGB -> RGBNIR)
+    at_init: list[str] = field(default_factory=list)            # model keys no released file holds
 
     def __str__(self) -> str:
         lines = [f"loaded {sum(self.loaded.values())} tensors: " + ", ".join(f"{k} {v}" for k, v in self.loaded.items())]
-        for name in ("missing", "unexpected", "ignored", "converted"):
+        for name in ("missing", "unexpected", "ignored", "converted", "at_init"):
             keys = getattr(self, name)
             if keys:
                 lines.append(f"{name} ({len(keys)}): " + ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
@@ -120,7 +121,9 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
     ``source``: one full checkpoint (path or state dict), or a dict part -> file with parts
     ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion``. Parts not given are left as
     they are. Strict: a key the model lacks, a model key a given part lacks, or a shape that
-    differs (a checkpoint for another config) raises ValueError naming it.
+    differs (a checkpoint for another config) raises ValueError naming it. The HR output norms
+    of earlier stages (``config.hr_stages``), which no released file holds, are left at init
+    and listed in ``report.at_init``.
     """
     if isinstance(source, Mapping) and set(source) <= set(BRANCHES.values()):
         parts = {part: {_own_prefix(part, _strip(k)): v for k, v in read_checkpoint(src).items()}
@@ -146,7 +149,9 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         target: nn.Module = getattr(model, part)
         own = target.state_dict()
         report.unexpected += [f"{part}.{k}" for k in sd if k not in own]
-        report.missing += [f"{part}.{k}" for k in own if k not in sd]
+        at_init = set(target.left_at_init()) if hasattr(target, "left_at_init") else set()
+        report.missing += [f"{part}.{k}" for k in own if k not in sd and k not in at_init]
+        report.at_init += [f"{part}.{k}" for k in own if k not in sd and k in at_init]
         copies += [(own[key], value, f"{part}.{key}") for key, value in sd.items() if key in own]
         report.loaded[part] = sum(k in own for k in sd)
     if strict and (report.missing or report.unexpected):
