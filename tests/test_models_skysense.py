@@ -124,3 +124,16 @@ def test_hr_stages_for_dense_heads(gen):
     assert "hr_stages" not in a
     with pytest.raises(ValueError, match="hr_stages must be stage indices in 0..3"):
         models.create("skysense-tiny", hr_stages=(4,))
+
+
+def test_model_states_its_blocks_and_layer_groups(model):
+    """What the trainer shards and decays comes from the model, not from matching names."""
+    cfg = model.config
+    blocks = model.blocks()
+    assert len(blocks) == len({id(b) for b in blocks}) == sum(cfg.hr_depths) + 2 * cfg.vit_depth + cfg.fusion_layers
+    groups = model.layer_groups()
+    encoders = {n for n, _ in model.named_parameters() if n.startswith(("hr.", "s2.", "s1."))}
+    assert set(groups) == encoders
+    n = sum(cfg.hr_depths)
+    assert groups["hr.patch_embed.projection.weight"] == (0, n) and groups[f"hr.norm{len(cfg.hr_depths) - 1}.weight"] == (n, n)
+    assert groups["s1.layers.0.ln1.weight"] == (1, cfg.vit_depth) and groups["s2.pos_embed"] == (0, cfg.vit_depth)

@@ -51,6 +51,21 @@ class SkySense(nn.Module):
         return [{"num_chs": self.hr.dims[i], "reduction": 2 ** (i + 2), "module": f"hr.norm{i}"}
                 for i in self.config.hr_stages]
 
+    def blocks(self) -> list[nn.Module]:
+        """Every transformer block (Swin blocks, ViT layers, fusion layers): the units FSDP2
+        shards and activation checkpointing recomputes."""
+        return [*self.hr.blocks(), *self.s2.blocks(), *self.s1.blocks(), *self.fusion.layers]
+
+    def layer_groups(self) -> dict[str, tuple[int, int]]:
+        """{parameter name: (layer id, depth)} for the encoders' parameters (layer-wise lr
+        decay within each encoder, as BEiT / DINOv2); the rest (UPHeads, date table, fusion,
+        geo) are after the encoders and absent."""
+        out = {}
+        for enc in ("hr", "s2", "s1"):
+            ids, depth = getattr(self, enc).layer_ids()
+            out |= {f"{enc}.{k}": (i, depth) for k, i in ids.items()}
+        return out
+
     def set_grad_checkpointing(self, enable: bool = True) -> SkySense:
         """Recompute each transformer block in the backward instead of storing its activations
         (training only): Swin blocks, ViT layers, fusion layers."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn.temporal_fusion import _FFN
+from ..nn.transformer import FFN
 from ..nn.window_attention import WindowAttentionV2
 from ..errors import InputError
 
@@ -85,7 +85,7 @@ class SwinV2Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = _ShiftWindowMSA(dim, heads, window)
         self.norm2 = nn.LayerNorm(dim)
-        self.ffn = _FFN(dim, int(dim * mlp_ratio))
+        self.ffn = FFN(dim, int(dim * mlp_ratio))
         self.norm3 = nn.LayerNorm(dim) if extra_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -136,6 +136,26 @@ class SwinV2Encoder(nn.Module):
             for i in range(len(depths)))
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.dims[i]))
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order (units of sharding and activation checkpointing)."""
+        return [blk for stage in self.stages for blk in stage.blocks]
+
+    def layer_ids(self) -> tuple[dict[str, int], int]:
+        """({parameter name: layer id}, depth) for layer-wise lr decay over the whole Swin:
+        the patch embedding 0, block b of the network b (1-based over all stages), a stage's
+        downsampling with its first block, the output norms the top (depth)."""
+        ids, n, first = {}, 0, {}
+        for s, stage in enumerate(self.stages):
+            for b, blk in enumerate(stage.blocks):
+                n += 1
+                first.setdefault(s, n)
+                ids |= {f"stages.{s}.blocks.{b}.{k}": n for k, _ in blk.named_parameters()}
+        for name, _ in self.named_parameters():
+            if name not in ids:
+                stage = name.split(".")[1] if name.startswith("stages.") else None
+                ids[name] = 0 if name.startswith("patch_embed.") else first[int(stage)] if stage is not None else n
+        return ids, n
 
     def left_at_init(self) -> list[str]:
         """Keys an official HR checkpoint does not hold: the released file carries the last

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn.temporal_fusion import TransformerLayer
+from ..nn.transformer import TransformerLayer
 from ..errors import InputError
 
 
@@ -43,6 +43,16 @@ class ViTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.layers = nn.ModuleList(TransformerLayer(embed_dim, num_heads, int(embed_dim * mlp_ratio), ln_eps)
                                     for _ in range(depth))
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer layers, in order (units of sharding and activation checkpointing)."""
+        return list(self.layers)
+
+    def layer_ids(self) -> tuple[dict[str, int], int]:
+        """({parameter name: layer id}, depth) for layer-wise lr decay: the embeddings 0, layer
+        i i + 1."""
+        ids = {f"layers.{i}.{k}": i + 1 for i, layer in enumerate(self.layers) for k, _ in layer.named_parameters()}
+        return {name: ids.get(name, 0) for name, _ in self.named_parameters()}, len(self.layers)
 
     def _pos(self, h: int, w: int) -> Tensor:
         if (h, w) == (self.grid, self.grid):

@@ -6,19 +6,19 @@ shapes (SKYSENSE_SPEC.md §6: ``porj_linear`` (sic), ``cls_token``, ``layers.i.l
 ``layers.i.ffn.layers.{0.0, 1}``); :class:`TemporalPositionEncoding` holds the official
 ``ctpe`` day-of-year table. Each pixel's sequence [class token, HR, S2 x T1, S1 x T2] runs
 through pre-norm transformer layers whose attention is ``temporal_attention`` (any number of
-pixels); the class token's output is the fused feature.
+pixels; the layers are :mod:`skysense_fast.nn.transformer`'s); the class token's output is
+the fused feature.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
-from ..ops.temporal_attention import MAX_TOKENS, temporal_attention_qkv
 from ..errors import InputError
+from ..ops.fusion_tokens import DATE_TABLE_DAYS, fusion_tokens
+from .transformer import TransformerLayer
 
 
 class TemporalPositionEncoding(nn.Module):
@@ -34,56 +34,6 @@ class TemporalPositionEncoding(nn.Module):
         if doy.is_floating_point() or ((doy < 1) | (doy > 366)).any():
             raise InputError("TemporalPositionEncoding: doy must be integer days of year in 1..366")
         return self.ctpe[0, doy.long().clamp(max=DATE_TABLE_DAYS) - 1]
-
-
-class _MultiheadAttention(nn.Module):
-    """mmcv's wrapper naming: the torch module sits at ``.attn``."""
-
-    def __init__(self, dim: int, heads: int, device=None, dtype=None):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, device=device, dtype=dtype)
-
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None, fused: bool) -> Tensor:
-        a = self.attn
-        if not fused:
-            return a(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
-        S, T, C = x.shape
-        qkv = F.linear(x, a.in_proj_weight, a.in_proj_bias).view(S, T, 3, a.num_heads, -1)
-        if T > MAX_TOKENS:  # long sequences (a ViT's 257 tokens): few of them, torch's SDPA serves them
-            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-            mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
-            o = temporal_attention_qkv(qkv, key_padding_mask)
-        return a.out_proj(o.transpose(1, 2).reshape(S, T, C))  # free for the fused op: o is stored (S, T, heads, hd)
-
-
-class _FFN(nn.Module):
-    """mmcv's FFN naming: ``layers.0.0`` (Linear + GELU) and ``layers.1`` (Linear)."""
-
-    def __init__(self, dim: int, hidden: int, device=None, dtype=None):
-        super().__init__()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden, device=device, dtype=dtype), nn.GELU()),
-                                    nn.Linear(hidden, dim, device=device, dtype=dtype))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
-class TransformerLayer(nn.Module):
-    """Pre-norm: x + attn(ln1 x), then x + ffn(ln2 x)."""
-
-    def __init__(self, dim: int, heads: int, hidden: int, eps: float = 1e-5, device=None, dtype=None):
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.ln1 = nn.LayerNorm(dim, eps=eps, **dd)
-        self.attn = _MultiheadAttention(dim, heads, **dd)
-        self.ln2 = nn.LayerNorm(dim, eps=eps, **dd)
-        self.ffn = _FFN(dim, hidden, **dd)
-
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, fused: bool = True) -> Tensor:
-        x = x + self.attn(self.ln1(x), key_padding_mask, fused)
-        return x + self.ffn(self.ln2(x))
 
 
 class MultimodalTemporalFusion(nn.Module):

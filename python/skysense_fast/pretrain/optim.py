@@ -3,7 +3,8 @@
 Layer-wise decay (BEiT / DINOv2): within each encoder, block i of n gets lr x
 decay ** (n - i), its embeddings decay ** n; everything after the encoders (UPHeads, date
 table, fusion, pretraining heads) gets the full rate. Each encoder decays over its own
-depth: the Swin's 24 blocks and a ViT's 24 layers both span decay ** 24 .. decay.
+depth: the Swin's 24 blocks and a ViT's 24 layers both span decay ** 24 .. decay. The
+layer ids are the model's own (``SkySense.layer_groups``).
 No weight decay on biases, norms, tokens, position embeddings and the date table (1-D
 parameters and the named embeddings), as in DINO/DINOv2.
 """
@@ -11,7 +12,6 @@ parameters and the named embeddings), as in DINO/DINOv2.
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 from torch import nn
@@ -19,47 +19,15 @@ from torch import nn
 _NO_DECAY = ("cls_token", "pos_embed", "ctpe", "mask_token")
 
 
-def _swin_block_ids(model: nn.Module) -> dict[str, int]:
-    """'hr.stages.s.blocks.b' -> 1-based block number over the whole Swin, and the count."""
-    ids, n = {}, 0
-    for s, stage in enumerate(model.backbone.hr.stages):
-        for b in range(len(stage.blocks)):
-            n += 1
-            ids[f"{s}.{b}"] = n
-    return ids
-
-
-def layer_of(name: str, swin_ids: dict[str, int], vit_depth: int) -> tuple[str, int, int] | None:
-    """(encoder, layer id, depth) for a parameter of an encoder, else None (full rate)."""
-    n_swin = len(swin_ids)
-    if name.startswith("backbone.hr."):
-        m = re.match(r"backbone\.hr\.stages\.(\d+)\.(blocks\.(\d+)|downsample)", name)
-        if m is None:
-            # patch embedding -> 0; output norms / norm3 after the last block -> top
-            return ("hr", 0 if ".patch_embed." in name else n_swin, n_swin)
-        s = int(m.group(1))
-        if m.group(3) is not None:
-            return ("hr", swin_ids[f"{s}.{m.group(3)}"], n_swin)
-        return ("hr", swin_ids[f"{s}.0"], n_swin)      # downsample: with the stage's first block
-    for enc in ("s2", "s1"):
-        if name.startswith(f"backbone.{enc}."):
-            m = re.match(rf"backbone\.{enc}\.layers\.(\d+)\.", name)
-            if m is not None:
-                return (enc, int(m.group(1)) + 1, vit_depth)
-            return (enc, 0 if re.search(r"(patch_embed|cls_token|pos_embed)", name) else vit_depth, vit_depth)
-    return None
-
-
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """Groups keyed by (lr scale, decay?) with ``lr_scale`` for the schedule."""
-    swin_ids = _swin_block_ids(model)
-    vit_depth = model.backbone.config.vit_depth
+    layers = {"backbone." + k: v for k, v in model.backbone.layer_groups().items()}  # the model states them
     groups: dict[tuple[float, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        where = layer_of(name, swin_ids, vit_depth)
-        scale = 1.0 if where is None else layer_decay ** (where[2] - where[1])
+        where = layers.get(name)
+        scale = 1.0 if where is None else layer_decay ** (where[1] - where[0])
         decay = p.dim() > 1 and not any(k in name for k in _NO_DECAY)
         g = groups.setdefault((scale, decay), {"params": [], "names": [], "lr_scale": scale,
                                                "weight_decay": weight_decay if decay else 0.0})

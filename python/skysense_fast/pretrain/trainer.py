@@ -52,7 +52,7 @@ def _device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def shard(module: torch.nn.Module, mesh=None, bf16_params: bool = False) -> None:
+def shard(module: SkySensePretrainer, mesh=None, bf16_params: bool = False) -> None:
     """FSDP2 per block: every Swin block, ViT layer, fusion layer and head, then the root.
 
     ``bf16_params``: gather parameters in bfloat16 for the forward and backward (the shards,
@@ -61,16 +61,13 @@ def shard(module: torch.nn.Module, mesh=None, bf16_params: bool = False) -> None
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from ..models.swinv2 import SwinV2Block
-    from ..nn.temporal_fusion import TransformerLayer
     from .losses import DINOHead
 
     kw = {"mesh": mesh}
     if bf16_params:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for m in list(module.modules()):
-        if isinstance(m, (SwinV2Block, TransformerLayer, DINOHead)):
-            fully_shard(m, **kw)
+    for m in [*module.backbone.blocks(), *(m for m in module.modules() if isinstance(m, DINOHead))]:
+        fully_shard(m, **kw)  # the blocks the model states, then the pretraining heads
     fully_shard(module, **kw)
 
 
