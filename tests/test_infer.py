@@ -142,10 +142,10 @@ def test_output_onto_the_input_is_refused(model, tmp_path):
 
 def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
     write_scene(tmp_path / "s.tif", 300, 300)
-    import skysense_fast.infer.tiled as tiled
+    import skysense_fast.infer.runner as runner
 
     calls = {"n": 0}
-    real = tiled._run_tiles
+    real = runner.run_tiles
 
     def failing(*a, **k):
         for item in real(*a, **k):
@@ -154,7 +154,7 @@ def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             yield item
 
-    monkeypatch.setattr(tiled, "_run_tiles", failing)
+    monkeypatch.setattr(runner, "run_tiles", failing)
     with pytest.raises(KeyboardInterrupt):
         embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
@@ -163,9 +163,9 @@ def test_interrupted_write_leaves_nothing(model, tmp_path, monkeypatch):
 def test_resumable_run_continues_and_matches(model, tmp_path, monkeypatch):
     write_scene(tmp_path / "s.tif", 640, 200)                # 20 output rows: pieces of 6 rows
     whole = embed_scene(model, tmp_path / "s.tif", tmp_path / "whole.tif", tile=128, overlap=32)
-    import skysense_fast.infer.tiled as tiled
+    from skysense_fast.infer.sinks import FileSink
 
-    real, calls = tiled._FileSink.finish, {"n": 0}
+    real, calls = FileSink.finish, {"n": 0}
 
     def crash_on_second_piece(self, final):
         calls["n"] += 1
@@ -173,13 +173,13 @@ def test_resumable_run_continues_and_matches(model, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, final)
 
-    monkeypatch.setattr(tiled._FileSink, "finish", crash_on_second_piece)
+    monkeypatch.setattr(FileSink, "finish", crash_on_second_piece)
     with pytest.raises(KeyboardInterrupt):
         embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
     assert not (tmp_path / "f.tif").exists()
     parts = sorted(p.name for p in (tmp_path / "f.tif.parts").iterdir())
     assert parts == ["manifest.json", "rows_0000000_0000006.tif"]  # the crashed piece left no file
-    monkeypatch.setattr(tiled._FileSink, "finish", real)
+    monkeypatch.setattr(FileSink, "finish", real)
     again = embed_scene(model, tmp_path / "s.tif", tmp_path / "f.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
     assert 0 < again["tiles"] < whole["tiles"]               # the finished piece was not recomputed
     assert not (tmp_path / "f.tif.parts").exists()
@@ -193,10 +193,10 @@ def test_resumable_run_continues_and_matches(model, tmp_path, monkeypatch):
         embed_scene(model, tmp_path / "s.tif", tmp_path / "g.tif", tile=128, overlap=32, resume=True)
     # nor pieces made with other weights or another dtype (the manifest did not record them)
     with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(tiled._FileSink, "finish", crash_on_second_piece)
+        monkeypatch.setattr(FileSink, "finish", crash_on_second_piece)
         calls["n"] = 0
         embed_scene(model, tmp_path / "s.tif", tmp_path / "h.tif", tile=128, overlap=32, resume=True, chunk_rows=6)
-    monkeypatch.setattr(tiled._FileSink, "finish", real)
+    monkeypatch.setattr(FileSink, "finish", real)
     other = models.create("skysense-tiny").eval()
     with pytest.raises(ValueError, match="differs in model"):
         embed_scene(other, tmp_path / "s.tif", tmp_path / "h.tif", tile=128, overlap=32, resume=True, chunk_rows=6)

@@ -93,7 +93,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _announce_tiles(H: int, W: int, tile: int, overlap: int) -> None:
     """The size of the job, up front: a huge raster is visible before hours pass."""
-    from skysense_fast.infer.tiled import tile_starts
+    from skysense_fast.infer.tiler import tile_starts
 
     if tile % 32 or overlap % 32 or not 0 <= overlap < tile:
         return  # embed_scene names the problem

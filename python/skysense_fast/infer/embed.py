@@ -1,0 +1,156 @@
+"""Tiled, streaming SkySense inference over an HR scene of any size.
+
+The scene is read in tiles of ``tile`` pixels overlapping by ``overlap``, batched through the
+model, and each tile's fused feature map (one feature pixel per 32 image pixels) is blended
+into the output with a cosine (Hann) weight so that no seams appear. Tiles go row by row;
+only one band of output rows (a tile's height) is held, and finished rows are written to a
+tiled, compressed GeoTIFF as soon as no later tile touches them, so memory is bounded by
+the tile row, not the scene. The file is written under a temporary name and renamed when
+complete: an interrupted run leaves no partial output at the final path. The pieces: the
+tiler (:mod:`.tiler`), the sinks (:mod:`.sinks`), the runner (:mod:`.runner`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import torch
+
+from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
+from ..data.series import check_coverage
+from ..errors import InputError
+from .runner import TileRun, distributed, run_in_pieces
+from .sinks import FileSink
+from .tiler import SCALE
+
+
+def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256,
+                overlap: int = 64, batch_size: int = 4, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
+                gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, s2_dates=None, s1_dates=None,
+                resume: bool = False, chunk_rows: int = 64, hr_scale: str | None = None,
+                s2_band_order: str = "model") -> dict:
+    """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
+
+    Args:
+        model: a :class:`~skysense_fast.models.SkySense` (its HR branch, fusion and geo-context).
+        src: RGB GeoTIFF, any size (edges are zero-padded to whole tiles): 8-bit, or any
+            other dtype with ``hr_scale``.
+        s2_band_order: "model" (B2, B3, B4, B5, B6, B7, B8, B8A, B11, B12 as stored) or
+            "official" (B8 stored fourth, as the official SkySense S2 files are); band names in
+            the files' descriptions decide where every band has one.
+        hr_scale: how values that are not 8-bit become 0-255: ``"max=VALUE"`` or
+            ``"percentile=LO,HI"`` (see :func:`~skysense_fast.data.geotiff.hr_scaler`); a raster
+            that is not 8-bit without it is refused, never guessed.
+        dst: output path; written atomically.
+        tile, overlap: tile size and overlap in image pixels, multiples of 32.
+        output: "fused" (the fusion width) or "geo" (fused + geo-context, twice the width).
+        prefetch: read the next batch of tiles while the model runs (overlapped I/O).
+        s2, s1: optional Sentinel-2 / Sentinel-1 series (a folder of GeoTIFFs with dates in the
+            file names or tags, one multi-band GeoTIFF holding the whole series, or a list of
+            :class:`~skysense_fast.data.series.Acquisition`); each tile's area is resampled
+            onto its fusion grid (any CRS / resolution); nodata and cloud-mask pixels are
+            invalid, and acquisitions with less than half their pixels valid there are masked.
+        s2_dates, s1_dates: explicit acquisition dates (YYYY-MM-DD or ``datetime.date``), one
+            per file or per acquisition of a series file.
+        gdal_cache_mb: GDAL's block cache for this run (its default, 5% of RAM, would grow
+            with the scene: each block is read about once here, so a small cache loses nothing).
+        resume: keep finished pieces in ``<dst>.parts/`` (bands of ``chunk_rows`` output rows,
+            each a GeoTIFF renamed into place when complete) and skip the ones already there,
+            so an interrupted run continues where it stopped; the pieces are joined into
+            ``dst`` at the end and removed.
+        chunk_rows: output rows per piece (resumable and multi-process runs).
+
+    Under ``torchrun`` (torch.distributed initialised, or WORLD_SIZE > 1: a gloo group is
+    started for the barriers) the ranks take contiguous ranges of pieces, and rank 0 joins
+    them into one output: the result equals a single process's.
+
+    Returns: a summary (tiles run by this process, output shape, rows written).
+    """
+    import rasterio
+    from rasterio.transform import Affine
+
+    if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
+        raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
+    if output not in ("fused", "geo"):
+        raise InputError(f"output must be 'fused' or 'geo', got {output!r}")
+    if chunk_rows < 1:
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    dst = os.fspath(dst)
+    rank, world = distributed()
+    model = model.eval().to(device)
+    series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
+    if s2_band_order not in ("model", "official"):
+        raise InputError(f"s2_band_order must be 'model' or 'official', got {s2_band_order!r}")
+    if s2_band_order == "official" and series["s2"]:
+        from ..data.series import OFFICIAL_S2_ORDER
+
+        series["s2"] = [dataclasses.replace(a, band_order=OFFICIAL_S2_ORDER) for a in series["s2"]]
+    _refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
+        H, W = ds.height, ds.width
+        for kind, acq in series.items():
+            if acq:
+                check_coverage(acq, ds.crs, ds.bounds, kind)
+        oh, ow = math.ceil(H / SCALE), math.ceil(W / SCALE)
+        profile = dict(driver="GTiff", height=oh, width=ow, crs=ds.crs,
+                       transform=ds.transform @ Affine.scale(SCALE, SCALE), dtype="float32", tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER",
+                       nodata=float("nan") if may_hold_nodata(ds) else None)
+        scale = hr_scaler(ds, hr_scale)
+        run = TileRun(model, ds, tile, overlap, batch_size, device, dtype, output, oh, prefetch=prefetch,
+                      series=series, progress=progress, scale=scale)
+        if world == 1 and not resume:
+            sink = FileSink(dst + ".partial", profile, output)
+            try:
+                run.rows(0, oh, sink)
+                sink.finish(dst)
+            except BaseException:
+                sink.abort()
+                raise
+            C = sink.bands
+        else:
+            C = run_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,
+                                 manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
+                                           "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
+                                           "series": {k: [a.path for a in v] for k, v in series.items() if v},
+                                           "model": _model_fingerprint(model), "dtype": str(dtype),
+                                           "hr_scale": hr_scale})
+    return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the model's config, input statistics and weights (each tensor's shape,
+    dtype and sums): pieces made by other weights never join a resumed run."""
+    import hashlib
+
+    h = hashlib.sha256(repr(getattr(model, "config", None)).encode())
+    h.update(repr(getattr(model, "normalisation", None)).encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t = t.detach()
+            sums = (float(t.double().sum()), float(t.double().abs().sum())) if t.numel() else (0.0, 0.0)
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}{sums}".encode())
+    return h.hexdigest()
+
+
+def _refuse_to_overwrite_an_input(dst: str, inputs) -> None:
+    """The output replaces its path at the end of a run: never one of the run's inputs."""
+    if not os.path.exists(dst):
+        return
+    for path in inputs:
+        if os.path.exists(path) and os.path.samefile(path, dst):
+            raise InputError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
+                             "would replace the input with its features: choose another output path")
+
+
+def _as_series(v, dates=None, band_count: int = 10):
+    """None, a list of Acquisitions, or what find_series takes (a folder, a list of files, one
+    multi-band series file), with optional explicit dates."""
+    from ..data.series import Acquisition, find_series
+
+    if v is None or (isinstance(v, list) and v and isinstance(v[0], Acquisition)):
+        return v
+    return find_series(v, dates, band_count)

@@ -1,0 +1,201 @@
+"""The runner of a tiled run: blends each row of tiles into a band of output rows (one tile row
+held in memory), hands finished rows to a sink, and for resumable or multi-process runs
+spreads pieces of rows over torchrun ranks with a manifest that keeps other runs' pieces out."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.geotiff import scene_latlon
+from ..errors import InputError
+from .sinks import PiecesSink, join_pieces, piece_name
+from .tiler import SCALE, blend_weight, run_tiles, tile_starts
+
+
+def distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")  # barriers only: the pieces go through the file system
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+@dataclass
+class TileRun:
+    """Streams the tile rows that cover output rows [y0, y1) and hands finished rows to a sink.
+
+    ``output`` names the model output blended (``fused``, ``geo``); ``scale`` turns raw HR
+    values into 0-255 (None: 8-bit input); ``series`` the Sentinel acquisitions by kind.
+    """
+
+    model: torch.nn.Module
+    ds: Any                      # an open rasterio dataset
+    tile: int
+    overlap: int
+    batch_size: int
+    device: str | torch.device
+    dtype: torch.dtype
+    output: str
+    oh: int                      # output rows
+    prefetch: bool = True
+    series: dict = field(default_factory=dict)
+    progress: bool = False
+    scale: Any = None
+
+    def __post_init__(self):
+        self.t_start = None
+        self.stride = self.tile - self.overlap
+        self.t = self.tile // SCALE
+        self.all_rows = tile_starts(self.ds.height, self.tile, self.stride)
+        self.cols = tile_starts(self.ds.width, self.tile, self.stride)
+        self.latlon = torch.tensor([scene_latlon(self.ds)], dtype=torch.float32)
+        self.tiles_run = self.rows_written = 0
+
+    def rows(self, y0: int, y1: int, sink) -> None:
+        t, oh, ow = self.t, self.oh, math.ceil(self.ds.width / SCALE)
+        needed = [r for r in self.all_rows if r // SCALE < y1 and r // SCALE + t > y0]
+        self.t_start = time.perf_counter()
+        acc = wsum = vfrac = None
+        band_top = needed[0] // SCALE  # output row of acc[0]
+        for i, r in enumerate(needed):
+            tiles = [(r, c) for c in self.cols]
+            feats = list(run_tiles(self.model, self.ds, tiles, self.tile, self.batch_size, self.device, self.dtype,
+                                    self.latlon, self.output, self.ds.nodata, self.prefetch, self.series,
+                                    self.scale))
+            self.tiles_run += len(tiles)
+            C = feats[0][1].shape[0]
+            if acc is None:
+                acc = np.zeros((C, 2 * t + 1, ow), np.float32)
+                wsum = np.zeros((2 * t + 1, ow), np.float32)
+                vfrac = np.ones((2 * t + 1, ow), np.float32)   # valid input fraction per output pixel
+            r0 = r // SCALE
+            for (_, c), f, frac in feats:
+                c0 = c // SCALE
+                fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
+                wgt = np.outer(blend_weight(f.shape[1])[:fh], blend_weight(f.shape[2])[:fw])
+                yy = r0 - band_top
+                acc[:, yy:yy + fh, c0:c0 + fw] += f[:, :fh, :fw] * wgt
+                wsum[yy:yy + fh, c0:c0 + fw] += wgt
+                if frac is not None:  # the same for every tile covering a cell: assign
+                    vfrac[yy:yy + fh, c0:c0 + fw] = frac[:fh, :fw]
+            # rows above the next tile row are final (no later tile touches them)
+            next_top = needed[i + 1] // SCALE if i + 1 < len(needed) else oh
+            done = min(next_top, oh) - band_top
+            if done > 0:
+                lo, hi = max(band_top, y0), min(band_top + done, y1)
+                if hi > lo:
+                    block = acc[:, lo - band_top:hi - band_top] / np.maximum(wsum[lo - band_top:hi - band_top], 1e-12)
+                    block[:, vfrac[lo - band_top:hi - band_top] < 0.5] = np.nan   # mostly nodata input
+                    sink.write(lo, block.astype(np.float32))
+                    self.rows_written += hi - lo
+                acc = np.concatenate([acc[:, done:], np.zeros((C, done, ow), np.float32)], 1)
+                wsum = np.concatenate([wsum[done:], np.zeros((done, ow), np.float32)], 0)
+                vfrac = np.concatenate([vfrac[done:], np.ones((done, ow), np.float32)], 0)
+                band_top += done
+            release_freed_memory()
+            if self.progress:
+                self._report(i + 1, len(needed))
+
+
+    def _report(self, done: int, total: int) -> None:
+        """A one-line progress bar on stderr: tile rows done, tiles/s, time left."""
+        import sys
+
+        now = time.perf_counter()
+        rate = done * len(self.cols) / (now - self.t_start)
+        left = (total - done) * len(self.cols) / max(rate, 1e-9)
+        bar = "#" * int(30 * done / total)
+        end = "\n" if done == total else ""
+        print(f"\r[{bar:<30}] tile rows {done}/{total}, {rate:.1f} tiles/s, {left:.0f} s left", end=end,
+              file=sys.stderr, flush=True)
+
+
+def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
+                     world: int, manifest: dict) -> int:
+    import json
+    import shutil
+
+    folder = dst + ".parts"
+    oh = profile["height"]
+    pieces = [(y, min(y + chunk_rows, oh)) for y in range(0, oh, chunk_rows)]
+    if rank == 0:
+        mpath = os.path.join(folder, "manifest.json")
+        if os.path.exists(mpath) and resume:
+            with open(mpath) as f:
+                old = json.load(f)
+            if old != manifest:
+                diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+                raise InputError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
+                                 "weights, input, dtype or tiling); remove it to start over")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.makedirs(folder)
+            with open(mpath + ".tmp", "w") as f:
+                json.dump(manifest, f)
+            os.replace(mpath + ".tmp", mpath)
+    barrier(world)
+    mine = pieces[rank * len(pieces) // world:(rank + 1) * len(pieces) // world]
+    todo = [p for p in mine if not os.path.exists(os.path.join(folder, piece_name(*p)))]
+    # consecutive pending pieces stream together: tile rows are shared, never run twice
+    runs: list[list[tuple[int, int]]] = []
+    for p in todo:
+        if runs and runs[-1][-1][1] == p[0]:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    for group in runs:
+        sink = PiecesSink(folder, group, profile, output)
+        try:
+            run.rows(group[0][0], group[-1][1], sink)
+        except BaseException:
+            sink.abort()
+            raise
+    barrier(world)
+    bands = 0
+    if rank == 0:
+        bands = join_pieces(folder, pieces, dst, profile, output)
+        shutil.rmtree(folder, ignore_errors=True)
+    barrier(world)
+    if bands == 0:
+        import rasterio
+
+        with rasterio.open(dst) as f:
+            bands = f.count
+    return bands
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap back to the OS after each row of tiles: glibc keeps it otherwise and the
+    process's footprint creeps with the scene's length instead of staying flat."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return lib if hasattr(lib, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
