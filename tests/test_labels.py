@@ -80,3 +80,36 @@ def test_bad_labels_are_clear_errors(scene):
             labels_on_grid(tmp / "nocrs.tif", img, ClassMap((1, 2)))
     with pytest.raises(ValueError, match="at least two distinct class values"):
         ClassMap((1,))
+
+
+def test_vector_labels_polygons_and_points(scene):
+    """A GeoPackage in WGS 84 with two polygons and a point, rasterised on the UTM image grid."""
+    pytest.importorskip("pyogrio")
+    import pyogrio
+    import shapely
+    from rasterio.warp import transform_geom
+
+    from skysense_fast.data.labels import is_vector, rasterize_labels, vector_class_map
+
+    tmp, _ = scene
+    utm = [shapely.box(500000, 5000032, 500032, 5000064), shapely.box(500040, 5000000, 500064, 5000020),
+           shapely.Point(500050.5, 5000050.5)]
+    wgs = [shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(g))) for g in utm]
+    path = tmp / "labels.gpkg"
+    pyogrio.raw.write(path, shapely.to_wkb(np.array(wgs, object)), field_data=[np.array([4, 7, 9], np.int32)],
+                      fields=["cls"], geometry_type="Unknown", crs="EPSG:4326", driver="GPKG")
+    assert is_vector(path)
+    classes = vector_class_map(path, "cls", names=["grass", "water", "tree"])
+    assert classes.values == (4, 7, 9)
+    with rasterio.open(tmp / "img.tif") as img:
+        idx = rasterize_labels(path, img, classes, "cls")
+    assert idx.shape == (64, 64)
+    assert (idx[2:30, 2:30] == 0).all()        # inside the first polygon (top-left 32 m)
+    assert (idx[46:62, 42:62] == 1).all()      # the second (bottom-right)
+    assert idx[13, 50] == 2                    # the point's pixel (row = 5000064 - 5000050.5)
+    assert (idx == IGNORE_INDEX).mean() > 0.5  # the rest is unlabelled
+    with rasterio.open(tmp / "img.tif") as img:
+        with pytest.raises(ValueError, match=r"holds class values \[9\]"):
+            rasterize_labels(path, img, ClassMap((4, 7)), "cls")
+        with pytest.raises(ValueError, match="has no attribute 'klass'"):
+            rasterize_labels(path, img, classes, "klass")

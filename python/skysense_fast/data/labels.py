@@ -1,8 +1,10 @@
-"""Class rasters as training labels: any CRS and resolution, put onto the image's grid.
+"""Labels for training: class rasters or vector layers, in any CRS, put onto the image's grid.
 
 A label raster is reprojected onto (a window of) the image grid with nearest-neighbour
 resampling (classes are never blended); its nodata, and whatever lies outside it, is "no
-label" (``ignore_index``). Class values (e.g. 1..7, as the file stores them) map to
+label" (``ignore_index``). A vector layer (GeoPackage, GeoJSON, Shapefile: polygons or points
+with an integer class attribute, read with pyogrio) is reprojected and rasterised onto the same
+grid (a point labels the pixel it falls in); unlabelled pixels are "no label" too. Class values (e.g. 1..7, as the file stores them) map to
 contiguous indices 0..C-1 for training, and back for prediction: :class:`ClassMap` travels
 with the weights so a class map comes out in the label raster's own values.
 """
@@ -122,4 +124,67 @@ def labels_on_grid(path: str | os.PathLike, image, classes: ClassMap, window=Non
         valid = raw != marker
         if src.nodata is not None:
             valid &= raw != int(src.nodata)
+    return classes.to_index(raw, valid, str(path))
+
+
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
+
+
+def is_vector(path: str | os.PathLike) -> bool:
+    return os.fspath(path).lower().endswith(VECTOR_SUFFIXES)
+
+
+def read_vector_labels(path: str | os.PathLike, field: str) -> tuple[object, list[dict], np.ndarray]:
+    """(CRS, GeoJSON-like geometries, integer class values) of a vector layer."""
+    try:
+        import pyogrio
+        import shapely
+    except ImportError as e:
+        raise InputError(f"vector labels need pyogrio and shapely (pip install 'skysense-fast[vector]'): {e}") from None
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"labels not found: {path}")
+    try:
+        meta, _, wkb, fields = pyogrio.raw.read(path, columns=[field])
+    except Exception as e:  # noqa: BLE001 - GDAL's read errors come in several types
+        raise InputError(f"{path} is not a readable vector layer ({e})") from None
+    if field not in list(meta["fields"]):
+        raise InputError(f"{path} has no attribute {field!r} (it has {', '.join(meta['fields']) or 'none'})")
+    if meta["crs"] is None:
+        raise InputError(f"{path} has no CRS: labels must be georeferenced to be put on the image's grid")
+    values = np.asarray(fields[list(meta["fields"]).index(field)])
+    if values.dtype.kind not in "iu" and not (values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0)):
+        raise InputError(f"{path}: attribute {field!r} must hold integer classes, got {values.dtype}")
+    keep = np.array([g is not None for g in wkb], bool)
+    geoms = [shapely.geometry.mapping(g) for g in shapely.from_wkb(wkb[keep])]
+    return meta["crs"], geoms, values[keep].astype(np.int64)
+
+
+def vector_class_map(path: str | os.PathLike, field: str, names: Sequence[str] | None = None) -> ClassMap:
+    _, _, values = read_vector_labels(path, field)
+    return ClassMap(tuple(sorted(set(values.tolist()))), tuple(names or ()))
+
+
+def rasterize_labels(path: str | os.PathLike, image, classes: ClassMap, field: str, window=None) -> np.ndarray:
+    """Class indices (H, W) int64 of a vector layer rasterised on ``image``'s grid (or a window
+    of it); later features overwrite earlier ones where they overlap."""
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+    from rasterio.windows import Window, bounds as window_bounds, transform as window_transform
+
+    crs, geoms, values = read_vector_labels(path, field)
+    window = window or Window(0, 0, image.width, image.height)
+    try:
+        geoms = [transform_geom(crs, image.crs, g) for g in geoms]
+    except Exception as e:  # noqa: BLE001 - PROJ's errors vary by version
+        raise InputError(f"{path}: its CRS ({crs}) cannot be put onto the image's ({image.crs}): {e}") from None
+    classes.to_index(values, np.ones(len(values), bool), str(path))  # every feature's class is a class
+    ib = window_bounds(window, image.transform)
+    shape = (int(window.height), int(window.width))
+    raw = rasterize(list(zip(geoms, values.tolist())), out_shape=shape, fill=_OUTSIDE,
+                    transform=window_transform(window, image.transform), dtype="int32") if geoms else \
+        np.full(shape, _OUTSIDE, np.int32)
+    valid = raw != _OUTSIDE
+    if not valid.any():
+        raise InputError(f"{path}: no labelled feature falls on the image {image.name} ({ib} in {image.crs})")
     return classes.to_index(raw, valid, str(path))
