@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib.util
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ import torch
 from . import _lib
 from .errors import InputError
 
-log = logging.getLogger("skysense_fast")
 
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 
