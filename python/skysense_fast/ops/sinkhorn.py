@@ -144,14 +144,11 @@ def _prepare(a: Inputs) -> tuple:
     return _lib.native().sinkhorn_prepare(*SINKHORN.forward_args(a).values())
 
 
-def _cuda_limits(a: Inputs) -> str | None:
+def _gpu_limits(a: Inputs) -> str | None:
+    """Both GPU kernels: no float64; one grid row per problem (B up to 65,535)."""
     if a.scores.dtype == torch.float64:
         return "float64 is not supported (float32, bfloat16, float16)"
-    return None
-
-
-def _triton_limits(a: Inputs) -> str | None:
-    return _cuda_limits(a) or grid_limits(("problems", a.scores.shape[0] if a.scores.dim() == 3 else 1, 65535))
+    return grid_limits(("problems", a.scores.shape[0] if a.scores.dim() == 3 else 1, 65535))
 
 
 def _triton(a: Inputs) -> tuple[Tensor, Tensor]:
@@ -191,8 +188,8 @@ def _into(f):  # sinkhorn_into returns the iteration counts; Q is in `out`
 def _op(name: str, reference, fake, wrap=lambda f: f) -> FusedOp:
     return FusedOp(name, reference=reference, fake=fake, differentiable=False, check=_prepare,
                    gpu_order=("cuda", "triton"),
-                   backends=(Backend("cpp", ("cpu",)), Backend("cuda", ("cuda",), _cuda_limits, wrap(_cuda)),
-                             Backend("triton", ("cuda",), _triton_limits, wrap(_triton))))
+                   backends=(Backend("cpp", ("cpu",)), Backend("cuda", ("cuda",), _gpu_limits, wrap(_cuda)),
+                             Backend("triton", ("cuda",), _gpu_limits, wrap(_triton))))
 
 
 def _reference_into(scores, epsilon, num_iters, tol, row_marginals, col_marginals, out):
