@@ -133,3 +133,38 @@ def test_public_functions_keep_their_documented_signatures():
     sig = inspect.signature(skysense_fast.sinkhorn)
     assert list(sig.parameters)[-2:] == ["out", "return_iters"]
     assert sig.parameters["out"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _temporal_args(g, masked=True):
+    proj = torch.randn(3, 5, 3, 2, 8, generator=g, dtype=torch.float64).requires_grad_()
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[:, -1] = masked
+    return proj, mask
+
+
+def test_opcheck_temporal_attention_cpp():
+    g = torch.Generator().manual_seed(0)
+    proj, mask = _temporal_args(g)
+    q, k, v = (t.transpose(1, 2) for t in proj.unbind(2))
+    torch.library.opcheck(torch.ops.skysense.temporal_attention.default, (q, k, v, mask, None))
+    torch.library.opcheck(torch.ops.skysense.temporal_attention_qkv.default, (proj, mask, 0.3))
+
+
+@pytest.mark.parametrize("op", ["window_attention", "temporal_attention_qkv"])
+def test_opcheck_registered_triton_path(op):
+    """The CUDA registration (fake kernel, autograd, schema) checked by torch's opcheck, run on
+    CPU tensors through the interpreter fixture."""
+    if not skysense_fast.backends()["triton"]["available"] or torch.cuda.is_available():
+        pytest.skip("needs the Triton interpreter")
+    g = torch.Generator().manual_seed(1)
+    if op == "window_attention":
+        q = torch.randn(1, 8, 8, 2, 4, generator=g).requires_grad_()
+        args = (q, q.detach().clone().requires_grad_(), q.detach().clone(), [4, 4], [2, 2],
+                torch.full((2, 1, 1), 2.0, requires_grad=True), torch.randn(2, 16, 16, generator=g, requires_grad=True),
+                None, None)
+    else:
+        proj, mask = _temporal_args(g)
+        args = (proj.detach().float().requires_grad_(), mask, None)
+    with skysense_fast.use_backend("triton"):
+        torch.library.opcheck(getattr(torch.ops.skysense, op).default, args,
+                              test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
