@@ -13,14 +13,14 @@ from ..errors import InputError
 HR_MEAN, HR_STD = np.array(DEFAULT.hr_mean, np.float32), np.array(DEFAULT.hr_std, np.float32)
 
 
-def open_raster(path: str | os.PathLike, bands: int | None = None):
-    """rasterio dataset for reading; a missing file, a non-raster or a wrong band count is a
-    ValueError / FileNotFoundError that names the file and what was expected."""
+def open_raster(path: str | os.PathLike, bands: int | None = None, what: str = "input"):
+    """rasterio dataset for reading; a missing file, a non-raster, a wrong band count or no CRS
+    is a ValueError / FileNotFoundError that names the file (``what`` it is) and what was expected."""
     import rasterio
 
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"input not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:

@@ -79,18 +79,9 @@ def class_map_of(path: str | os.PathLike, names: Sequence[str] | None = None,
 
 
 def _open_labels(path: str | os.PathLike):
-    import rasterio
+    from .geotiff import open_raster
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"labels not found: {path}")
-    try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise InputError(f"{path} is not a readable raster ({e})") from None
-    if src.crs is None:
-        src.close()
-        raise InputError(f"{path} has no CRS: labels must be georeferenced to be put on the image's grid")
+    src = open_raster(path, what="labels")  # georeferenced, or an error naming the file
     if np.dtype(src.dtypes[0]).kind not in "iu" or np.dtype(src.dtypes[0]).itemsize > 4 or src.dtypes[0] == "uint32":
         src.close()
         raise InputError(f"{path} is {src.dtypes[0]}: a class raster holds integer classes of up to 32 bits "
