@@ -314,12 +314,12 @@ class FusedOp:
     # -- registration -----------------------------------------------------------------------
     def _register(self, fake: Callable, fake_backward: Callable | None) -> None:
         qual = f"skysense::{self.name}"
-        self._fake = lambda a: fake(a)
+        self._fake = fake
         torch.library.register_fake(qual)(lambda *args: fake(self.bind(args)))
         torch.library.impl(qual, "CUDA")(self._forward_impl)
         if self.backward_schema is None:
             return
-        self._fake_backward = lambda a: fake_backward(a)
+        self._fake_backward = fake_backward
         torch.library.register_fake(qual + "_backward")(
             lambda *args: fake_backward(Inputs(zip(self.backward_args, args))))
         torch.library.impl(qual + "_backward", "CUDA")(self._backward_impl)
