@@ -42,7 +42,7 @@ def pretrain_step_rows(config: str = "skysense-2b", device: str = "cuda", batch:
     from torch.utils.flop_counter import FlopCounterMode
 
     from skysense_fast.pretrain import from_dict
-    from skysense_fast.pretrain.optim import build_optimizer
+    from skysense_fast.train.optim import build_optimizer
     from skysense_fast.pretrain.synthetic import SyntheticMultimodal
     from skysense_fast.pretrain.trainer import build_model, make_teacher, shard, step_views, train_step
 

@@ -16,7 +16,7 @@ import torch
 
 import skysense_fast
 from skysense_fast.pretrain import from_dict
-from skysense_fast.pretrain.optim import build_optimizer
+from skysense_fast.train.optim import build_optimizer
 from skysense_fast.pretrain.synthetic import SyntheticMultimodal
 from skysense_fast.pretrain.trainer import build_model, make_teacher, step_views, train_step
 

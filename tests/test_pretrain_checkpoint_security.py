@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from skysense_fast.pretrain import checkpoint as ckpt
+from skysense_fast.train import checkpoint as ckpt
 from skysense_fast.pretrain import pretrain
-from skysense_fast.pretrain.checkpoint_reader import SafeLoadPlanner, SafeReader
+from skysense_fast.train.checkpoint_reader import SafeLoadPlanner, SafeReader
 
 from test_pretrain_train import _cfg
 

@@ -198,7 +198,7 @@ def test_total_is_the_weighted_sum():
 
 
 def test_layer_decay_and_no_decay_groups():
-    from skysense_fast.pretrain.optim import build_scheduler, param_groups
+    from skysense_fast.train.optim import build_scheduler, param_groups
 
     student, _, _, _ = _tiny_pretrainer()
     groups = param_groups(student, 0.04, 0.5)
@@ -213,8 +213,8 @@ def test_layer_decay_and_no_decay_groups():
     assert where["backbone.hr.stages.1.downsample.reduction.weight"][0] == 0.5 ** 5   # with block 3 of 8
     assert where["backbone.fusion.layers.0.attn.attn.in_proj_weight"] == (1.0, 0.04)
     assert where["backbone.ctpe.ctpe"] == (1.0, 0.0) and where["heads.fused_pixel.prototypes"] == (1.0, 0.04)
-    from skysense_fast.pretrain.config import OptimSection
-    from skysense_fast.pretrain.optim import build_optimizer
+    from skysense_fast.config import OptimSection
+    from skysense_fast.train.optim import build_optimizer
 
     opt = build_optimizer(student, OptimSection(lr=1.0, min_lr=0.0, warmup_steps=2, layer_decay=0.5))
     sched = build_scheduler(opt, OptimSection(lr=1.0, min_lr=0.0, warmup_steps=2), total_steps=6)

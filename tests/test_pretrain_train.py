@@ -19,7 +19,7 @@ from skysense_fast.pretrain import (
     pretrain,
     validate,
 )
-from skysense_fast.pretrain import checkpoint as ckpt
+from skysense_fast.train import checkpoint as ckpt
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "skysense-tiny.yaml")
 

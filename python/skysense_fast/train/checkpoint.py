@@ -1,6 +1,8 @@
 """Training checkpoints that a crash cannot corrupt, for one process or an FSDP2 run.
 
-Layout: ``<dir>/step_00000040/`` holds the model, teacher and optimiser state as a
+What is saved is a set of named modules (pretraining: ``student`` and ``teacher``; fine-tuning:
+``model``), the first of which the optimiser trains. Layout: ``<dir>/step_00000040/`` holds
+the modules' and the optimiser's state as a
 ``torch.distributed.checkpoint`` (sharded: each rank writes its own shards, and a run may
 resume on another number of ranks), ``trainer.json`` (scheduler, step, config, rank 0) and
 ``rng_rank<r>.json`` (each rank's RNG states). It is written as ``step_N.partial`` and
@@ -109,9 +111,17 @@ def _write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(directory: str, step: int, student, teacher, optimizer, scheduler, extra: dict | None = None,
+def _state(modules: dict, optimizer) -> dict:
+    """The distributed state dicts of the modules (the first with the optimiser's state)."""
+    (trained, model), *others = modules.items()
+    msd, osd = get_state_dict(model, optimizer)
+    return {trained: msd, **{name: get_model_state_dict(m) for name, m in others}, "optimizer": osd}
+
+
+def save_checkpoint(directory: str, step: int, modules: dict, optimizer, scheduler, extra: dict | None = None,
                     keep: int = 2) -> str:
-    """Collective under torch.distributed: every rank calls it. Returns the checkpoint path."""
+    """Collective under torch.distributed: every rank calls it. ``modules``: name -> module, the
+    optimiser's own first. Returns the checkpoint path."""
     rank, world = _dist()
     final = os.path.join(directory, f"step_{step:08d}")
     partial = final + ".partial"
@@ -120,8 +130,7 @@ def save_checkpoint(directory: str, step: int, student, teacher, optimizer, sche
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
     _barrier()
-    msd, osd = get_state_dict(student, optimizer)
-    state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
+    state = _state(modules, optimizer)
     with _quiet():
         dcp.save(state, checkpoint_id=partial)
     _write_text_atomic(os.path.join(partial, f"rng_rank{rank}.json"), json.dumps(rng_state()))
@@ -167,36 +176,34 @@ def complete_checkpoints(directory: str) -> list[str]:
             if _STEP_DIR.fullmatch(d) and os.path.exists(os.path.join(directory, d, TRAINER_FILE))]
 
 
-# config fields that fix the shapes of what a checkpoint holds: resuming with others cannot work
-_SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim")}
-
-
-def check_resumable(path: str, config: dict) -> None:
-    """A checkpoint written under another model or head sizes is refused with the fields that
-    differ (instead of a shape error deep inside the loader)."""
+def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, ...]]) -> None:
+    """A checkpoint written under another model or head sizes (``shape_fields``: the config
+    fields, by section, that fix the shapes of what it holds) is refused with the fields that
+    differ, instead of a shape error deep inside the loader."""
     saved = _read_json(os.path.join(path, TRAINER_FILE)).get("config")
     if not saved:
         return
-    diff = [f"{sec}.{f}: checkpoint {saved[sec][f]!r}, config {config[sec][f]!r}"
-            for sec, fields in _SHAPE_FIELDS.items() for f in fields if saved[sec].get(f) != config[sec].get(f)]
+    diff = [f"{sec}.{f}: checkpoint {saved.get(sec, {}).get(f)!r}, config {config[sec][f]!r}"
+            for sec, fields in shape_fields.items() for f in fields if saved.get(sec, {}).get(f) != config[sec].get(f)]
     if diff:
         raise InputError(f"{path} was written by a run with another model: " + "; ".join(diff)
                          + " (use another train.out_dir, or --no-resume)")
 
 
-def load_checkpoint(path: str, student, teacher, optimizer, scheduler) -> dict:
+def load_checkpoint(path: str, modules: dict, optimizer, scheduler) -> dict:
     """Restore everything in place (collective); returns the trainer state (step, config, ...)."""
     rank, world = _dist()
-    msd, osd = get_state_dict(student, optimizer)
-    state = {"student": msd, "teacher": get_model_state_dict(teacher), "optimizer": osd}
+    state = _state(modules, optimizer)
     with _quiet():
         try:
             dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner())
         except CheckpointException as e:  # a BaseException: made an ordinary error naming the cause
             reasons = "; ".join(dict.fromkeys(str(exc).splitlines()[0] for exc, _ in e.failures.values()))
             raise RuntimeError(f"cannot resume from {path}: {reasons}") from None
-    set_state_dict(student, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"])
-    set_model_state_dict(teacher, state["teacher"], options=StateDictOptions(strict=True))
+    (trained, model), *others = modules.items()
+    set_state_dict(model, optimizer, model_state_dict=state[trained], optim_state_dict=state["optimizer"])
+    for name, m in others:
+        set_model_state_dict(m, state[name], options=StateDictOptions(strict=True))
     trainer = _read_json(os.path.join(path, TRAINER_FILE))
     scheduler.load_state_dict(trainer["scheduler"])
     rng = os.path.join(path, f"rng_rank{rank}.json")

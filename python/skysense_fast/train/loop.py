@@ -1,0 +1,296 @@
+"""The training loop that pretraining and fine-tuning share.
+
+What a run trains is a :class:`Trainee`: its modules (checkpointed by name, the first is the one
+the optimiser trains), the optimiser and schedule, the batches of each step and the loss parts
+of a batch. The loop owns everything else, the same for both: bf16 autocast, gradient clipping,
+a step skipped (and the run stopped) when a loss is not finite on any rank, ``metrics.jsonl``
+(trimmed on resume so that no step is logged twice), atomic checkpoints every
+``checkpoint_every`` steps with exact resume (falling back to the checkpoint before a damaged
+one), validation every ``evaluate_every`` steps into ``metrics.json``, and a progress line.
+
+Data parallelism: each rank's batch is its slice of the step's global batch, the loss parts are
+averaged over the ranks, and FSDP2 averages gradients (``shard``), so N ranks compute what one
+process does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..backends import use_backend
+from ..config import TrainSection
+from ..errors import InputError
+from .checkpoint import check_resumable, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group under torchrun (NCCL on CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def device_of(name: str) -> torch.device:
+    """``train.device`` -> the device of this rank (cuda:LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("config: train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def shard(module: nn.Module, blocks, mesh=None, bf16_params: bool = False) -> None:
+    """FSDP2 per block (``blocks``: the model's stated blocks and any heads), then the root.
+
+    ``bf16_params``: gather parameters in bfloat16 for the forward and backward (the shards,
+    the optimiser and any EMA stay float32; gradients are reduced in float32): half the
+    all-gather traffic and no per-op weight casts under autocast.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    kw = {"mesh": mesh}
+    if bf16_params:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for m in blocks:
+        fully_shard(m, **kw)
+    fully_shard(module, **kw)
+
+
+def _all_mean(values: Tensor, world: int) -> Tensor:
+    if world > 1:
+        dist.all_reduce(values)
+        values /= world
+    return values
+
+
+def optimiser_step(model: nn.Module, optimizer: torch.optim.Optimizer, losses: Callable[[], dict[str, Tensor]], *,
+                   grad_clip: float = 0.0, bf16: bool = False, world: int = 1,
+                   after: Callable[[], None] | None = None) -> tuple[dict[str, float], bool]:
+    """One step: ``losses()`` (a dict of loss parts with ``total``) under autocast, backward,
+    clipping, the optimiser, then ``after`` (an EMA update).
+
+    Returns (loss parts averaged over ranks, ok). When a part is not finite on any rank nothing
+    is updated and ok is False (every rank agrees: the check is on reduced values).
+    """
+    device_type = next(model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        parts = losses()
+    names = sorted(parts)
+    reduced = _all_mean(torch.stack([parts[n].detach().float() for n in names]), world)
+    values = dict(zip(names, reduced.tolist()))
+    if not torch.isfinite(reduced).all():
+        return values, False
+    optimizer.zero_grad(set_to_none=True)
+    parts["total"].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if after is not None:
+        after()
+    return values, True
+
+
+class Trainee(Protocol):
+    """What the loop trains."""
+
+    modules: dict[str, nn.Module]          # checkpointed; the first is the optimiser's
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    grad_clip: float                       # max gradient norm, 0 = off
+
+    def batches(self, start: int) -> Iterator:
+        """This rank's batch of each step from ``start`` on (deterministic per step)."""
+
+    def losses(self, step: int, batch) -> dict[str, Tensor]:
+        """The loss parts of a batch, ``total`` among them."""
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Work after the optimiser (an EMA); extra fields for the step's metrics line."""
+
+    def evaluate(self, step: int) -> dict | None:
+        """Validation metrics (plain JSON values), or None where a run has none."""
+
+
+class Progress:
+    """A one-line progress bar on stderr (a terminal only)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and sys.stderr.isatty()
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.enabled:
+            done = step + 1
+            bar = "#" * int(30 * done / self.total)
+            print(f"\r[{bar:<30}] {done}/{self.total} loss {loss:.4f} {rate:.1f} samples/s", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Trainee, log) -> tuple[int, str]:
+    """(step, path) from the newest checkpoint that loads; one that does not (a damaged file)
+    is reported and the one before it tried, down to the oldest kept."""
+    newest = latest_checkpoint(ckpt_dir)
+    candidates = [newest] + [p for p in reversed(complete_checkpoints(ckpt_dir)) if p != newest]
+    errors = []
+    for path in candidates:
+        try:
+            try:
+                check_resumable(path, config, shape_fields)  # another model: an error, never a fall-back
+            except json.JSONDecodeError as e:
+                raise RuntimeError(f"damaged trainer state ({e})") from None
+            return load_checkpoint(path, trainee.modules, trainee.optimizer, trainee.scheduler)["step"], path
+        except (RuntimeError, OSError) as e:
+            errors.append(f"{path}: {' '.join(str(e).split())[:300]}")
+            if log is not None:
+                log(f"warning: cannot resume from {path} ({errors[-1]}); trying the checkpoint before it")
+    raise RuntimeError("no checkpoint in " + ckpt_dir + " loads:\n  " + "\n  ".join(errors)
+                       + "\n(use --no-resume, or another train.out_dir, to start over)")
+
+
+def trim_metrics(path: str, start: int) -> None:
+    """Drops the lines of steps >= start (a resumed run logs them again), atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", -1) < start:
+                keep.append(line)
+        except ValueError:  # a torn last line of a killed run
+            continue
+    if len(keep) != len(lines):
+        write_json_atomic(path, None, text="".join(keep))
+
+
+def write_json_atomic(path: str, data, text: str | None = None) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=1) if text is None else text)
+    os.replace(tmp, path)
+
+
+def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: dict, rank: int, world: int,
+        resume: bool = True, stop_after: int | None = None, evaluate_every: int = 0, log=print,
+        what: str = "train") -> dict:
+    """Run (or continue) ``train.steps`` steps of ``trainee``.
+
+    Writes ``<out_dir>/config.json``, ``metrics.jsonl`` (one line per logged step: every loss
+    part, lr, the trainee's extras, samples/s; validation lines carry ``val``), ``metrics.json``
+    (the latest validation) and checkpoints under ``<out_dir>/checkpoints``. With ``resume`` it
+    continues from the latest complete checkpoint there (``shape_fields`` of ``config`` must
+    match it). ``stop_after`` ends the run after that many steps of this call, as an
+    interruption would, without the final checkpoint.
+    Returns {"status": "done" | "stopped" | "nan", "step", "losses", "validation"}.
+    """
+    t = train
+    out_dir, ckpt_dir = t.out_dir, os.path.join(t.out_dir, "checkpoints")
+    start = 0
+    if resume and latest_checkpoint(ckpt_dir) is not None:
+        start, path = resume_from(ckpt_dir, config, shape_fields, trainee, log if rank == 0 else None)
+        if rank == 0:
+            log(f"resumed from {path} at step {start}")
+    jsonl = os.path.join(out_dir, "metrics.jsonl")
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        write_json_atomic(os.path.join(out_dir, "config.json"), config)
+        trim_metrics(jsonl, start)
+    backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
+    progress = Progress(t.steps, t.progress and rank == 0)
+    model = next(iter(trainee.modules.values()))
+    losses: list[dict] = []
+    validation = None
+    status, step = "done", start
+    metrics = open(jsonl, "a") if rank == 0 else None
+
+    def log_line(record: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+    for m in trainee.modules.values():
+        m.train()
+    batches = trainee.batches(start)
+    try:
+        for step in range(start, t.steps):
+            if stop_after is not None and step - start >= stop_after:
+                status = "stopped"
+                break
+            t0 = time.perf_counter()
+            batch = next(batches)
+            extras: dict[str, float] = {}
+
+            def after(step=step):
+                extras.update(trainee.after_step(step))
+
+            with backend:
+                values, ok = optimiser_step(model, trainee.optimizer, lambda: trainee.losses(step, batch),
+                                            grad_clip=trainee.grad_clip, bf16=t.precision == "bfloat16",
+                                            world=world, after=after)
+            if not ok:
+                bad = [n for n, v in values.items() if not math.isfinite(v)]
+                warnings.warn(f"{what}: loss {', '.join(bad)} is not finite at step {step}; stopping. "
+                              f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning, stacklevel=2)
+                status = "nan"
+                break
+            trainee.scheduler.step()
+            rate = t.batch_size / (time.perf_counter() - t0)
+            record = {"step": step, **values, "lr": trainee.optimizer.param_groups[-1]["lr"], **extras,
+                      "samples_per_s": rate}
+            losses.append(record)
+            if step % t.log_every == 0:
+                log_line(record)
+            progress.update(step, record["total"], rate)
+            last = step + 1 == t.steps
+            if (evaluate_every and (step + 1) % evaluate_every == 0) or last:
+                validation = _evaluate(trainee, step + 1, out_dir, rank, log_line)
+            if (t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or last:
+                save_checkpoint(ckpt_dir, step + 1, trainee.modules, trainee.optimizer, trainee.scheduler,
+                                extra={"config": config}, keep=t.keep_checkpoints)
+        else:
+            step = t.steps
+    finally:
+        batches.close()          # stops DataLoader workers
+        progress.close()
+        if metrics is not None:
+            metrics.close()
+    return {"status": status, "step": step, "losses": losses, "validation": validation}
+
+
+def _evaluate(trainee: Trainee, step: int, out_dir: str, rank: int, log_line) -> dict | None:
+    was = [(m, m.training) for m in trainee.modules.values()]
+    for m, _ in was:
+        m.eval()
+    try:
+        with torch.no_grad():
+            result = trainee.evaluate(step)
+    finally:
+        for m, mode in was:
+            m.train(mode)
+    if result is None:
+        return None
+    if rank == 0:
+        write_json_atomic(os.path.join(out_dir, "metrics.json"), {"step": step, **result})
+        log_line({"step": step - 1, "val": {k: v for k, v in result.items() if isinstance(v, (int, float))}})
+    return result
