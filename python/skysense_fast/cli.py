@@ -102,27 +102,6 @@ def _announce_tiles(H: int, W: int, tile: int, overlap: int) -> None:
         print(f"embedding {H} x {W} pixels: {n} tiles of {tile} px (overlap {overlap})")
 
 
-def _synthetic_scene(path: str, size: int = 512) -> None:
-    """A deterministic RGB scene with fields, a river and a road (EPSG:32633, 0.5 m pixels)."""
-    import numpy as np
-    import rasterio
-    from rasterio.transform import from_origin
-
-    rng = np.random.default_rng(7)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    fields = ((xx // 96 + yy // 80) % 4).astype(np.float32)
-    palette = np.array([[94, 130, 60], [160, 150, 90], [70, 110, 50], [180, 170, 120]], np.float32)
-    img = palette[fields.astype(int)].transpose(2, 0, 1)
-    river = np.abs(yy - (size * 0.6 + 40 * np.sin(xx / 60))) < 12
-    road = np.abs(xx - yy * 0.7 - 60) < 4
-    img[:, river] = np.array([40, 70, 110], np.float32)[:, None]
-    img[:, road] = np.array([200, 200, 200], np.float32)[:, None]
-    img += rng.normal(0, 6, img.shape).astype(np.float32)
-    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=from_origin(500000, 5000000, 0.5, 0.5)) as d:
-        d.write(np.clip(img, 0, 255).astype(np.uint8))
-
-
 def _pca_png(scene: str, features: str, png: str) -> None:
     """The input next to a 3-component PCA of the features (upsampled), as one PNG."""
     import numpy as np
@@ -168,7 +147,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         shutil.copyfile(real, scene)
         print(f"scene: {scene} ({DESCRIPTION})")
     else:
-        _synthetic_scene(scene)
+        from skysense_fast.data.demo_data import write_scene
+
+        write_scene(scene)
         print(f"scene: {scene} (512 x 512 px, synthetic: fields, a river, a road; `make demo` prepares a real one)")
     ns = argparse.Namespace(config=args.config, weights=args.weights, input=scene, output=feats, tile=256, overlap=64,
                             batch_size=4, device="cpu", dtype="float32", features="fused", progress=False)

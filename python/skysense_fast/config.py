@@ -86,7 +86,8 @@ def _check_type(value, tp, name: str):
     raise ConfigError(f"config: {name} must be {want}, got {value!r}")
 
 
-def _section(cls, raw, name: str):
+def parse_section(cls, raw, name: str):
+    """One section (a dataclass) from a mapping, type-checked; ``name`` prefixes the errors."""
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
@@ -108,7 +109,7 @@ def parse(cls, raw: dict):
     if unknown:
         raise ConfigError(f"config: unknown section {unknown[0]!r} (sections: {', '.join(sorted(sections))})")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _section(hints[k], raw.get(k), k) for k in sections})
+    return cls(**{k: parse_section(hints[k], raw.get(k), k) for k in sections})
 
 
 def read_yaml(path: str | os.PathLike, overrides: dict | None = None) -> dict:

@@ -57,36 +57,37 @@ class TileRun:
     series: dict = field(default_factory=dict)
     progress: bool = False
     scale: Any = None
+    out_scale: int = SCALE       # image pixels per output pixel: 32 (features) or 1 (class maps)
 
     def __post_init__(self):
         self.t_start = None
         self.stride = self.tile - self.overlap
-        self.t = self.tile // SCALE
+        self.t = self.tile // self.out_scale
         self.all_rows = tile_starts(self.ds.height, self.tile, self.stride)
         self.cols = tile_starts(self.ds.width, self.tile, self.stride)
         self.latlon = torch.tensor([scene_latlon(self.ds)], dtype=torch.float32)
         self.tiles_run = self.rows_written = 0
 
     def rows(self, y0: int, y1: int, sink) -> None:
-        t, oh, ow = self.t, self.oh, math.ceil(self.ds.width / SCALE)
-        needed = [r for r in self.all_rows if r // SCALE < y1 and r // SCALE + t > y0]
+        t, oh, ow, s = self.t, self.oh, math.ceil(self.ds.width / self.out_scale), self.out_scale
+        needed = [r for r in self.all_rows if r // s < y1 and r // s + t > y0]
         self.t_start = time.perf_counter()
         acc = wsum = vfrac = None
-        band_top = needed[0] // SCALE  # output row of acc[0]
+        band_top = needed[0] // s  # output row of acc[0]
         for i, r in enumerate(needed):
             tiles = [(r, c) for c in self.cols]
             feats = list(run_tiles(self.model, self.ds, tiles, self.tile, self.batch_size, self.device, self.dtype,
                                     self.latlon, self.output, self.ds.nodata, self.prefetch, self.series,
-                                    self.scale))
+                                    self.scale, s))
             self.tiles_run += len(tiles)
             C = feats[0][1].shape[0]
             if acc is None:
                 acc = np.zeros((C, 2 * t + 1, ow), np.float32)
                 wsum = np.zeros((2 * t + 1, ow), np.float32)
                 vfrac = np.ones((2 * t + 1, ow), np.float32)   # valid input fraction per output pixel
-            r0 = r // SCALE
+            r0 = r // s
             for (_, c), f, frac in feats:
-                c0 = c // SCALE
+                c0 = c // s
                 fh, fw = min(f.shape[1], oh - r0), min(f.shape[2], ow - c0)
                 wgt = np.outer(blend_weight(f.shape[1])[:fh], blend_weight(f.shape[2])[:fw])
                 yy = r0 - band_top
@@ -95,7 +96,7 @@ class TileRun:
                 if frac is not None:  # the same for every tile covering a cell: assign
                     vfrac[yy:yy + fh, c0:c0 + fw] = frac[:fh, :fw]
             # rows above the next tile row are final (no later tile touches them)
-            next_top = needed[i + 1] // SCALE if i + 1 < len(needed) else oh
+            next_top = needed[i + 1] // s if i + 1 < len(needed) else oh
             done = min(next_top, oh) - band_top
             if done > 0:
                 lo, hi = max(band_top, y0), min(band_top + done, y1)
@@ -127,7 +128,9 @@ class TileRun:
 
 
 def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
-                     world: int, manifest: dict) -> int:
+                  world: int, manifest: dict, final_sink=None) -> int:
+    """The rows of ``run`` as resumable pieces spread over the ranks, joined by rank 0 into
+    ``dst`` through ``final_sink(path)`` (default: a float GeoTIFF of the blended maps)."""
     import json
     import shutil
 
@@ -169,7 +172,7 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
     barrier(world)
     bands = 0
     if rank == 0:
-        bands = join_pieces(folder, pieces, dst, profile, output)
+        bands = join_pieces(folder, pieces, dst, profile, output, final_sink)
         shutil.rmtree(folder, ignore_errors=True)
     barrier(world)
     if bands == 0:

@@ -75,10 +75,11 @@ class PiecesSink:
             sink.abort()
 
 
-def join_pieces(folder: str, pieces: list[tuple[int, int]], dst: str, profile: dict, output: str) -> int:
+def join_pieces(folder: str, pieces: list[tuple[int, int]], dst: str, profile: dict, output: str,
+                final_sink=None) -> int:
     import rasterio
 
-    sink = FileSink(dst + ".partial", profile, output)
+    sink = FileSink(dst + ".partial", profile, output) if final_sink is None else final_sink(dst + ".partial")
     try:
         for p0, p1 in pieces:
             with rasterio.open(os.path.join(folder, piece_name(p0, p1))) as part:

@@ -1,6 +1,7 @@
 """The tiler: tile origins on the 32-pixel feature grid, the blending weight, and the
 batched, prefetched read of tiles (HR pixels, nodata, Sentinel series on each tile's grid)
-through the model. Shared by every tiled run (``embed`` today)."""
+through the model. Shared by every tiled run (``embed``: features on the 32-pixel grid;
+``predict``: class probabilities at the image's resolution)."""
 
 from __future__ import annotations
 
@@ -32,20 +33,23 @@ def blend_weight(n: int) -> np.ndarray:
     return np.maximum(w, 1e-3).astype(np.float32)
 
 
-def cell_fraction(valid: np.ndarray) -> np.ndarray:
-    """(h, w) bool -> the valid fraction of each 32 x 32 cell (edge cells: of their pixels)."""
+def cell_fraction(valid: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    """(h, w) bool -> the valid fraction of each scale x scale output cell (edge cells: of their
+    pixels)."""
+    if scale == 1:
+        return valid.astype(np.float32)
     h, w = valid.shape
-    gh, gw = math.ceil(h / SCALE), math.ceil(w / SCALE)
-    pad = np.zeros((gh * SCALE, gw * SCALE), np.float32)
+    gh, gw = math.ceil(h / scale), math.ceil(w / scale)
+    pad = np.zeros((gh * scale, gw * scale), np.float32)
     cnt = np.zeros_like(pad)
     pad[:h, :w], cnt[:h, :w] = valid, 1.0
-    cells = lambda m: m.reshape(gh, SCALE, gw, SCALE).sum((1, 3))  # noqa: E731
+    cells = lambda m: m.reshape(gh, scale, gw, scale).sum((1, 3))  # noqa: E731
     return cells(pad) / cells(cnt)
 
 
 def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
-               series=None, scale=None) -> Iterator:
-    """Features of each tile. Tiles at the scene's edge are read at their true size (the model
+               series=None, scale=None, out_scale=SCALE) -> Iterator:
+    """The model's ``output`` map of each tile (``out_scale`` image pixels per output pixel). Tiles at the scene's edge are read at their true size (the model
     pads internally, exactly as on a whole image) and batched with tiles of the same size.
     With prefetch, the next batch is read (and decoded) in a background thread while the model
     runs the current one; only that thread touches the input dataset meanwhile."""
@@ -81,7 +85,7 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
             hole = nodata_mask(a, nodata)
             if hole is not None:  # nodata pixels become zero input, like padding
                 x = np.where(hole[None], 0.0, x).astype(np.float32)
-                fracs.append(cell_fraction(~hole))
+                fracs.append(cell_fraction(~hole, out_scale))
             else:
                 fracs.append(None)
             arr.append(x)

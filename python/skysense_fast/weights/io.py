@@ -26,14 +26,16 @@ def _config_json(model: nn.Module) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """The model's state, config and input statistics as safetensors (``metadata``: more
+    string entries, e.g. a task's classes), atomically."""
     path = os.fspath(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
         meta = {"format": "pt", "skysense_config": _config_json(model),
-                "skysense_normalisation": normalisation_of(model).to_json()}
+                "skysense_normalisation": normalisation_of(model).to_json(), **(metadata or {})}
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:

@@ -1,0 +1,137 @@
+"""Fine-tuning configuration, on the same typed schema as pretraining (:mod:`skysense_fast.config`).
+
+Sections: ``model`` (the backbone and its weights), ``task`` (what is learnt and how), ``data``
+(the user's scene and labels, or chips), ``optim`` and ``train`` (shared with pretraining).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from ..config import ConfigError, ModelSection, OptimSection, TrainSection, parse, read_yaml, require, validate_common
+
+KINDS = ("segmentation", "classification")
+MODES = ("full", "frozen", "linear_probe")   # fine-tune everything / train the head on a frozen backbone / linear head
+
+
+@dataclass
+class TaskSection:
+    kind: str = "segmentation"              # segmentation | classification
+    name: str = "task"                      # the weights file: <out_dir>/<name>.safetensors
+    mode: str = "full"                      # full | frozen | linear_probe
+    classes: tuple[int, ...] | None = None  # segmentation: the label raster's class values (default: all it holds)
+    class_names: tuple[str, ...] | None = None
+    multi_label: bool = False               # classification: several labels per chip (BigEarthNet)
+    class_weights: str = "none"             # none | balanced (inverse class frequency of the training labels)
+    head_channels: int = 512                # UPerNet width (the official recipe's 512)
+    extra: str = "none"                     # segmentation: join the fused or geo map at stride 32 (none | fused | geo)
+    features: str = "hr"                    # classification: the pooled map (hr | fused | geo)
+    dropout: float = 0.1
+
+
+@dataclass
+class FinetuneDataSection:
+    image: str | None = None         # segmentation: the HR GeoTIFF (RGB)
+    labels: str | None = None        # segmentation: a class raster (any CRS) or a vector layer
+    label_field: str = "class"       # vector labels: the integer class attribute
+    hr_scale: str | None = None      # "max=VALUE" or "percentile=LO,HI" for an image that is not 8-bit
+    chips: str | None = None         # classification: a folder per class or a CSV of file,label
+    val_chips: str | None = None     # classification: held-out chips (default: val_fraction of chips)
+    crop: int = 256                  # segmentation: training crop in pixels (multiple of 32)
+    block: int = 512                 # segmentation: spatial-split block in pixels
+    val_fraction: float = 0.2
+    augment: bool = True             # the eight flips / quarter turns, image and labels alike
+    seed: int = 0
+
+
+@dataclass
+class FinetuneTrainSection(TrainSection):
+    out_dir: str = "runs/finetune"
+    evaluate_every: int = 0          # steps between validations (0: at the end only)
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    task: TaskSection = field(default_factory=TaskSection)
+    data: FinetuneDataSection = field(default_factory=FinetuneDataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: FinetuneTrainSection = field(default_factory=FinetuneTrainSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# config fields that fix the shapes of a fine-tuning checkpoint
+SHAPE_FIELDS = {"model": ("name", "overrides"),
+                "task": ("kind", "mode", "classes", "multi_label", "head_channels", "extra", "features")}
+
+
+def from_dict(raw: dict) -> FinetuneConfig:
+    cfg = parse(FinetuneConfig, raw)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> FinetuneConfig:
+    """Read a YAML fine-tuning config; ``overrides`` = {"train.steps": 5, ...} on top. Relative
+    data paths are taken from the config's folder when they do not exist from here."""
+    cfg = from_dict(_relative_to(read_yaml(path, overrides), os.path.dirname(os.path.abspath(path))))
+    return cfg
+
+
+def _relative_to(raw, root: str):
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict):
+        for k in ("image", "labels", "chips", "val_chips"):
+            v = data.get(k)
+            if isinstance(v, str) and not os.path.isabs(v) and not os.path.exists(v) and \
+                    os.path.exists(os.path.join(root, v)):
+                data[k] = os.path.join(root, v)
+    return raw
+
+
+def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
+    """Cross-field checks, before anything is built: the data a task needs exists, sizes work."""
+    validate_common(cfg.model, cfg.optim, cfg.train, world_size)
+    t, d = cfg.task, cfg.data
+    require(t.kind in KINDS, f"task.kind must be one of {', '.join(KINDS)}, got {t.kind!r}")
+    require(t.mode in MODES, f"task.mode must be one of {', '.join(MODES)}, got {t.mode!r}")
+    require(t.class_weights in ("none", "balanced"), f"task.class_weights must be none or balanced, got {t.class_weights!r}")
+    require(t.head_channels >= 1, f"task.head_channels must be >= 1, got {t.head_channels}")
+    require(0 <= t.dropout < 1, f"task.dropout must be in [0, 1), got {t.dropout}")
+    require(t.name and os.path.basename(t.name) == t.name and t.name not in (".", ".."),
+            f"task.name must be a plain file name (no folders), got {t.name!r}")
+    if t.classes is not None:
+        require(len(set(t.classes)) == len(t.classes) >= 2, f"task.classes must be >= 2 distinct values, got {t.classes}")
+    if t.class_names is not None and t.classes is not None:
+        require(len(t.class_names) == len(t.classes),
+                f"task.class_names has {len(t.class_names)} names for {len(t.classes)} task.classes")
+    if t.kind == "segmentation":
+        require(t.extra in ("none", "fused", "geo"), f"task.extra must be none, fused or geo, got {t.extra!r}")
+        require(not t.multi_label, "task.multi_label is for classification")
+        for name in ("image", "labels"):
+            path = getattr(d, name)
+            require(path is not None, f"data.{name} is required for segmentation (an HR GeoTIFF and its labels)")
+            require(os.path.exists(path), f"data.{name}: no such file: {path}")
+        require(d.chips is None, "data.chips is for classification; segmentation reads data.image and data.labels")
+        require(d.crop >= 32 and d.crop % 32 == 0, f"data.crop must be a positive multiple of 32 pixels, got {d.crop}")
+        require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
+    else:
+        require(t.features in ("hr", "fused", "geo"), f"task.features must be hr, fused or geo, got {t.features!r}")
+        require(t.features != "geo", "task.features geo needs each chip's location, which chips do not carry: use hr "
+                                     "or fused")
+        require(t.extra == "none", "task.extra is for segmentation (classification pools task.features)")
+        require(d.chips is not None, "data.chips is required for classification (a folder per class or a CSV)")
+        for name in ("chips", "val_chips"):
+            path = getattr(d, name)
+            require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+        require(t.classes is None, "task.classes is for segmentation; classification takes task.class_names")
+    require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    require(cfg.train.evaluate_every >= 0, f"train.evaluate_every must be >= 0, got {cfg.train.evaluate_every}")
+
+
+__all__ = ["ConfigError", "FinetuneConfig", "FinetuneDataSection", "FinetuneTrainSection", "SHAPE_FIELDS",
+           "TaskSection", "from_dict", "load_config", "validate"]

@@ -1,0 +1,110 @@
+"""Segmentation training data from a user's scene: an HR GeoTIFF and its labels (a class raster
+in any CRS, or a vector layer), put on the image's grid once, split into spatial blocks
+(:mod:`.split`), and read as crops.
+
+All the checks run when the data is opened, before a model is built: the image has three
+bands and a CRS, the labels overlap it and their CRS resolves, every class value they hold is
+a configured class, and both the training and the validation blocks hold labels. Image
+nodata pixels are zero input and no label. A crop at step s, sample i is drawn from a
+generator seeded by (seed, s, i): resumed and data-parallel runs see the same crops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
+from ..data.labels import IGNORE_INDEX, ClassMap, class_map_of, is_vector, labels_on_grid, rasterize_labels, \
+    vector_class_map
+from ..errors import InputError
+from .augment import d4_transform
+from .split import spatial_split
+
+
+class SceneSegmentationData:
+    def __init__(self, image: str, labels: str, *, classes: ClassMap | None = None, class_names=None,
+                 label_field: str = "class", hr_scale: str | None = None, crop: int = 256, block: int = 512,
+                 val_fraction: float = 0.2, seed: int = 0, stats=None):
+        self.image, self.crop, self.stats = image, crop, stats
+        vector = is_vector(labels)
+        if classes is None:
+            classes = vector_class_map(labels, label_field, class_names) if vector else class_map_of(labels, class_names)
+        self.classes = classes
+        with open_raster(image, bands=3) as ds:
+            self.height, self.width, self.nodata = ds.height, ds.width, ds.nodata
+            self.hr_scale = hr_scaler(ds, hr_scale)    # an image that is not 8-bit needs it: checked here
+            idx = rasterize_labels(labels, ds, classes, label_field) if vector else labels_on_grid(labels, ds, classes)
+            self.latlon = scene_latlon(ds)
+        if self.height < crop or self.width < crop:
+            raise InputError(f"{image} is {self.height} x {self.width} pixels, smaller than data.crop ({crop})")
+        self.labels = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)
+        if not (self.labels != IGNORE_INDEX).any():
+            raise InputError(f"{labels} labels no pixel of {image}")
+        self.split = spatial_split(self.labels != IGNORE_INDEX, block, val_fraction, seed)
+
+    def counts(self) -> np.ndarray:
+        """Labelled pixels per class in the training blocks (for class weights)."""
+        n = np.zeros(self.classes.num_classes, np.int64)
+        for r, c, h, w in self.split.windows("train", self.height, self.width):
+            lab = self.labels[r:r + h, c:c + w]
+            n += np.bincount(lab[lab >= 0].ravel(), minlength=len(n))
+        return n
+
+    def read(self, r: int, c: int, size: int, ds=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (3, size, size) normalised, labels (size, size)) of the window at (r, c); what
+        lies beyond the scene is zero input and no label."""
+        from rasterio.windows import Window
+
+        h, w = min(size, self.height - r), min(size, self.width - c)
+        own = ds is None
+        ds = open_raster(self.image, bands=3) if own else ds
+        try:
+            a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+        finally:
+            if own:
+                ds.close()
+        x = np.zeros((3, size, size), np.float32)
+        y = np.full((size, size), IGNORE_INDEX, np.int64)
+        x[:, :h, :w] = normalise_hr(a if self.hr_scale is None else self.hr_scale(a), self.stats)
+        y[:h, :w] = self.labels[r:r + h, c:c + w]
+        hole = nodata_mask(a, self.nodata)
+        if hole is not None:
+            x[:, :h, :w][:, hole] = 0.0
+            y[:h, :w][hole] = IGNORE_INDEX
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def train_sample(self, generator: torch.Generator, augment: bool, ds=None):
+        """A random crop inside a random training block, with a random D4 symmetry."""
+        blocks = self.split.train
+        br, bc = blocks[int(torch.randint(len(blocks), (1,), generator=generator))]
+        bh, bw = min(self.split.block, self.height - br), min(self.split.block, self.width - bc)
+        r = br + int(torch.randint(max(1, bh - self.crop + 1), (1,), generator=generator))
+        c = bc + int(torch.randint(max(1, bw - self.crop + 1), (1,), generator=generator))
+        x, y = self.read(r, c, self.crop, ds)
+        # keep the crop inside its block: labels of a neighbouring (held-out) block are not trained on
+        y[max(0, br + bh - r):, :] = IGNORE_INDEX
+        y[:, max(0, bc + bw - c):] = IGNORE_INDEX
+        if augment:
+            k = int(torch.randint(8, (1,), generator=generator))
+            x, y = d4_transform(x, k), d4_transform(y, k)
+        return x, y
+
+    def val_windows(self) -> list[tuple[int, int, int]]:
+        """(row, col, size) crops covering the validation blocks (each within its block)."""
+        out = []
+        for r0, c0, h, w in self.split.windows("val", self.height, self.width):
+            for r in range(r0, r0 + h, self.crop):
+                for c in range(c0, c0 + w, self.crop):
+                    out.append((r, c, self.crop))
+        return out
+
+    def val_sample(self, window, ds=None):
+        r, c, size = window
+        x, y = self.read(r, c, size, ds)
+        # labels outside this window's validation block are not scored
+        block = self.split.block
+        br, bc = (r // block) * block, (c // block) * block
+        y[max(0, br + block - r):, :] = IGNORE_INDEX
+        y[:, max(0, bc + block - c):] = IGNORE_INDEX
+        return x, y

@@ -1,0 +1,196 @@
+"""A task model: the SkySense backbone and a head, and its weights file.
+
+The file is a ``save_weights`` safetensors (backbone + head tensors, the backbone config and
+input statistics) whose metadata also holds the task (``skysense_task``: kind, classes with
+their raster values and names, head settings, the HR scaling, a format version), so that
+``predict`` rebuilds exactly what was trained and writes class maps in the labels' own values.
+The metadata is JSON checked field by field; nothing in the file is executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import models
+from ..config import parse_section
+from ..data.labels import ClassMap
+from ..data.normalisation import of as normalisation_of
+from ..errors import InputError
+from ..heads import LinearSegmentationHead, SceneClassifier, UPerNetHead
+
+FORMAT_VERSION = 1
+SEG_STAGES = (0, 1, 2, 3)          # strides 4 / 8 / 16 / 32, the UPerNet setting
+HR_BANDS = ("red", "green", "blue")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything besides the tensors that a task model needs to be rebuilt and used."""
+
+    kind: str                               # segmentation | classification
+    class_values: tuple[int, ...]           # segmentation: label raster values; classification: 0..C-1
+    class_names: tuple[str, ...]
+    model_name: str = "skysense-tiny"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    mode: str = "full"
+    multi_label: bool = False
+    head_channels: int = 512
+    extra: str = "none"
+    features: str = "hr"
+    dropout: float = 0.1
+    hr_scale: str | None = None
+    bands: tuple[str, ...] = HR_BANDS
+    format: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> ClassMap:
+        return ClassMap(self.class_values, self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> TaskSpec:
+        try:
+            raw = json.loads(text)
+        except ValueError as e:
+            raise InputError(f"{where}: its task metadata is not JSON ({e})") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+            raise InputError(f"{where}: task metadata of format {raw.get('format') if isinstance(raw, dict) else '?'}, "
+                             f"this version reads format {FORMAT_VERSION}")
+        spec = parse_section(cls, raw, "task metadata")
+        spec.classes  # noqa: B018 - checks the classes
+        return spec
+
+
+class TaskModel(nn.Module):
+    """Backbone + head. ``forward(hr, latlon=None)`` -> logits: (B, C, H, W) at the image's
+    resolution (segmentation) or (B, C) (classification). In the frozen modes the backbone
+    runs without gradients and stays in eval mode."""
+
+    def __init__(self, backbone: models.SkySense, spec: TaskSpec):
+        super().__init__()
+        self.backbone, self.spec = backbone, spec
+        self.config = backbone.config            # what save_weights records
+        C = len(spec.class_values)
+        cfg = backbone.config
+        extra = {"none": 0, "fused": cfg.fusion_dim, "geo": 2 * cfg.fusion_dim}
+        if spec.kind == "segmentation":
+            if tuple(cfg.hr_stages) != SEG_STAGES:
+                raise InputError(f"TaskModel: segmentation needs the backbone's hr_stages {SEG_STAGES}, got "
+                                 f"{cfg.hr_stages}")
+            widths = [f["num_chs"] for f in backbone.hr_feature_info()]
+            if spec.mode == "linear_probe":
+                self.head = LinearSegmentationHead(widths, C, extra[spec.extra])
+            else:
+                self.head = UPerNetHead(widths, C, spec.head_channels, dropout=spec.dropout,
+                                        extra_channels=extra[spec.extra])
+        elif spec.kind == "classification":
+            width = {"hr": cfg.hr_out_dim, "fused": cfg.fusion_dim, "geo": 2 * cfg.fusion_dim}[spec.features]
+            self.head = SceneClassifier(width, C, spec.multi_label, spec.dropout if spec.mode == "full" else 0.0)
+        else:
+            raise InputError(f"TaskModel: unknown task kind {spec.kind!r}")
+        self.frozen = spec.mode in ("frozen", "linear_probe")
+        if self.frozen:
+            self.backbone.requires_grad_(False)
+
+    @property
+    def normalisation(self):
+        """The backbone's input statistics (what ``save_weights`` records and ``load_weights`` sets)."""
+        return normalisation_of(self.backbone)
+
+    @normalisation.setter
+    def normalisation(self, value) -> None:
+        self.backbone.normalisation = value
+
+    @property
+    def needs_latlon(self) -> bool:
+        return "geo" in (self.spec.extra, self.spec.features)
+
+    def train(self, mode: bool = True) -> TaskModel:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, hr: Tensor, latlon: Tensor | None = None) -> Tensor:
+        if self.needs_latlon and latlon is None:
+            raise InputError("TaskModel: this task uses the geo-context map: latlon (B, 2) is required")
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            out = self.backbone(hr=hr, latlon=latlon if self.needs_latlon else None)
+        s = self.spec
+        if s.kind == "classification":
+            return self.head(out[s.features])
+        logits = self.head(out["hr_stages"], out[s.extra] if s.extra != "none" else None)
+        return F.interpolate(logits, size=hr.shape[-2:], mode="bilinear", align_corners=False)
+
+    def loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -1) -> Tensor:
+        """Classification: the head's loss. Segmentation: cross-entropy over the labelled pixels
+        (weighted per class like ``F.cross_entropy``'s mean); no labelled pixel gives 0, not NaN."""
+        if self.spec.kind == "classification":
+            return self.head.loss(logits, target, weight)
+        target = target.long()
+        total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
+        valid = target != ignore_index
+        count = valid.sum() if weight is None else weight[target[valid]].sum()
+        return total / count.clamp(min=1e-12) if weight is not None else total / count.clamp(min=1)
+
+
+def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights: str | None = None) -> TaskModel:
+    """A fresh task model (backbone from ``weights`` where given, head at init)."""
+    overrides = dict(spec.model_overrides)
+    if spec.kind == "segmentation":
+        overrides["hr_stages"] = SEG_STAGES
+    with torch.device(device):
+        backbone = models.create(spec.model_name, **overrides)
+    report = None
+    if weights:
+        from ..weights import load_any
+
+        report = load_any(backbone, weights)
+    model = TaskModel(backbone, spec).to(device)
+    model.load_report = report
+    return model
+
+
+def save_task(model: TaskModel, path: str | os.PathLike) -> None:
+    """The task model as one safetensors file with its task metadata (atomic)."""
+    from ..weights import save_weights
+
+    save_weights(model, path, metadata={"skysense_task": model.spec.to_json()})
+
+
+def read_task_spec(path: str | os.PathLike) -> TaskSpec:
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"task weights not found: {path}")
+    from ..weights.checks import file_format
+
+    if file_format(path) != "safetensors":
+        raise InputError(f"{path} is not a safetensors task file (written by `skysense-fast finetune`)")
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    if "skysense_task" not in meta:
+        raise InputError(f"{path} holds backbone weights but no task (use --weights for a backbone, --task for "
+                         "what `skysense-fast finetune` writes)")
+    return TaskSpec.from_json(meta["skysense_task"], path)
+
+
+def load_task(path: str | os.PathLike, device: torch.device | str = "cpu") -> TaskModel:
+    """The task model of a file written by :func:`save_task`, in eval mode."""
+    from ..weights import load_weights
+
+    spec = read_task_spec(path)
+    model = build_task_model(spec, "cpu")   # built, not left empty: some buffers are not in the file
+    load_weights(model, path, strict=True)
+    return model.to(device).eval()

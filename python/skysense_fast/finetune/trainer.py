@@ -1,0 +1,209 @@
+"""Fine-tuning: a task model (backbone + head) trained by the shared loop (:mod:`skysense_fast.train`).
+
+Modes: ``full`` (everything, with layer-wise lr decay over the encoders), ``frozen`` (the
+backbone fixed, in eval mode, without gradients; the head trains), ``linear_probe`` (frozen,
+and a linear head). Validation on the held-out spatial blocks (segmentation) or chips
+(classification) every ``train.evaluate_every`` steps and at the end, into ``metrics.json``.
+The result is ``<out_dir>/<task.name>.safetensors``: the task model with its classes.
+
+Losses: cross-entropy over labelled pixels (the ignore label left out; a crop without labels
+adds nothing instead of a NaN), optionally weighted per class; binary cross-entropy for
+multi-label chips. Under data parallelism each rank averages over its own pixels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..data.labels import IGNORE_INDEX, ClassMap
+from ..errors import InputError
+from ..metrics import ClassificationMetrics, SegmentationMetrics
+from ..train import loop
+from ..train.optim import build_optimizer, build_scheduler
+from .augment import d4_transform
+from .chips import ChipDataset
+from .config import SHAPE_FIELDS, FinetuneConfig, validate
+from .scene_data import SceneSegmentationData
+from .task import TaskModel, TaskSpec, build_task_model, save_task
+
+
+def _seed(*numbers: int) -> int:
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def open_data(cfg: FinetuneConfig):
+    """(train data, val data or None, ClassMap) of the config, every input checked."""
+    t, d = cfg.task, cfg.data
+    if t.kind == "segmentation":
+        classes = ClassMap(tuple(sorted(t.classes)), tuple(t.class_names or ())) if t.classes else None
+        data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
+                                     label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
+                                     val_fraction=d.val_fraction, seed=d.seed)
+        return data, None, data.classes
+    train = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
+    if d.val_chips:
+        val = ChipDataset(d.val_chips, classes=train.classes, multi_label=t.multi_label)
+    else:  # a seeded share of the chips held out (chips are separate images: no spatial leak)
+        n = len(train)
+        if n < 2:
+            raise InputError(f"data.chips {d.chips}: {n} chip(s); need two (one to train, one to validate)")
+        order = np.random.default_rng(d.seed).permutation(n)
+        k = min(n - 1, max(1, round(d.val_fraction * n)))
+        val = torch.utils.data.Subset(train, sorted(order[:k].tolist()))
+        train = _ChipSubset(train, sorted(order[k:].tolist()))
+    return train, val, ClassMap(tuple(range(len(train.classes))), tuple(train.classes))
+
+
+class _ChipSubset(torch.utils.data.Subset):
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    def counts(self) -> np.ndarray:
+        full = self.dataset
+        n = np.zeros(len(full.classes), np.int64)
+        for i in self.indices:
+            for c in full.labels[i]:
+                n[full.index[c]] += 1
+        return n
+
+
+def class_weights(counts: np.ndarray) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 over the classes present; absent classes 0."""
+    counts = counts.astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+    present = counts > 0
+    w[present] /= w[present].mean()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _stack(samples, what: str):
+    shapes = {tuple(s[0].shape) for s in samples}
+    if len(shapes) > 1:
+        raise InputError(f"{what}: a batch holds images of several sizes {sorted(shapes)}; chips must share one size")
+    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+
+
+class _Finetuning:
+    """The fine-tuning run as the loop's trainee."""
+
+    def __init__(self, cfg: FinetuneConfig, device: torch.device, rank: int, world: int):
+        self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
+        self.data, self.val, classes = open_data(cfg)        # bad input fails here, before the model
+        t = cfg.task
+        self.spec = TaskSpec(kind=t.kind, class_values=classes.values, class_names=tuple(classes.class_names()),
+                             model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
+                             multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
+                             features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale)
+        torch.manual_seed(cfg.train.seed)                    # same initial head on every rank
+        self.model: TaskModel = build_task_model(self.spec, device, cfg.model.weights)
+        if cfg.train.grad_checkpointing:
+            self.model.backbone.set_grad_checkpointing(True)
+        stats = self.model.normalisation
+        if t.kind == "segmentation":
+            self.data.stats = stats
+        else:
+            for ds in (self.data, self.val):
+                getattr(ds, "dataset", ds).stats = stats
+        self.latlon = torch.tensor([self.data.latlon if t.kind == "segmentation" else (0.0, 0.0)])
+        self.weight = class_weights(self.data.counts()).to(device) if t.class_weights == "balanced" else None
+        if world > 1:
+            loop.shard(self.model, [*self.model.backbone.blocks(), self.model.head],
+                       bf16_params=cfg.train.precision == "bfloat16")
+        self.modules = {"model": self.model}
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
+        self.grad_clip = cfg.optim.grad_clip
+
+    def _step_samples(self, step: int):
+        B, t, d = self.cfg.train.batch_size, self.cfg.train, self.cfg.data
+        local = B // self.world
+        out = []
+        for i in range(self.rank * local, (self.rank + 1) * local):
+            g = torch.Generator().manual_seed(_seed(d.seed, t.seed, step, i))
+            if self.spec.kind == "segmentation":
+                out.append(self.data.train_sample(g, d.augment))
+            else:
+                n = len(self.data)
+                epoch, j = divmod(step * B + i, n)   # each epoch a fresh seeded order of the chips
+                index = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(d.seed, t.seed, epoch)))[j]
+                x, y = self.data[int(index)]
+                if d.augment:
+                    x = d4_transform(x, int(torch.randint(8, (1,), generator=g)))
+                out.append((x, y))
+        return _stack(out, "data.chips")
+
+    def batches(self, start: int):
+        for step in range(start, self.cfg.train.steps):
+            x, y = self._step_samples(step)
+            yield x.to(self.device), y.to(self.device)
+
+    def losses(self, step: int, batch):
+        x, y = batch
+        logits = self.model(x, self.latlon.expand(len(x), 2).to(x.device))
+        return {"total": self.model.loss(logits, y, self.weight, IGNORE_INDEX)}
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+    def evaluate(self, step: int) -> dict:
+        B, spec = self.cfg.train.batch_size, self.spec
+        names = list(spec.class_names)
+        if spec.kind == "segmentation":
+            metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
+            windows = self.data.val_windows()
+            for i in range(0, len(windows), B):
+                x, y = _stack([self.data.val_sample(w) for w in windows[i:i + B]], "validation")
+                logits = self.model(x.to(self.device), self.latlon.expand(len(x), 2).to(self.device))
+                metrics.update(logits.argmax(1), y.to(self.device))
+        else:
+            metrics = ClassificationMetrics(len(names), spec.multi_label, names, self.device)
+            for i in range(0, len(self.val), B):
+                x, y = _stack([self.val[j] for j in range(i, min(i + B, len(self.val)))], "validation chips")
+                metrics.update(self.model(x.to(self.device)), y.to(self.device))
+        return metrics.compute()
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None = None, log=print) -> dict:
+    """Run (or continue) the fine-tuning described by ``cfg``; writes
+    ``<out_dir>/<task.name>.safetensors`` (the task model) and ``<out_dir>/metrics.json``.
+    Returns the loop's summary with "weights" (the file, or None when the run did not finish)."""
+    device = loop.device_of(cfg.train.device)
+    rank, world = loop.init_distributed(device)
+    validate(cfg, world)
+    run = _Finetuning(cfg, device, rank, world)
+    report = getattr(run.model, "load_report", None)
+    if report is not None and rank == 0:
+        log(f"backbone weights: {report}")
+    result = loop.run(run, cfg.train, config=cfg.to_dict(), shape_fields=SHAPE_FIELDS, rank=rank, world=world,
+                      resume=resume, stop_after=stop_after, evaluate_every=cfg.train.evaluate_every, log=log,
+                      what="finetune")
+    result["weights"] = None
+    if result["status"] == "done" and result["step"] == cfg.train.steps:
+        path = os.path.join(cfg.train.out_dir, f"{cfg.task.name}.safetensors")
+        export_task(run.model, run.spec, path)
+        result["weights"] = path
+        if rank == 0:
+            log(f"wrote {path}: the task model with its {len(run.spec.class_values)} classes, for "
+                "`skysense-fast predict --task`")
+    return result
+
+
+def export_task(model: TaskModel, spec: TaskSpec, path: str) -> None:
+    """The trained task model as one file (collective under FSDP2; rank 0 writes)."""
+    if not dist.is_initialized():
+        save_task(model, path)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        full = build_task_model(spec, "cpu")
+        full.load_state_dict(state, strict=True)
+        full.normalisation = model.normalisation
+        save_task(full, path)
+    dist.barrier()

@@ -1,0 +1,87 @@
+"""Prediction over a large scene: a task model's class map, through the same tiled machinery as
+``embed`` (tiles blended without seams, one row of tiles in memory, atomic output, resumable
+pieces, torchrun ranks), at the input's resolution, CRS and transform."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from ..data.geotiff import hr_scaler, open_raster
+from ..errors import InputError
+from .class_map import ClassMapSink
+from .embed import _model_fingerprint, _refuse_to_overwrite_an_input
+from .runner import TileRun, distributed, run_in_pieces
+from .tiler import SCALE
+
+
+class _Probabilities(nn.Module):
+    """A segmentation task model as the tiler calls a model: hr (+ latlon) -> {"probs": softmax}."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+        self.normalisation = task.normalisation   # the statistics the tiler normalises with
+
+    def forward(self, hr: Tensor, latlon: Tensor | None = None) -> dict[str, Tensor]:
+        return {"probs": self.task(hr, latlon).float().softmax(1)}
+
+
+def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256, overlap: int = 64,
+                  batch_size: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                  progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
+                  probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16) -> dict:
+    """Write the class map of an HR GeoTIFF (``task``: a segmentation
+    :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
+    class values (nodata where the input is nodata), with colours and class names.
+
+    Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` defaults to the one the
+    task was trained with; ``probabilities``: also write the per-class probabilities (float32,
+    one band per class) there. Returns a summary (tiles run, output shape).
+    """
+    import rasterio
+
+    spec = task.spec
+    if spec.kind != "segmentation":
+        raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation task")
+    if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
+        raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
+    if chunk_rows < 1:
+        raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    dst = os.fspath(dst)
+    probabilities = None if probabilities is None else os.fspath(probabilities)
+    for out in filter(None, (dst, probabilities)):
+        _refuse_to_overwrite_an_input(out, [src])
+    if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(dst):
+        raise InputError("predict: the probabilities and the class map need two different paths")
+    rank, world = distributed()
+    model = _Probabilities(task.eval().to(device))
+    hr_scale = hr_scale if hr_scale is not None else spec.hr_scale
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
+        H, W = ds.height, ds.width
+        profile = dict(driver="GTiff", height=H, width=W, crs=ds.crs, transform=ds.transform, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+        run = TileRun(model, ds, tile, overlap, batch_size, device, dtype, "probs", H, prefetch=True,
+                      progress=progress, scale=hr_scaler(ds, hr_scale), out_scale=1)
+
+        def sink(path: str) -> ClassMapSink:
+            return ClassMapSink(path, profile, spec.classes, probabilities)
+
+        if world == 1 and not resume:
+            out = sink(dst + ".partial")
+            try:
+                run.rows(0, H, out)
+                out.finish(dst)
+            except BaseException:
+                out.abort()
+                raise
+        else:
+            piece_profile = dict(profile, dtype="float32", nodata=float("nan"))
+            run_in_pieces(run, dst, piece_profile, "probs", chunk_rows, resume, rank, world,
+                          manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
+                                    "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
+                                    "model": _model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale},
+                          final_sink=sink)
+    return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}
