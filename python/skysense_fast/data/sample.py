@@ -1,7 +1,10 @@
 """The demo's real sample image, prepared from a package on PyPI at setup time.
 
 The deepforest 2.1.0 wheel (MIT licence) ships ``OSBS_029.tif``: a real 400 x 400 RGB
-aerial image at 10 cm (NEON, Ordway-Swisher Biological Station, Florida; UTM 17N).
+aerial image at 10 cm (NEON, Ordway-Swisher Biological Station, Florida; UTM 17N), and
+``OSBS_029.csv``: its 61 annotated tree crowns as pixel boxes. The crowns become a class raster
+on the image's grid (``osbs_029_crowns.tif``: 2 = inside a crown box, 1 = outside) and a
+GeoJSON layer of the boxes in the image's CRS (``osbs_029_crowns.geojson``, class 2).
 ``make demo`` downloads that wheel with pip (the registry, like any dependency) and runs
 ``python -m skysense_fast.data.sample WHEEL``, which converts the image into
 ``skysense_fast/data/sample/`` (a tiled, compressed GeoTIFF, without the source's nodata
@@ -22,6 +25,10 @@ SAMPLE_DIR = Path(__file__).parent / "sample"
 HR_SAMPLE = SAMPLE_DIR / "osbs_029_rgb_10cm.tif"
 WHEEL = "deepforest==2.1.0"
 MEMBER = "deepforest/data/OSBS_029.tif"
+CROWNS_MEMBER = "deepforest/data/OSBS_029.csv"
+CROWNS_RASTER = SAMPLE_DIR / "osbs_029_crowns.tif"
+CROWNS_VECTOR = SAMPLE_DIR / "osbs_029_crowns.geojson"
+BACKGROUND, CROWN = 1, 2
 DESCRIPTION = ("real 10 cm RGB aerial image, NEON site OSBS (Florida), from the deepforest 2.1.0 package, "
                "MIT licence")
 
@@ -40,6 +47,7 @@ def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SA
     try:
         with zipfile.ZipFile(wheel) as z:
             data = z.read(MEMBER)
+            crowns = z.read(CROWNS_MEMBER).decode()
             licences = [n for n in z.namelist() if n.endswith(("LICENSE", "LICENSE.txt", "AUTHORS.md"))]
             notice = "\n\n".join(f"--- {n} ---\n{z.read(n).decode('utf-8', 'replace')}" for n in licences)
     except (OSError, zipfile.BadZipFile, KeyError) as e:
@@ -64,7 +72,50 @@ def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SA
     notice_tmp.write_text(f"{final.name}: {DESCRIPTION}.\nConverted from {MEMBER} of the {WHEEL} wheel.\n\n{notice}\n")
     os.replace(notice_tmp, out_dir / "NOTICE.txt")
     os.replace(tmp, final)
+    write_crowns(crowns, profile, out_dir)
     return final
+
+
+def crown_boxes(csv_text: str) -> list[tuple[int, int, int, int]]:
+    """(xmin, ymin, xmax, ymax) pixel boxes of the annotation CSV."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    try:
+        return [(int(r["xmin"]), int(r["ymin"]), int(r["xmax"]), int(r["ymax"])) for r in rows]
+    except (KeyError, ValueError) as e:
+        raise InputError(f"{CROWNS_MEMBER}: expected xmin,ymin,xmax,ymax columns of integers ({e})") from None
+
+
+def write_crowns(csv_text: str, profile: dict, out_dir: Path) -> None:
+    """The crown boxes as a class raster on the image grid and as GeoJSON polygons (atomically)."""
+    import json
+
+    import numpy as np
+    import rasterio
+
+    boxes = crown_boxes(csv_text)
+    labels = np.full((profile["height"], profile["width"]), BACKGROUND, np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        labels[y0:y1, x0:x1] = CROWN
+    tmp = out_dir / "crowns.partial.tif"
+    with rasterio.open(tmp, "w", **dict(profile, count=1, dtype="uint8", nodata=0)) as dst:
+        dst.write(labels[None])
+        dst.update_tags(SOURCE=f"{WHEEL}: {CROWNS_MEMBER}", CLASS_1="background", CLASS_2="tree crown")
+    os.replace(tmp, out_dir / CROWNS_RASTER.name)
+    t = profile["transform"]
+    features = []
+    for x0, y0, x1, y1 in boxes:
+        ring = [list(t * (x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+        features.append({"type": "Feature", "properties": {"class": CROWN},
+                         "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    crs = profile["crs"].to_epsg()
+    layer = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": f"EPSG:{crs}"}},
+             "features": features}
+    tmp = out_dir / "crowns.partial.geojson"
+    tmp.write_text(json.dumps(layer))
+    os.replace(tmp, out_dir / CROWNS_VECTOR.name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,9 +71,14 @@ class ChipDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        import warnings
+
         import rasterio
 
-        with rasterio.open(self.paths[i]) as f:
+        with warnings.catch_warnings():  # PNG / JPEG chips have no geotransform, and need none
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            f = rasterio.open(self.paths[i])
+        with f:
             if f.count < 3:
                 raise InputError(f"{self.paths[i]} has {f.count} band(s); chips need 3 (R, G, B)")
             if f.dtypes[0] != "uint8":

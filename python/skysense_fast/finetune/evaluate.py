@@ -1,0 +1,63 @@
+"""Evaluation of a trained task on labelled data: a scene (through ``predict``, so what is
+scored is the class map a user gets, seams and all) or chips."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+from ..data.geotiff import open_raster
+from ..data.labels import IGNORE_INDEX, is_vector, labels_on_grid, rasterize_labels
+from ..errors import InputError
+from ..metrics import ClassificationMetrics, SegmentationMetrics
+from .chips import ChipDataset
+from .task import TaskModel
+
+
+def evaluate_scene(task: TaskModel, image: str, labels: str, *, label_field: str = "class", rows: int = 1024,
+                   **predict_kw) -> dict:
+    """OA, mIoU, per-class IoU, F1 and kappa of the task's class map of ``image`` against
+    ``labels`` (a class raster in any CRS or a vector layer), over the labelled pixels."""
+    from rasterio.windows import Window
+
+    from ..infer.predict import predict_scene
+
+    classes = task.spec.classes
+    names = classes.class_names()
+    metrics = SegmentationMetrics(classes.num_classes, IGNORE_INDEX, names)
+    with tempfile.TemporaryDirectory() as tmp:
+        pred_path = os.path.join(tmp, "class_map.tif")
+        predict_scene(task, image, pred_path, **predict_kw)
+        with open_raster(image, bands=3) as ds, open_raster(pred_path, what="class map") as pred:
+            for y in range(0, ds.height, rows):
+                window = Window(0, y, ds.width, min(rows, ds.height - y))
+                truth = rasterize_labels(labels, ds, classes, label_field, window) if is_vector(labels) else \
+                    labels_on_grid(labels, ds, classes, window)
+                p = pred.read(1, window=window)
+                valid = p != pred.nodata
+                truth = np.where(valid, truth, IGNORE_INDEX)   # nodata input: not scored
+                index = np.searchsorted(np.asarray(classes.values), np.where(valid, p, classes.values[0]))
+                metrics.update(torch.from_numpy(index), torch.from_numpy(truth))
+    result = metrics.compute()
+    if result["pixels"] == 0:
+        raise InputError(f"{labels} labels no pixel of {image} where it has data: nothing to evaluate")
+    return result
+
+
+def evaluate_chips(task: TaskModel, chips: str, batch_size: int = 16, device: str | torch.device = "cpu") -> dict:
+    """Accuracy, macro F1 and kappa (or macro F1 and mAP for multi-label) on labelled chips."""
+    spec = task.spec
+    data = ChipDataset(chips, classes=spec.class_names, multi_label=spec.multi_label, stats=task.normalisation)
+    metrics = ClassificationMetrics(len(spec.class_names), spec.multi_label, spec.class_names)
+    task = task.eval().to(device)
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            items = [data[j] for j in range(i, min(i + batch_size, len(data)))]
+            if len({tuple(x.shape) for x, _ in items}) > 1:
+                raise InputError(f"{chips}: chips of several sizes in one batch; use --batch-size 1")
+            x = torch.stack([x for x, _ in items]).to(device)
+            metrics.update(task(x).cpu(), torch.stack([y for _, y in items]))
+    return {**metrics.compute(), "chips": len(data)}
