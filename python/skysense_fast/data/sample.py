@@ -107,7 +107,7 @@ def write_crowns(csv_text: str, profile: dict, out_dir: Path) -> None:
     t = profile["transform"]
     features = []
     for x0, y0, x1, y1 in boxes:
-        ring = [list(t * (x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+        ring = [list(t @ (x, y)) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
         features.append({"type": "Feature", "properties": {"class": CROWN},
                          "geometry": {"type": "Polygon", "coordinates": [ring]}})
     crs = profile["crs"].to_epsg()

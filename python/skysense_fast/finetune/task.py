@@ -101,6 +101,9 @@ class TaskModel(nn.Module):
         self.frozen = spec.mode in ("frozen", "linear_probe")
         if self.frozen:
             self.backbone.requires_grad_(False)
+        else:  # what an HR task never reaches trains not at all (no optimiser state for 600 M unused weights)
+            for name in self.unused():
+                getattr(self.backbone, name).requires_grad_(False)
 
     @property
     def normalisation(self):
@@ -114,6 +117,18 @@ class TaskModel(nn.Module):
     @property
     def needs_latlon(self) -> bool:
         return "geo" in (self.spec.extra, self.spec.features)
+
+    def unused(self) -> list[str]:
+        """The backbone's submodules this task's outputs do not depend on: the Sentinel branches
+        (tasks read the HR image), the fusion unless the fused / geo map is read, the geo-context
+        unless the geo map is."""
+        reads = {self.spec.extra, self.spec.features if self.spec.kind == "classification" else "hr"}
+        out = ["s2", "s1", "head_s2", "head_s1", "ctpe"]
+        if not reads & {"fused", "geo"}:
+            out.append("fusion")
+        if "geo" not in reads:
+            out.append("geo")
+        return out
 
     def train(self, mode: bool = True) -> TaskModel:
         super().train(mode)
