@@ -97,11 +97,18 @@ def test_out_of_memory_names_what_to_lower(scene, tmp_path, capsys, monkeypatch)
     assert code == 2 and "--tile 64 --batch-size 8: lower --batch-size" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["embed", "predict"])
 @pytest.mark.parametrize("case", ["empty file", "truncated", "not a tiff", "header only", "one band"])
-def test_bad_geotiffs_are_one_line(case, tmp_path, capsys):
+def test_bad_geotiffs_are_one_line(case, command, tmp_path, capsys):
     """Each file of the seeded corpus: exit 2, one line naming the file, nothing written."""
     path, _ = corpus(tmp_path)[case]
-    code, err = _run(capsys, ["embed", path, "-o", tmp_path / "f.tif"])
+    task = []
+    if command == "predict":
+        from skysense_fast.finetune import TaskSpec, build_task_model, save_task
+
+        save_task(build_task_model(TaskSpec("segmentation", (1, 2), ("a", "b"), head_channels=8)), tmp_path / "t.st")
+        task = ["--task", tmp_path / "t.st"]
+    code, err = _run(capsys, [command, path, "-o", tmp_path / "f.tif", *task])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert path.rsplit("/", 1)[-1] in err, err
     assert not (tmp_path / "f.tif").exists()
@@ -115,9 +122,21 @@ def test_bad_geotiffs_are_one_line(case, tmp_path, capsys):
     (["pretrain", "{t}/missing.yaml"], "missing.yaml"),
     (["pretrain", "{cfg}", "--set", "optim.lr=.inf"], "optim.lr must be a finite number"),
     (["pretrain", "{cfg}", "--steps", "0"], "--steps must be >= 1"),
+    (["finetune", "{ft}", "--set", "data.image={t}/none.tif"], "data.image: no such file"),
+    (["finetune", "{ft}", "--set", "task.kind=detection"], "task.kind must be one of"),
+    (["finetune", "{ft}", "--set", "nonsense"], "--set takes SECTION.FIELD=VALUE"),
+    (["finetune", "{ft}", "--out-dir", "{cfg}"], "is a file"),
+    (["predict", "{t}/none.tif", "-o", "{t}/m.tif", "--task", "{t}/t.safetensors"], "none.tif"),
+    (["evaluate", "--task", "{t}/t.safetensors"], "give either --image and --labels"),
+    (["evaluate", "--task", "{t}/t.safetensors", "--image", "{t}/x.tif"], "--image needs --labels"),
+    (["sinkhorn-demo", "--prototypes", "-3"], "--prototypes must be >= 1"),
+    (["sinkhorn-demo", "--samples", "0"], "--samples must be >= 1"),
+    (["bench", "--scale", "0"], "--scale must be >= 1"),
+    (["demo", "--out-dir", "{cfg}"], "is a file"),
 ])
 def test_other_commands_bad_input(argv, message, tmp_path, capsys):
     cfg = os.path.join(os.path.dirname(__file__), "..", "configs", "pretrain", "skysense-tiny.yaml")
-    code, err = _run(capsys, [a.format(t=tmp_path, cfg=cfg) for a in argv])
+    ft = os.path.join(os.path.dirname(__file__), "..", "configs", "finetune", "segmentation-tiny.yaml")
+    code, err = _run(capsys, [a.format(t=tmp_path, cfg=cfg, ft=ft) for a in argv])
     assert code == 2 and message in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1, err

@@ -411,12 +411,13 @@ def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
 def test_sample_prepared_from_a_wheel(tmp_path):
     import zipfile
 
-    from skysense_fast.data.sample import MEMBER, main as sample_main, prepare_from_wheel
+    from skysense_fast.data.sample import CROWNS_MEMBER, MEMBER, main as sample_main, prepare_from_wheel
 
     img = write_scene(tmp_path / "aerial.tif", 40, 50, nodata=255)
     wheel = tmp_path / "deepforest-2.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.write(tmp_path / "aerial.tif", MEMBER)
+        z.writestr(CROWNS_MEMBER, "image_path,xmin,ymin,xmax,ymax,label\nOSBS_029.tif,2,3,10,12,Tree\n")
         z.writestr("deepforest-2.1.0.dist-info/licenses/LICENSE", "MIT License\nCopyright (c) the authors")
     out = prepare_from_wheel(wheel, tmp_path / "sample")
     with rasterio.open(out) as s, rasterio.open(tmp_path / "aerial.tif") as a:
@@ -425,7 +426,14 @@ def test_sample_prepared_from_a_wheel(tmp_path):
         assert s.nodata is None                        # 255 is a brightness, not a hole
         assert "deepforest" in s.tags()["SOURCE"]
     assert "MIT License" in (tmp_path / "sample" / "NOTICE.txt").read_text()
-    assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == ["NOTICE.txt", out.name]
+    assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == [
+        "NOTICE.txt", "osbs_029_crowns.geojson", "osbs_029_crowns.tif", out.name]
+    with rasterio.open(tmp_path / "sample" / "osbs_029_crowns.tif") as c:
+        crowns = c.read(1)
+        assert c.transform == s.transform and c.nodata == 0
+    expect = np.ones((40, 50), np.uint8)
+    expect[3:12, 2:10] = 2                             # the box, in pixels: rows ymin..ymax, columns xmin..xmax
+    np.testing.assert_array_equal(crowns, expect)
     (tmp_path / "bad.whl").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not the expected"):
         prepare_from_wheel(tmp_path / "bad.whl", tmp_path / "s2")

@@ -516,7 +516,8 @@ def _one_line(e: BaseException) -> str:
 
 def _check_common(args: argparse.Namespace) -> None:
     """What can be checked before any work starts: sizes, the device, the output path."""
-    for name in ("batch_size", "tile", "chunk_rows", "size", "frames", "steps"):
+    for name in ("batch_size", "tile", "chunk_rows", "size", "frames", "steps", "batch", "samples", "prototypes",
+                 "scale"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -526,6 +527,12 @@ def _check_common(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise InputError(f"--device {device}: no CUDA device is visible on this machine (use --device cpu)")
+    out_dir = getattr(args, "out_dir", None)
+    if out_dir is not None and os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out-dir {out_dir} is a file; give a folder (it is created if missing)")
+    overlap = getattr(args, "overlap", None)
+    if overlap is not None and overlap < 0:
+        raise InputError(f"--overlap must be >= 0, got {overlap}")
     output = getattr(args, "output", None)
     if output is not None:
         if os.path.isdir(output):
