@@ -102,7 +102,7 @@ def _image(path, bands=3, crs="EPSG:32633", origin=(500000, 5000000), size=SIZE,
         f.write(data)
 
 
-@pytest.mark.parametrize("case", ["labels_elsewhere", "more_classes", "one_band", "no_crs_resolution",
+@pytest.mark.parametrize("case", ["labels_elsewhere", "more_classes", "batch_of_one", "one_band", "no_crs_resolution",
                                   "no_val_block"])
 def test_bad_input_is_refused_before_training(demo, tmp_path, case):
     out = tmp_path / "run"
@@ -112,6 +112,8 @@ def test_bad_input_is_refused_before_training(demo, tmp_path, case):
         kw, match = {"data__labels": str(tmp_path / "far.tif")}, "does not overlap the image"
     elif case == "more_classes":
         kw, match = {"task__classes": [1, 2, 3]}, r"class values \[4, 5, 6\] that are not among the 3 configured"
+    elif case == "batch_of_one":
+        kw, match = {"train__batch_size": 1}, "must be >= 2 per rank for UPerNet"
     elif case == "one_band":
         _image(tmp_path / "gray.tif", bands=1)
         kw, match = {"data__image": str(tmp_path / "gray.tif")}, "has 1 band"
@@ -323,3 +325,35 @@ def test_config_paths_relative_to_the_config(demo, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)        # neither file is here: both are found beside the config
     cfg = load_config(demo / "rel.yaml", {"train.steps": 1})
     assert cfg.data.image == str(demo / "scene.tif") and cfg.train.steps == 1
+
+
+def _torchrun(*argv):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "skysense_fast.cli", *map(str, argv)], check=False,
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_two_ranks_finetune_and_predict(demo, trained, tmp_path):
+    """FSDP2 fine-tuning over two gloo ranks writes one task file; predict over two ranks
+    writes the class map one process writes."""
+    import yaml
+
+    raw = _raw(demo, tmp_path / "run", train__steps=2, train__device="cpu", train__batch_size=4)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    _torchrun("finetune", tmp_path / "cfg.yaml")
+    two = load_task(tmp_path / "run" / "seg.safetensors")
+    one = load_task(trained[0] / "seg.safetensors")
+    assert two.state_dict().keys() == one.state_dict().keys()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 2
+    _torchrun("predict", demo / "scene.tif", "-o", tmp_path / "two.tif", "--task", trained[0] / "seg.safetensors",
+              "--tile", "128", "--overlap", "32", "--chunk-rows", "64")
+    predict_scene(one, demo / "scene.tif", tmp_path / "one.tif", tile=128, overlap=32)
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert b.colormap(1) == a.colormap(1) and b.tags(1) == a.tags(1)

@@ -119,6 +119,10 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
         require(d.chips is None, "data.chips is for classification; segmentation reads data.image and data.labels")
         require(d.crop >= 32 and d.crop % 32 == 0, f"data.crop must be a positive multiple of 32 pixels, got {d.crop}")
         require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
+        if t.mode != "linear_probe":   # UPerNet's pyramid pooling at scale 1 has one value per channel and crop
+            require(cfg.train.batch_size // world_size >= 2,
+                    f"train.batch_size must be >= 2 per rank for UPerNet's BatchNorm, got {cfg.train.batch_size} over "
+                    f"{world_size} rank(s)")
     else:
         require(t.features in ("hr", "fused", "geo"), f"task.features must be hr, fused or geo, got {t.features!r}")
         require(t.features != "geo", "task.features geo needs each chip's location, which chips do not carry: use hr "

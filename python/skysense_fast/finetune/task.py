@@ -147,16 +147,26 @@ class TaskModel(nn.Module):
         logits = self.head(out["hr_stages"], out[s.extra] if s.extra != "none" else None)
         return F.interpolate(logits, size=hr.shape[-2:], mode="bilinear", align_corners=False)
 
-    def loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -1) -> Tensor:
-        """Classification: the head's loss. Segmentation: cross-entropy over the labelled pixels
-        (weighted per class like ``F.cross_entropy``'s mean); no labelled pixel gives 0, not NaN."""
-        if self.spec.kind == "classification":
-            return self.head.loss(logits, target, weight)
+    def loss_terms(self, logits: Tensor, target: Tensor, weight: Tensor | None = None,
+                   ignore_index: int = -1) -> tuple[Tensor, Tensor]:
+        """(sum of the losses, their count): cross-entropy over the labelled pixels (segmentation,
+        the ignore label left out) or the chips, each weighted by its class's ``weight`` (the count
+        is then the weights' sum, as ``F.cross_entropy``'s mean); binary cross-entropy per chip
+        for multi-label. The mean is their ratio, also over the pixels of several ranks."""
+        if self.spec.multi_label:
+            per = F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight,
+                                                     reduction="none").mean(1)
+            return per.sum(), torch.tensor(float(len(per)), device=per.device)
         target = target.long()
         total = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum")
         valid = target != ignore_index
-        count = valid.sum() if weight is None else weight[target[valid]].sum()
-        return total / count.clamp(min=1e-12) if weight is not None else total / count.clamp(min=1)
+        count = valid.sum().float() if weight is None else weight[target[valid]].sum()
+        return total, count
+
+    def loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -1) -> Tensor:
+        """The mean loss of :meth:`loss_terms`; no labelled pixel gives 0, not NaN."""
+        total, count = self.loss_terms(logits, target, weight, ignore_index)
+        return total / count.clamp(min=1e-12)
 
 
 def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights: str | None = None) -> TaskModel:

@@ -8,7 +8,9 @@ The result is ``<out_dir>/<task.name>.safetensors``: the task model with its cla
 
 Losses: cross-entropy over labelled pixels (the ignore label left out; a crop without labels
 adds nothing instead of a NaN), optionally weighted per class; binary cross-entropy for
-multi-label chips. Under data parallelism each rank averages over its own pixels.
+multi-label chips. Under data parallelism the mean is over every rank's pixels, so the
+gradients are one process's, except for BatchNorm in the heads, whose batch statistics are
+each rank's own (SyncBatchNorm on CUDA: ``convert_sync_batchnorm``; gloo has none).
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ class _Finetuning:
                 getattr(ds, "dataset", ds).stats = stats
         self.latlon = torch.tensor([self.data.latlon if t.kind == "segmentation" else (0.0, 0.0)])
         self.weight = class_weights(self.data.counts()).to(device) if t.class_weights == "balanced" else None
+        if world > 1 and device.type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # mmseg's SyncBN
         if world > 1:
             loop.shard(self.model, [*self.model.backbone.blocks(), self.model.head],
                        bf16_params=cfg.train.precision == "bfloat16")
@@ -145,7 +149,12 @@ class _Finetuning:
     def losses(self, step: int, batch):
         x, y = batch
         logits = self.model(x, self.latlon.expand(len(x), 2).to(x.device))
-        return {"total": self.model.loss(logits, y, self.weight, IGNORE_INDEX)}
+        total, count = self.model.loss_terms(logits, y, self.weight, IGNORE_INDEX)
+        if self.world > 1:  # over every rank's pixels: gradients (averaged by FSDP) are one process's
+            count = count.detach().clone()
+            dist.all_reduce(count)
+            count = count / self.world
+        return {"total": total / count.clamp(min=1e-12)}
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
