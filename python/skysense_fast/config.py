@@ -58,6 +58,13 @@ class TrainSection:
     num_workers: int = 0             # DataLoader worker processes preparing the next steps
 
 
+class RunConfig:
+    """Base of a run's config dataclass (its fields are the sections)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def _check_type(value, tp, name: str):
     """value converted to tp (ints accepted for floats, lists for tuples), or ConfigError."""
     origin = typing.get_origin(tp)

@@ -6,11 +6,11 @@ Sections: ``model`` (the backbone and its weights), ``task`` (what is learnt and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, ModelSection, OptimSection, TrainSection, parse, read_yaml, require, validate_common
+from ..config import (ConfigError, ModelSection, OptimSection, RunConfig, TrainSection, parse, read_yaml, require,
+                      validate_common)
 
 KINDS = ("segmentation", "classification")
 MODES = ("full", "frozen", "linear_probe")   # fine-tune everything / train the head on a frozen backbone / linear head
@@ -53,15 +53,12 @@ class FinetuneTrainSection(TrainSection):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     model: ModelSection = field(default_factory=ModelSection)
     task: TaskSection = field(default_factory=TaskSection)
     data: FinetuneDataSection = field(default_factory=FinetuneDataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: FinetuneTrainSection = field(default_factory=FinetuneTrainSection)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # config fields that fix the shapes of a fine-tuning checkpoint

@@ -21,7 +21,7 @@ import torch
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
 from ..data.series import check_coverage
 from ..errors import InputError
-from .runner import TileRun, distributed, run_in_pieces
+from .runner import TileRun, distributed, run_in_pieces, stream
 from .sinks import FileSink
 from .tiler import SCALE
 
@@ -104,12 +104,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                       series=series, progress=progress, scale=scale)
         if world == 1 and not resume:
             sink = FileSink(dst + ".partial", profile, output)
-            try:
-                run.rows(0, oh, sink)
-                sink.finish(dst)
-            except BaseException:
-                sink.abort()
-                raise
+            stream(run, sink, 0, oh, dst)
             C = sink.bands
         else:
             C = run_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,

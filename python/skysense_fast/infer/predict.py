@@ -13,7 +13,7 @@ from ..data.geotiff import hr_scaler, open_raster
 from ..errors import InputError
 from .class_map import ClassMapSink
 from .embed import _model_fingerprint, _refuse_to_overwrite_an_input
-from .runner import TileRun, distributed, run_in_pieces
+from .runner import TileRun, distributed, run_in_pieces, stream
 from .tiler import SCALE
 
 
@@ -70,13 +70,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
             return ClassMapSink(path, profile, spec.classes, probabilities)
 
         if world == 1 and not resume:
-            out = sink(dst + ".partial")
-            try:
-                run.rows(0, H, out)
-                out.finish(dst)
-            except BaseException:
-                out.abort()
-                raise
+            stream(run, sink(dst + ".partial"), 0, H, dst)
         else:
             piece_profile = dict(profile, dtype="float32", nodata=float("nan"))
             run_in_pieces(run, dst, piece_profile, "probs", chunk_rows, resume, rank, world,

@@ -127,6 +127,18 @@ class TileRun:
               file=sys.stderr, flush=True)
 
 
+def stream(run: TileRun, sink, y0: int, y1: int, final: str | None = None) -> None:
+    """Rows [y0, y1) of ``run`` into ``sink``, finished as ``final`` (if given); on any failure
+    the sink is aborted, so nothing partial is left behind."""
+    try:
+        run.rows(y0, y1, sink)
+        if final is not None:
+            sink.finish(final)
+    except BaseException:
+        sink.abort()
+        raise
+
+
 def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
                   world: int, manifest: dict, final_sink=None) -> int:
     """The rows of ``run`` as resumable pieces spread over the ranks, joined by rank 0 into
@@ -163,12 +175,7 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
         else:
             runs.append([p])
     for group in runs:
-        sink = PiecesSink(folder, group, profile, output)
-        try:
-            run.rows(group[0][0], group[-1][1], sink)
-        except BaseException:
-            sink.abort()
-            raise
+        stream(run, PiecesSink(folder, group, profile, output), group[0][0], group[-1][1])
     barrier(world)
     bands = 0
     if rank == 0:

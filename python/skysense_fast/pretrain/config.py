@@ -8,11 +8,11 @@ sample, a batch that does not split over the ranks) are rejected before anything
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, ModelSection, OptimSection, TrainSection, parse, read_yaml, require, validate_common
+from ..config import (ConfigError, ModelSection, OptimSection, RunConfig, TrainSection, parse, read_yaml, require,
+                      validate_common)
 
 __all__ = ["ConfigError", "DataSection", "LossSection", "ModelSection", "PretrainConfig", "PretrainOptimSection",
            "TrainSection", "from_dict", "load_config", "scene_list", "validate"]
@@ -76,15 +76,12 @@ class PretrainOptimSection(OptimSection):
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     loss: LossSection = field(default_factory=LossSection)
     optim: PretrainOptimSection = field(default_factory=PretrainOptimSection)
     train: TrainSection = field(default_factory=TrainSection)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def from_dict(raw: dict) -> PretrainConfig:
