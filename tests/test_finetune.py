@@ -195,6 +195,11 @@ def test_predict_resumable_pieces_equal_one_pass(demo, trained, tmp_path):
 
 def test_predict_refuses_to_overwrite_its_input(demo, trained, tmp_path):
     task = load_task(trained[0] / "seg.safetensors")
+    from test_infer import write_series
+
+    write_series(tmp_path / "s2", ["s2_20210301.tif"], 10, "EPSG:32633", from_origin(499990, 5000010, 10, 10), (16, 16))
+    with pytest.raises(InputError, match="trained on hr: it takes no --s2"):
+        predict_scene(task, demo / "scene.tif", tmp_path / "m.tif", s2=tmp_path / "s2")
     copy = tmp_path / "scene.tif"
     copy.write_bytes((demo / "scene.tif").read_bytes())
     with pytest.raises(InputError, match="is an input of this run"):
@@ -357,3 +362,29 @@ def test_two_ranks_finetune_and_predict(demo, trained, tmp_path):
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "two.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
         assert b.colormap(1) == a.colormap(1) and b.tags(1) == a.tags(1)
+
+
+def test_hr_with_sentinel_series_through_the_fusion(demo, tmp_path):
+    """Segmentation on HR + S2 + S1 series (read onto each crop's fusion grid, turned with it),
+    joined through the fused map; predict then needs the same series."""
+    from test_infer import write_series
+
+    grid = from_origin(499990, 5000010, 10, 10)   # 10 m pixels over the 128 m scene, with a margin
+    write_series(tmp_path / "s2", ["s2_20210301.tif", "s2_20210601.tif"], 10, "EPSG:32633", grid, (16, 16))
+    write_series(tmp_path / "s1", ["s1_20210315.tif"], 2, "EPSG:32633", grid, (16, 16), linear=True)
+    with pytest.raises(ConfigError, match="set task.extra to fused"):
+        _cfg(demo, tmp_path / "x", data__s2=str(tmp_path / "s2"))
+    cfg = _cfg(demo, tmp_path / "run", data__s2=str(tmp_path / "s2"), data__s1=str(tmp_path / "s1"),
+               task__extra="fused", train__steps=2)
+    result = finetune(cfg, log=lambda *_: None)
+    assert result["status"] == "done"
+    task = load_task(tmp_path / "run" / "seg.safetensors")
+    assert task.spec.inputs == ("hr", "s2", "s1")
+    trained = {n for n, p in task.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.s2.") for n in trained) and any(n.startswith("backbone.fusion.") for n in trained)
+    with pytest.raises(InputError, match="give --s1, --s2"):
+        predict_scene(task, demo / "scene.tif", tmp_path / "map.tif")
+    predict_scene(task, demo / "scene.tif", tmp_path / "map.tif", tile=128, overlap=32, s2=tmp_path / "s2",
+                  s1=tmp_path / "s1")
+    with rasterio.open(tmp_path / "map.tif") as m:
+        assert set(np.unique(m.read(1)).tolist()) <= {1, 2, 3, 4, 5, 6}

@@ -339,7 +339,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, device=_rank_device(args.device),
                              dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
                              progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
-                             hr_scale=args.hr_scale, probabilities=args.probabilities)
+                             hr_scale=args.hr_scale, probabilities=args.probabilities, **_series_kw(args))
     except torch.OutOfMemoryError:
         raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size {args.batch_size}: "
                          "lower --batch-size (then --tile), or use --dtype bfloat16") from None
@@ -365,9 +365,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if task.spec.kind != "segmentation":
             raise InputError(f"evaluate: --image scores a segmentation task; {args.task} is {task.spec.kind}")
         result = evaluate_scene(task, args.image, args.labels, label_field=args.label_field, tile=args.tile,
-                                overlap=args.overlap, batch_size=args.batch_size, device=args.device)
+                                overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+                                **_series_kw(args))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _series_kw(args: argparse.Namespace) -> dict:
+    return {"s2": args.s2, "s1": args.s1, "s2_dates": _dates(args.s2_dates), "s1_dates": _dates(args.s1_dates),
+            "s2_band_order": args.s2_band_order}
 
 
 def _rank_device(device: str) -> str:
@@ -395,6 +401,18 @@ def main(argv: list[str] | None = None) -> int:
                             "official files as hr=FILE s2=FILE s1=FILE head_s2=FILE head_s1=FILE fusion=FILE "
                             "(repeat the option)")
 
+    def series_args(q, band_order: str | None):
+        q.add_argument("--s2", help="Sentinel-2 series: a folder of GeoTIFFs (10 bands B2..B12, + optional cloud-mask "
+                                    "band; dates in the file names or tags) or one multi-band GeoTIFF of the series")
+        q.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear) or one multi-band "
+                                    "file")
+        q.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
+        q.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
+        q.add_argument("--s2-band-order", choices=("model", "official"), default=band_order,
+                       help="how S2 files store their bands: model (B2..B8, B8A, B11, B12) or official (B8 fourth, "
+                            "as the official SkySense files); band names in the descriptions decide where present"
+                            + ("" if band_order else "; default: the task's"))
+
     e = sub.add_parser("embed", help="embed an HR GeoTIFF into a georeferenced feature GeoTIFF")
     e.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale)")
     e.add_argument("-o", "--output", required=True, help="output GeoTIFF (written atomically)")
@@ -411,14 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--resume", action="store_true",
                    help="keep finished pieces in OUTPUT.parts/ and skip them when rerun (an interrupted run continues)")
     e.add_argument("--chunk-rows", type=int, default=64, help="output rows per piece (resumable / torchrun runs)")
-    e.add_argument("--s2", help="Sentinel-2 series: a folder of GeoTIFFs (10 bands B2..B12, + optional cloud-mask "
-                                "band; dates in the file names or tags) or one multi-band GeoTIFF of the whole series")
-    e.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear) or one multi-band file")
-    e.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
-    e.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
-    e.add_argument("--s2-band-order", choices=("model", "official"), default="model",
-                   help="how S2 files store their bands: model (B2..B8, B8A, B11, B12) or official (B8 fourth, "
-                        "as the official SkySense files); band names in the descriptions decide where present")
+    series_args(e, band_order="model")
     e.set_defaults(fn=_cmd_embed)
     d = sub.add_parser("demo", help="embed the sample scene; write its features and a PCA picture")
     d.add_argument("--out-dir", default="demo_output")
@@ -485,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--resume", action="store_true", help="keep finished pieces in OUTPUT.parts/ and skip them "
                                                           "when rerun")
     pr.add_argument("--chunk-rows", type=int, default=256, help="output rows per piece (resumable / torchrun runs)")
+    series_args(pr, band_order=None)
     pr.set_defaults(fn=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score a fine-tuned task on labelled data; prints the metrics as JSON")
     ev.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
@@ -493,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--label-field", default="class", help="vector labels: the integer class attribute")
     ev.add_argument("--chips", help="classification: a folder per class or a CSV of file,label")
     tile_args(ev)
+    series_args(ev, band_order=None)
     ev.set_defaults(fn=_cmd_evaluate)
     args = p.parse_args(argv)
     from .errors import input_errors

@@ -7,7 +7,7 @@ import datetime as dt
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -139,6 +139,28 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
         raise InputError(f"{len(dates)} dates given for {len(files)} files")
     found = [_as_date(d) for d in dates] if dates is not None else [parse_date(f) for f in files]
     return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
+
+
+BAND_COUNT = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
+
+
+def series_input(source, dates: list | None = None, kind: str = "s2", band_order: str = "model"
+                 ) -> list[Acquisition] | None:
+    """What ``--s2`` / ``--s1`` and the configs' ``data.s2`` / ``data.s1`` name: None, a list of
+    :class:`Acquisition`, or what :func:`find_series` takes, with optional explicit dates.
+    ``band_order``: "model" (as stored) or "official" (S2 files with B8 fourth, as the official
+    SkySense files; band names in the descriptions decide where every band has one)."""
+    if band_order not in ("model", "official"):
+        raise InputError(f"s2_band_order must be 'model' or 'official', got {band_order!r}")
+    if source is None:
+        return None
+    if isinstance(source, list) and source and isinstance(source[0], Acquisition):
+        acq = source
+    else:
+        acq = find_series(source, dates, BAND_COUNT[kind])
+    if band_order == "official" and kind == "s2":
+        acq = [replace(a, band_order=OFFICIAL_S2_ORDER) for a in acq]
+    return acq
 
 
 _S2_NAME = re.compile(r"(?<![A-Z0-9])B0?(\d{1,2}A?)(?![0-9A-Z])")

@@ -37,6 +37,11 @@ class FinetuneDataSection:
     labels: str | None = None        # segmentation: a class raster (any CRS) or a vector layer
     label_field: str = "class"       # vector labels: the integer class attribute
     hr_scale: str | None = None      # "max=VALUE" or "percentile=LO,HI" for an image that is not 8-bit
+    s2: str | None = None            # segmentation: a Sentinel-2 series over the image (a folder of GeoTIFFs
+    s1: str | None = None            #   or one multi-band file, as `embed --s2` reads it); Sentinel-1 likewise
+    s2_dates: tuple[str, ...] | None = None   # explicit dates, one per file / acquisition
+    s1_dates: tuple[str, ...] | None = None
+    s2_band_order: str = "model"     # model | official (B8 stored fourth, as the official files)
     chips: str | None = None         # classification: a folder per class or a CSV of file,label
     val_chips: str | None = None     # classification: held-out chips (default: val_fraction of chips)
     crop: int = 256                  # segmentation: training crop in pixels (multiple of 32)
@@ -82,7 +87,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Finet
 def _relative_to(raw, root: str):
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict):
-        for k in ("image", "labels", "chips", "val_chips"):
+        for k in ("image", "labels", "chips", "val_chips", "s2", "s1"):
             v = data.get(k)
             if isinstance(v, str) and not os.path.isabs(v) and not os.path.exists(v) and \
                     os.path.exists(os.path.join(root, v)):
@@ -114,6 +119,15 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             require(path is not None, f"data.{name} is required for segmentation (an HR GeoTIFF and its labels)")
             require(os.path.exists(path), f"data.{name}: no such file: {path}")
         require(d.chips is None, "data.chips is for classification; segmentation reads data.image and data.labels")
+        for name in ("s2", "s1"):
+            path = getattr(d, name)
+            require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+            require(path is not None or getattr(d, f"{name}_dates") is None, f"data.{name}_dates without data.{name}")
+        require(d.s2_band_order in ("model", "official"),
+                f"data.s2_band_order must be model or official, got {d.s2_band_order!r}")
+        if d.s2 or d.s1:
+            require(t.extra in ("fused", "geo"), "data.s2 / data.s1 reach the head through the fusion: set task.extra "
+                                                 "to fused (or geo)")
         require(d.crop >= 32 and d.crop % 32 == 0, f"data.crop must be a positive multiple of 32 pixels, got {d.crop}")
         require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
         if t.mode != "linear_probe":   # UPerNet's pyramid pooling at scale 1 has one value per channel and crop
@@ -130,6 +144,7 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             path = getattr(d, name)
             require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
         require(t.classes is None, "task.classes is for segmentation; classification takes task.class_names")
+        require(d.s2 is None and d.s1 is None, "data.s2 / data.s1 are for segmentation (chips are HR images)")
     require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     require(cfg.train.evaluate_every >= 0, f"train.evaluate_every must be >= 0, got {cfg.train.evaluate_every}")
 

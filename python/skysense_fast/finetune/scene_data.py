@@ -14,19 +14,28 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rasterio.transform import Affine
+
 from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.labels import IGNORE_INDEX, ClassMap, class_map_of, is_vector, labels_on_grid, rasterize_labels, \
     vector_class_map
+from ..data.series import BAND_COUNT, check_coverage, read_on_grid
 from ..errors import InputError
+from ..infer.tiler import SCALE
 from .augment import d4_transform
 from .split import spatial_split
 
 
 class SceneSegmentationData:
+    """Samples are dicts: ``hr`` (3, crop, crop) normalised, ``target`` (crop, crop) class
+    indices, and per series given (``series``: {"s2": acquisitions, "s1": ...}) ``<kind>`` (T,
+    bands, crop / 32, crop / 32) on the crop's fusion grid, ``valid_<kind>`` (T,), ``doy_<kind>`` (T,)."""
+
     def __init__(self, image: str, labels: str, *, classes: ClassMap | None = None, class_names=None,
                  label_field: str = "class", hr_scale: str | None = None, crop: int = 256, block: int = 512,
-                 val_fraction: float = 0.2, seed: int = 0, stats=None):
+                 val_fraction: float = 0.2, seed: int = 0, stats=None, series: dict | None = None):
         self.image, self.crop, self.stats = image, crop, stats
+        self.series = {k: v for k, v in (series or {}).items() if v}
         vector = is_vector(labels)
         if classes is None:
             classes = vector_class_map(labels, label_field, class_names) if vector else class_map_of(labels, class_names)
@@ -36,6 +45,9 @@ class SceneSegmentationData:
             self.hr_scale = hr_scaler(ds, hr_scale)    # an image that is not 8-bit needs it: checked here
             idx = rasterize_labels(labels, ds, classes, label_field) if vector else labels_on_grid(labels, ds, classes)
             self.latlon = scene_latlon(ds)
+            self.crs, self.transform = ds.crs, ds.transform
+            for kind, acq in self.series.items():
+                check_coverage(acq, ds.crs, ds.bounds, kind)
         if self.height < crop or self.width < crop:
             raise InputError(f"{image} is {self.height} x {self.width} pixels, smaller than data.crop ({crop})")
         self.labels = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)
@@ -51,9 +63,9 @@ class SceneSegmentationData:
             n += np.bincount(lab[lab >= 0].ravel(), minlength=len(n))
         return n
 
-    def read(self, r: int, c: int, size: int, ds=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image (3, size, size) normalised, labels (size, size)) of the window at (r, c); what
-        lies beyond the scene is zero input and no label."""
+    def read(self, r: int, c: int, size: int, ds=None) -> dict[str, torch.Tensor]:
+        """The sample of the window at (r, c); what lies beyond the scene is zero input and no
+        label (and invalid series pixels)."""
         from rasterio.windows import Window
 
         h, w = min(size, self.height - r), min(size, self.width - c)
@@ -72,7 +84,14 @@ class SceneSegmentationData:
         if hole is not None:
             x[:, :h, :w][:, hole] = 0.0
             y[:h, :w][hole] = IGNORE_INDEX
-        return torch.from_numpy(x), torch.from_numpy(y)
+        sample = {"hr": torch.from_numpy(x), "target": torch.from_numpy(y)}
+        grid = self.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
+        for kind, acq in self.series.items():
+            xs, ok = read_on_grid(acq, BAND_COUNT[kind], self.crs, grid, (size // SCALE, size // SCALE), kind,
+                                  stats=self.stats)
+            sample |= {kind: torch.from_numpy(xs), f"valid_{kind}": torch.from_numpy(ok),
+                       f"doy_{kind}": torch.tensor([a.doy for a in acq])}
+        return sample
 
     def train_sample(self, generator: torch.Generator, augment: bool, ds=None):
         """A random crop inside a random training block, with a random D4 symmetry."""
@@ -81,14 +100,15 @@ class SceneSegmentationData:
         bh, bw = min(self.split.block, self.height - br), min(self.split.block, self.width - bc)
         r = br + int(torch.randint(max(1, bh - self.crop + 1), (1,), generator=generator))
         c = bc + int(torch.randint(max(1, bw - self.crop + 1), (1,), generator=generator))
-        x, y = self.read(r, c, self.crop, ds)
+        sample = self.read(r, c, self.crop, ds)
+        y = sample["target"]
         # keep the crop inside its block: labels of a neighbouring (held-out) block are not trained on
         y[max(0, br + bh - r):, :] = IGNORE_INDEX
         y[:, max(0, bc + bw - c):] = IGNORE_INDEX
-        if augment:
+        if augment:  # one symmetry for every map of the sample (the series' grids turn with the image)
             k = int(torch.randint(8, (1,), generator=generator))
-            x, y = d4_transform(x, k), d4_transform(y, k)
-        return x, y
+            sample = {n: d4_transform(v, k) if v.dim() >= 2 else v for n, v in sample.items()}
+        return sample
 
     def val_windows(self) -> list[tuple[int, int, int]]:
         """(row, col, size) crops covering the validation blocks (each within its block)."""
@@ -101,10 +121,11 @@ class SceneSegmentationData:
 
     def val_sample(self, window, ds=None):
         r, c, size = window
-        x, y = self.read(r, c, size, ds)
+        sample = self.read(r, c, size, ds)
+        y = sample["target"]
         # labels outside this window's validation block are not scored
         block = self.split.block
         br, bc = (r // block) * block, (c // block) * block
         y[max(0, br + block - r):, :] = IGNORE_INDEX
         y[:, max(0, bc + block - c):] = IGNORE_INDEX
-        return x, y
+        return sample

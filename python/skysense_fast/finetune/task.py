@@ -48,6 +48,8 @@ class TaskSpec:
     dropout: float = 0.1
     hr_scale: str | None = None
     bands: tuple[str, ...] = HR_BANDS
+    inputs: tuple[str, ...] = ("hr",)       # the modalities it reads: hr, + s2 / s1 series (through the fusion)
+    s2_band_order: str = "model"
     format: int = FORMAT_VERSION
 
     @property
@@ -120,10 +122,12 @@ class TaskModel(nn.Module):
 
     def unused(self) -> list[str]:
         """The backbone's submodules this task's outputs do not depend on: the Sentinel branches
-        (tasks read the HR image), the fusion unless the fused / geo map is read, the geo-context
-        unless the geo map is."""
+        it has no series for, the date table without a dated series, the fusion unless the fused
+        / geo map is read, the geo-context unless the geo map is."""
         reads = {self.spec.extra, self.spec.features if self.spec.kind == "classification" else "hr"}
-        out = ["s2", "s1", "head_s2", "head_s1", "ctpe"]
+        out = [m for kind in ("s2", "s1") if kind not in self.spec.inputs for m in (kind, f"head_{kind}")]
+        if not set(self.spec.inputs) & set(self.backbone.config.date_embedding):
+            out.append("ctpe")
         if not reads & {"fused", "geo"}:
             out.append("fusion")
         if "geo" not in reads:
@@ -136,11 +140,17 @@ class TaskModel(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, hr: Tensor, latlon: Tensor | None = None) -> Tensor:
+    def forward(self, hr: Tensor, latlon: Tensor | None = None, **series: Tensor) -> Tensor:
+        """``series``: s2 / s1 with doy_* and valid_* (see :meth:`SkySense.forward`), exactly the
+        modalities in ``spec.inputs``."""
         if self.needs_latlon and latlon is None:
             raise InputError("TaskModel: this task uses the geo-context map: latlon (B, 2) is required")
+        given = {"hr", *(k for k in ("s2", "s1") if series.get(k) is not None)}
+        if given != set(self.spec.inputs):
+            raise InputError(f"TaskModel: the task was trained on {', '.join(self.spec.inputs)}; got "
+                             f"{', '.join(sorted(given))}")
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
-            out = self.backbone(hr=hr, latlon=latlon if self.needs_latlon else None)
+            out = self.backbone(hr=hr, latlon=latlon if self.needs_latlon else None, **series)
         s = self.spec
         if s.kind == "classification":
             return self.head(out[s.features])

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.labels import IGNORE_INDEX, ClassMap
+from ..data.series import series_input
 from ..errors import InputError
 from ..metrics import ClassificationMetrics, SegmentationMetrics
 from ..train import loop
@@ -42,9 +43,10 @@ def open_data(cfg: FinetuneConfig):
     t, d = cfg.task, cfg.data
     if t.kind == "segmentation":
         classes = ClassMap(tuple(sorted(t.classes)), tuple(t.class_names or ())) if t.classes else None
+        series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order), "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
                                      label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
-                                     val_fraction=d.val_fraction, seed=d.seed)
+                                     val_fraction=d.val_fraction, seed=d.seed, series=series)
         return data, None, data.classes
     train = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
     if d.val_chips:
@@ -83,11 +85,12 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _stack(samples, what: str):
-    shapes = {tuple(s[0].shape) for s in samples}
+def collate(samples: list[dict], what: str) -> dict[str, torch.Tensor]:
+    """Samples (dicts of tensors: hr, target, series) stacked into a batch."""
+    shapes = {tuple(s["hr"].shape) for s in samples}
     if len(shapes) > 1:
         raise InputError(f"{what}: a batch holds images of several sizes {sorted(shapes)}; chips must share one size")
-    return torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 class _Finetuning:
@@ -100,7 +103,8 @@ class _Finetuning:
         self.spec = TaskSpec(kind=t.kind, class_values=classes.values, class_names=tuple(classes.class_names()),
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
                              multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
-                             features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale)
+                             features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale,
+                             inputs=("hr", *getattr(self.data, "series", {})), s2_band_order=cfg.data.s2_band_order)
         torch.manual_seed(cfg.train.seed)                    # same initial head on every rank
         self.model: TaskModel = build_task_model(self.spec, device, cfg.model.weights)
         if cfg.train.grad_checkpointing:
@@ -138,18 +142,19 @@ class _Finetuning:
                 x, y = self.data[int(index)]
                 if d.augment:
                     x = d4_transform(x, int(torch.randint(8, (1,), generator=g)))
-                out.append((x, y))
-        return _stack(out, "data.chips")
+                out.append({"hr": x, "target": y})
+        return collate(out, "data.chips")
 
     def batches(self, start: int):
         for step in range(start, self.cfg.train.steps):
-            x, y = self._step_samples(step)
-            yield x.to(self.device), y.to(self.device)
+            yield {k: v.to(self.device) for k, v in self._step_samples(step).items()}
+
+    def _logits(self, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "target"}
+        return self.model(latlon=self.latlon.expand(len(batch["hr"]), 2).to(self.device), **inputs)
 
     def losses(self, step: int, batch):
-        x, y = batch
-        logits = self.model(x, self.latlon.expand(len(x), 2).to(x.device))
-        total, count = self.model.loss_terms(logits, y, self.weight, IGNORE_INDEX)
+        total, count = self.model.loss_terms(self._logits(batch), batch["target"], self.weight, IGNORE_INDEX)
         if self.world > 1:  # over every rank's pixels: gradients (averaged by FSDP) are one process's
             count = count.detach().clone()
             dist.all_reduce(count)
@@ -166,14 +171,15 @@ class _Finetuning:
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()
             for i in range(0, len(windows), B):
-                x, y = _stack([self.data.val_sample(w) for w in windows[i:i + B]], "validation")
-                logits = self.model(x.to(self.device), self.latlon.expand(len(x), 2).to(self.device))
-                metrics.update(logits.argmax(1), y.to(self.device))
+                batch = collate([self.data.val_sample(w) for w in windows[i:i + B]], "validation")
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                metrics.update(self._logits(batch).argmax(1), batch["target"])
         else:
             metrics = ClassificationMetrics(len(names), spec.multi_label, names, self.device)
             for i in range(0, len(self.val), B):
-                x, y = _stack([self.val[j] for j in range(i, min(i + B, len(self.val)))], "validation chips")
-                metrics.update(self.model(x.to(self.device)), y.to(self.device))
+                items = [self.val[j] for j in range(i, min(i + B, len(self.val)))]
+                batch = collate([{"hr": x, "target": y} for x, y in items], "validation chips")
+                metrics.update(self.model(batch["hr"].to(self.device)), batch["target"].to(self.device))
         return metrics.compute()
 
 

@@ -12,14 +12,13 @@ tiler (:mod:`.tiler`), the sinks (:mod:`.sinks`), the runner (:mod:`.runner`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
 import torch
 
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
-from ..data.series import check_coverage
+from ..data.series import check_coverage, series_input
 from ..errors import InputError
 from .runner import TileRun, distributed, run_in_pieces, stream
 from .sinks import FileSink
@@ -81,13 +80,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     dst = os.fspath(dst)
     rank, world = distributed()
     model = model.eval().to(device)
-    series = {"s2": _as_series(s2, s2_dates, 10), "s1": _as_series(s1, s1_dates, 2)}
-    if s2_band_order not in ("model", "official"):
-        raise InputError(f"s2_band_order must be 'model' or 'official', got {s2_band_order!r}")
-    if s2_band_order == "official" and series["s2"]:
-        from ..data.series import OFFICIAL_S2_ORDER
-
-        series["s2"] = [dataclasses.replace(a, band_order=OFFICIAL_S2_ORDER) for a in series["s2"]]
+    series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order), "s1": series_input(s1, s1_dates, "s1")}
     _refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
@@ -139,13 +132,3 @@ def _refuse_to_overwrite_an_input(dst: str, inputs) -> None:
         if os.path.exists(path) and os.path.samefile(path, dst):
             raise InputError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
                              "would replace the input with its features: choose another output path")
-
-
-def _as_series(v, dates=None, band_count: int = 10):
-    """None, a list of Acquisitions, or what find_series takes (a folder, a list of files, one
-    multi-band series file), with optional explicit dates."""
-    from ..data.series import Acquisition, find_series
-
-    if v is None or (isinstance(v, list) and v and isinstance(v[0], Acquisition)):
-        return v
-    return find_series(v, dates, band_count)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.geotiff import hr_scaler, open_raster
+from ..data.series import check_coverage, series_input
 from ..errors import InputError
 from .class_map import ClassMapSink
 from .embed import _model_fingerprint, _refuse_to_overwrite_an_input
@@ -25,21 +26,23 @@ class _Probabilities(nn.Module):
         self.task = task
         self.normalisation = task.normalisation   # the statistics the tiler normalises with
 
-    def forward(self, hr: Tensor, latlon: Tensor | None = None) -> dict[str, Tensor]:
-        return {"probs": self.task(hr, latlon).float().softmax(1)}
+    def forward(self, hr: Tensor, latlon: Tensor | None = None, **series: Tensor) -> dict[str, Tensor]:
+        return {"probs": self.task(hr, latlon, **series).float().softmax(1)}
 
 
 def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile: int = 256, overlap: int = 64,
                   batch_size: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
-                  probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16) -> dict:
+                  probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16, s2=None, s1=None,
+                  s2_dates=None, s1_dates=None, s2_band_order: str | None = None) -> dict:
     """Write the class map of an HR GeoTIFF (``task``: a segmentation
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
     class values (nodata where the input is nodata), with colours and class names.
 
-    Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` defaults to the one the
-    task was trained with; ``probabilities``: also write the per-class probabilities (float32,
-    one band per class) there. Returns a summary (tiles run, output shape).
+    Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` and ``s2_band_order``
+    default to the task's own; ``s2`` / ``s1``: the series of the scene, required exactly when
+    the task was trained on them; ``probabilities``: also write the per-class probabilities
+    (float32, one band per class) there. Returns a summary (tiles run, output shape).
     """
     import rasterio
 
@@ -52,19 +55,31 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     dst = os.fspath(dst)
     probabilities = None if probabilities is None else os.fspath(probabilities)
-    for out in filter(None, (dst, probabilities)):
-        _refuse_to_overwrite_an_input(out, [src])
     if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(dst):
         raise InputError("predict: the probabilities and the class map need two different paths")
+    series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order or spec.s2_band_order),
+              "s1": series_input(s1, s1_dates, "s1")}
+    given = {"hr", *(k for k, v in series.items() if v)}
+    if given != set(spec.inputs):
+        missing, extra = sorted(set(spec.inputs) - given), sorted(given - set(spec.inputs))
+        raise InputError(f"predict: the task was trained on {', '.join(spec.inputs)}: "
+                         + (f"give {', '.join('--' + k for k in missing)}" if missing else
+                            f"it takes no {', '.join('--' + k for k in extra)}"))
+    inputs = [src] + [a.path for acq in series.values() if acq for a in acq]
+    for out in filter(None, (dst, probabilities)):
+        _refuse_to_overwrite_an_input(out, inputs)
     rank, world = distributed()
     model = _Probabilities(task.eval().to(device))
     hr_scale = hr_scale if hr_scale is not None else spec.hr_scale
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
+        for kind, acq in series.items():
+            if acq:
+                check_coverage(acq, ds.crs, ds.bounds, kind)
         profile = dict(driver="GTiff", height=H, width=W, crs=ds.crs, transform=ds.transform, tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
         run = TileRun(model, ds, tile, overlap, batch_size, device, dtype, "probs", H, prefetch=True,
-                      progress=progress, scale=hr_scaler(ds, hr_scale), out_scale=1)
+                      series=series, progress=progress, scale=hr_scaler(ds, hr_scale), out_scale=1)
 
         def sink(path: str) -> ClassMapSink:
             return ClassMapSink(path, profile, spec.classes, probabilities)
@@ -76,6 +91,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
             run_in_pieces(run, dst, piece_profile, "probs", chunk_rows, resume, rank, world,
                           manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
-                                    "model": _model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale},
+                                    "model": _model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
+                                    "series": {k: [a.path for a in v] for k, v in series.items() if v}},
                           final_sink=sink)
     return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}
