@@ -15,5 +15,6 @@ from .nn import accelerate
 from .ops import sinkhorn, window_attention
 
 __version__ = "0.1.0"
-__all__ = ["ExtensionNotBuilt", "InputError", "accelerate", "backends", "build_info", "nn", "ops", "sinkhorn", "use_backend",
+__all__ = ["ExtensionNotBuilt", "InputError", "accelerate", "backends", "build_info", "nn", "ops", "sinkhorn",
+           "use_backend",
            "window_attention", "__version__"]

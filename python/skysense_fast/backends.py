@@ -28,7 +28,6 @@ import torch
 from . import _lib
 from .errors import InputError
 
-
 BACKENDS = ("reference", "cpp", "triton", "cuda")
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("skysense_backend", default=None)

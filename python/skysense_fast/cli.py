@@ -169,7 +169,7 @@ def _positional(model, names: tuple[str, ...]):
             self.m = m
 
         def forward(self, *inputs):
-            out = self.m(**dict(zip(names, inputs)))
+            out = self.m(**dict(zip(names, inputs, strict=True)))
             return out["fused"], out["geo"]
 
     return Path(model)
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     except input_errors() as e:
         print(f"skysense-fast {args.cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except Exception:  # noqa: BLE001 - not bad input: a bug, which keeps its traceback
+    except Exception:  # not bad input: a bug, which keeps its traceback
         print(f"skysense-fast {args.cmd}: internal error, not a problem with your input: please report it "
               "with the traceback below", file=sys.stderr)
         raise

@@ -80,7 +80,7 @@ def _check_type(value, tp, name: str):
             args = (args[0],) * (len(value) if isinstance(value, (list, tuple)) else 0)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config: {name} must be a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_check_type(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):  # .inf / .nan in YAML: a run that trains to non-finite weights
             raise ConfigError(f"config: {name} must be a finite number, got {value!r}")
@@ -103,7 +103,8 @@ def parse_section(cls, raw, name: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"config: unknown field {name}.{unknown[0]} (known fields of {name}: {', '.join(sorted(known))})")
+        raise ConfigError(f"config: unknown field {name}.{unknown[0]} (known fields of {name}: "
+                          f"{', '.join(sorted(known))})")
     return cls(**{k: _check_type(v, hints[k], f"{name}.{k}") for k, v in raw.items()})
 
 

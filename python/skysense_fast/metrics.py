@@ -15,8 +15,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (MulticlassAccuracy, MulticlassCohenKappa, MulticlassConfusionMatrix,
-                                         MulticlassF1Score, MultilabelAveragePrecision, MultilabelF1Score)
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCohenKappa,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
 
 from .errors import InputError
 
@@ -45,8 +51,8 @@ def from_confusion(cm: Tensor, class_names: Sequence[str]) -> dict:
     kappa = ((oa - expected) / (1 - expected)).item() if total > 0 and expected < 1 else float("nan")
     return {"overall_accuracy": oa, "miou": iou[present].mean().item() if present.any() else float("nan"),
             "f1_macro": f1[present].mean().item() if present.any() else float("nan"), "kappa": kappa,
-            "iou": {n: v for n, v in zip(class_names, iou.tolist())},
-            "f1": {n: v for n, v in zip(class_names, f1.tolist())}, "pixels": int(total.item())}
+            "iou": {n: v for n, v in zip(class_names, iou.tolist(), strict=True)},
+            "f1": {n: v for n, v in zip(class_names, f1.tolist(), strict=True)}, "pixels": int(total.item())}
 
 
 class SegmentationMetrics:

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from .normalisation import DEFAULT
 from ..errors import InputError
+from .normalisation import DEFAULT
 
 # HR RGB statistics on 0-255 values (SKYSENSE_SPEC.md §8: ImageNet's, as the official configs use)
 HR_MEAN, HR_STD = np.array(DEFAULT.hr_mean, np.float32), np.array(DEFAULT.hr_std, np.float32)

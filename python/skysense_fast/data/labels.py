@@ -4,7 +4,8 @@ A label raster is reprojected onto (a window of) the image grid with nearest-nei
 resampling (classes are never blended); its nodata, and whatever lies outside it, is "no
 label" (``ignore_index``). A vector layer (GeoPackage, GeoJSON, Shapefile: polygons or points
 with an integer class attribute, read with pyogrio) is reprojected and rasterised onto the same
-grid (a point labels the pixel it falls in); unlabelled pixels are "no label" too. Class values (e.g. 1..7, as the file stores them) map to
+grid (a point labels the pixel it falls in); unlabelled pixels are "no label" too. Class values
+(e.g. 1..7, as the file stores them) map to
 contiguous indices 0..C-1 for training, and back for prediction: :class:`ClassMap` travels
 with the weights so a class map comes out in the label raster's own values.
 """
@@ -94,14 +95,16 @@ def labels_on_grid(path: str | os.PathLike, image, classes: ClassMap, window=Non
     dataset), or on a rasterio ``window`` of it; IGNORE_INDEX where the raster has nodata or
     does not reach. Labels that miss the image altogether are an error."""
     from rasterio.warp import Resampling, reproject, transform_bounds
-    from rasterio.windows import Window, bounds as window_bounds, transform as window_transform
+    from rasterio.windows import Window
+    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
 
     window = window or Window(0, 0, image.width, image.height)
     h, w = int(window.height), int(window.width)
     with _open_labels(path) as src:
         try:
             lb = transform_bounds(src.crs, image.crs, *src.bounds)
-        except Exception as e:  # noqa: BLE001 - PROJ's errors vary by version
+        except Exception as e:  # PROJ's errors vary by version
             raise InputError(f"{path}: its CRS ({src.crs}) cannot be put onto the image's ({image.crs}): {e}") from None
         ib = window_bounds(window, image.transform)
         if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
@@ -137,7 +140,7 @@ def read_vector_labels(path: str | os.PathLike, field: str) -> tuple[object, lis
         raise FileNotFoundError(f"labels not found: {path}")
     try:
         meta, _, wkb, fields = pyogrio.raw.read(path, columns=[field])
-    except Exception as e:  # noqa: BLE001 - GDAL's read errors come in several types
+    except Exception as e:  # GDAL's read errors come in several types
         raise InputError(f"{path} is not a readable vector layer ({e})") from None
     if field not in list(meta["fields"]):
         raise InputError(f"{path} has no attribute {field!r} (it has {', '.join(meta['fields']) or 'none'})")
@@ -161,18 +164,20 @@ def rasterize_labels(path: str | os.PathLike, image, classes: ClassMap, field: s
     of it); later features overwrite earlier ones where they overlap."""
     from rasterio.features import rasterize
     from rasterio.warp import transform_geom
-    from rasterio.windows import Window, bounds as window_bounds, transform as window_transform
+    from rasterio.windows import Window
+    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
 
     crs, geoms, values = read_vector_labels(path, field)
     window = window or Window(0, 0, image.width, image.height)
     try:
         geoms = [transform_geom(crs, image.crs, g) for g in geoms]
-    except Exception as e:  # noqa: BLE001 - PROJ's errors vary by version
+    except Exception as e:  # PROJ's errors vary by version
         raise InputError(f"{path}: its CRS ({crs}) cannot be put onto the image's ({image.crs}): {e}") from None
     classes.to_index(values, np.ones(len(values), bool), str(path))  # every feature's class is a class
     ib = window_bounds(window, image.transform)
     shape = (int(window.height), int(window.width))
-    raw = rasterize(list(zip(geoms, values.tolist())), out_shape=shape, fill=_OUTSIDE,
+    raw = rasterize(list(zip(geoms, values.tolist(), strict=True)), out_shape=shape, fill=_OUTSIDE,
                     transform=window_transform(window, image.transform), dtype="int32") if geoms else \
         np.full(shape, _OUTSIDE, np.int32)
     valid = raw != _OUTSIDE

@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .normalisation import DEFAULT
 from ..errors import InputError
+from .normalisation import DEFAULT
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 # The official SkySense S2 GeoTIFFs store B8 fourth (B2, B3, B4, B8, B5, B6, B7, B8A, B11, B12);
@@ -138,7 +138,7 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
     if dates is not None and len(dates) != len(files):
         raise InputError(f"{len(dates)} dates given for {len(files)} files")
     found = [_as_date(d) for d in dates] if dates is not None else [parse_date(f) for f in files]
-    return sorted((Acquisition(f, d) for f, d in zip(files, found)), key=lambda a: a.date)
+    return sorted((Acquisition(f, d) for f, d in zip(files, found, strict=True)), key=lambda a: a.date)
 
 
 BAND_COUNT = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
@@ -189,7 +189,7 @@ def ordered_bands(path: str, descriptions, wanted: tuple[int, ...], kind: str) -
     if sorted(names) != sorted(expected):
         raise InputError(f"{path}: its bands are named {', '.join(names)}; {kind.upper()} needs "
                          f"{', '.join(expected)}")
-    by_name = dict(zip(names, wanted))
+    by_name = dict(zip(names, wanted, strict=True))
     return [by_name[n] for n in expected]
 
 
@@ -237,7 +237,8 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
             wanted, mask_band = a.bands, a.mask_band
             if wanted is None:
                 if ds.count not in (bands, bands + 1):
-                    raise InputError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} ({', '.join(names)})"
+                    raise InputError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} "
+                                     f"({', '.join(names)})"
                                      f", optionally + 1 cloud-mask band")
                 wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
             elif len(wanted) != bands:

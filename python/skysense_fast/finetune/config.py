@@ -9,8 +9,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import (ConfigError, ModelSection, OptimSection, RunConfig, TrainSection, parse, read_yaml, require,
-                      validate_common)
+from ..config import (
+    ConfigError,
+    ModelSection,
+    OptimSection,
+    RunConfig,
+    TrainSection,
+    parse,
+    read_yaml,
+    require,
+    validate_common,
+)
 
 KINDS = ("segmentation", "classification")
 MODES = ("full", "frozen", "linear_probe")   # fine-tune everything / train the head on a frozen backbone / linear head
@@ -101,13 +110,15 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
     t, d = cfg.task, cfg.data
     require(t.kind in KINDS, f"task.kind must be one of {', '.join(KINDS)}, got {t.kind!r}")
     require(t.mode in MODES, f"task.mode must be one of {', '.join(MODES)}, got {t.mode!r}")
-    require(t.class_weights in ("none", "balanced"), f"task.class_weights must be none or balanced, got {t.class_weights!r}")
+    require(t.class_weights in ("none", "balanced"), "task.class_weights must be none or balanced, got "
+                                                     f"{t.class_weights!r}")
     require(t.head_channels >= 1, f"task.head_channels must be >= 1, got {t.head_channels}")
     require(0 <= t.dropout < 1, f"task.dropout must be in [0, 1), got {t.dropout}")
     require(t.name and os.path.basename(t.name) == t.name and t.name not in (".", ".."),
             f"task.name must be a plain file name (no folders), got {t.name!r}")
     if t.classes is not None:
-        require(len(set(t.classes)) == len(t.classes) >= 2, f"task.classes must be >= 2 distinct values, got {t.classes}")
+        require(len(set(t.classes)) == len(t.classes) >= 2, "task.classes must be >= 2 distinct values, got "
+                                                            f"{t.classes}")
     if t.class_names is not None and t.classes is not None:
         require(len(t.class_names) == len(t.classes),
                 f"task.class_names has {len(t.class_names)} names for {len(t.classes)} task.classes")

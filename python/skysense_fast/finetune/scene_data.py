@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from rasterio.transform import Affine
 
 from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
-from ..data.labels import IGNORE_INDEX, ClassMap, class_map_of, is_vector, labels_on_grid, rasterize_labels, \
-    vector_class_map
+from ..data.labels import (
+    IGNORE_INDEX,
+    ClassMap,
+    class_map_of,
+    is_vector,
+    labels_on_grid,
+    rasterize_labels,
+    vector_class_map,
+)
 from ..data.series import BAND_COUNT, check_coverage, read_on_grid
 from ..errors import InputError
 from ..infer.tiler import SCALE
@@ -38,7 +44,8 @@ class SceneSegmentationData:
         self.series = {k: v for k, v in (series or {}).items() if v}
         vector = is_vector(labels)
         if classes is None:
-            classes = vector_class_map(labels, label_field, class_names) if vector else class_map_of(labels, class_names)
+            classes = (vector_class_map(labels, label_field, class_names) if vector
+                       else class_map_of(labels, class_names))
         self.classes = classes
         with open_raster(image, bands=3) as ds:
             self.height, self.width, self.nodata = ds.height, ds.width, ds.nodata

@@ -43,7 +43,8 @@ def open_data(cfg: FinetuneConfig):
     t, d = cfg.task, cfg.data
     if t.kind == "segmentation":
         classes = ClassMap(tuple(sorted(t.classes)), tuple(t.class_names or ())) if t.classes else None
-        series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order), "s1": series_input(d.s1, d.s1_dates, "s1")}
+        series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
+                  "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
                                      label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
                                      val_fraction=d.val_fraction, seed=d.seed, series=series)

@@ -31,7 +31,8 @@ class LinearSegmentationHead(nn.Module):
         if [f.shape[1] for f in feats] != self.in_channels or (extra is None) != (self.extra_channels == 0):
             raise InputError(f"LinearSegmentationHead: built for maps of {self.in_channels} channels"
                              f"{f' and an extra map of {self.extra_channels}' if self.extra_channels else ''}, got "
-                             f"{[tuple(f.shape) for f in feats]}, extra {None if extra is None else tuple(extra.shape)}")
+                             f"{[tuple(f.shape) for f in feats]}, extra "
+                             f"{None if extra is None else tuple(extra.shape)}")
         size = feats[0].shape[-2:]
         maps = feats + ([extra] if extra is not None else [])
         x = torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)

@@ -75,18 +75,20 @@ class UPerNetHead(nn.Module):
         feats = [feats] if isinstance(feats, Tensor) else list(feats)  # one map: the single-level head
         if len(feats) != len(self.in_channels):
             raise InputError(f"UPerNetHead: expected {len(self.in_channels)} maps, got {len(feats)}")
-        for i, (f, c) in enumerate(zip(feats, self.in_channels)):
+        for i, (f, c) in enumerate(zip(feats, self.in_channels, strict=True)):
             if f.dim() != 4 or f.shape[1] != c:
                 raise InputError(f"UPerNetHead: map {i} must be (B, {c}, H, W), got {tuple(f.shape)}")
-        if (extra is None) != (self.extra_channels == 0) or (extra is not None and extra.shape[1] != self.extra_channels):
+        if (extra is None) != (self.extra_channels == 0) or (extra is not None
+                                                             and extra.shape[1] != self.extra_channels):
             raise InputError(f"UPerNetHead: built for an extra map of {self.extra_channels} channels, got "
                              f"{None if extra is None else tuple(extra.shape)}")
         deepest = feats[-1] if extra is None else torch.cat([feats[-1], _resize(extra, feats[-1].shape[-2:])], 1)
         size = deepest.shape[-2:]
         psp = [deepest] + [_resize(m(deepest), size) for m in self.psp_modules]
-        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats[:-1])] + [self.bottleneck(torch.cat(psp, 1))]
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats[:-1], strict=True)]
+        laterals.append(self.bottleneck(torch.cat(psp, 1)))
         for i in range(len(laterals) - 1, 0, -1):  # top-down
             laterals[i - 1] = laterals[i - 1] + _resize(laterals[i], laterals[i - 1].shape[-2:])
-        outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1])] + [laterals[-1]]
+        outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals[:-1], strict=True)] + [laterals[-1]]
         outs = [_resize(o, outs[0].shape[-2:]) for o in outs]
         return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, 1))))

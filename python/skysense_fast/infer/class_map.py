@@ -55,10 +55,10 @@ class ClassMapSink:
         self.bands = 1
         names = classes.class_names()
         self.out.set_band_description(1, "class")
-        self.out.update_tags(1, CLASS_NAMES=json.dumps(dict(zip(map(str, classes.values), names))),
-                             **{f"CLASS_{v}": n for v, n in zip(classes.values, names)})
+        self.out.update_tags(1, CLASS_NAMES=json.dumps(dict(zip(map(str, classes.values), names, strict=True))),
+                             **{f"CLASS_{v}": n for v, n in zip(classes.values, names, strict=True)})
         if self.dtype in ("uint8", "uint16"):
-            table = {v: (*c, 255) for v, c in zip(classes.values, colours(classes.num_classes))}
+            table = {v: (*c, 255) for v, c in zip(classes.values, colours(classes.num_classes), strict=True)}
             table[self.nodata] = (0, 0, 0, 0)
             self.out.write_colormap(1, table)
         self.probs = None

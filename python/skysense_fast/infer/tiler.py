@@ -49,8 +49,10 @@ def cell_fraction(valid: np.ndarray, scale: int = SCALE) -> np.ndarray:
 
 def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output, nodata, prefetch=True,
                series=None, scale=None, out_scale=SCALE) -> Iterator:
-    """The model's ``output`` map of each tile (``out_scale`` image pixels per output pixel). Tiles at the scene's edge are read at their true size (the model
-    pads internally, exactly as on a whole image) and batched with tiles of the same size.
+    """The model's ``output`` map of each tile (``out_scale`` image pixels per output pixel).
+
+    Tiles at the scene's edge are read at their true size (the model pads internally, exactly
+    as on a whole image) and batched with tiles of the same size.
     With prefetch, the next batch is read (and decoded) in a background thread while the model
     runs the current one; only that thread touches the input dataset meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
@@ -111,4 +113,4 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
             with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):
                 res = model(hr=x.to(device), latlon=latlon.expand(len(chunk), 2).to(device),
                             **{k: v.to(device) for k, v in kw.items()})
-            yield from zip(chunk, res[output].float().cpu().numpy(), fracs)
+            yield from zip(chunk, res[output].float().cpu().numpy(), fracs, strict=True)

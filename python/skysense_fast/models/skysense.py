@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..nn.temporal_fusion import MultimodalTemporalFusion, TemporalPositionEncoding
 from .config import SkySenseConfig, get_config
 from .geo_context import GeoContext
 from .swinv2 import SwinV2Encoder
 from .vit import UPHead, ViTEncoder
-from ..errors import InputError
 
 
 class SkySense(nn.Module):
@@ -109,23 +109,28 @@ class SkySense(nn.Module):
         stages: list[Tensor] | None = None
         if hr is not None:
             if hr.dim() != 4 or hr.shape[1] != cfg.hr_in_chans:
-                raise InputError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} bands), "
+                raise InputError(f"SkySense: hr must have shape (B, {cfg.hr_in_chans}, H, W) ({cfg.hr_in_chans} "
+                                 "bands), "
                                  f"got {tuple(hr.shape)}")
             feats = self.hr(hr)
             maps["hr"] = feats[-1]
             stages = [feats[self.hr.out_indices.index(i)] for i in cfg.hr_stages]
-        for name, x, doy, enc, head in (("s2", s2, doy_s2, self.s2, self.head_s2), ("s1", s1, doy_s1, self.s1, self.head_s1)):
+        for name, x, doy, enc, head in (("s2", s2, doy_s2, self.s2, self.head_s2),
+                                        ("s1", s1, doy_s1, self.s1, self.head_s1)):
             if x is None:
                 continue
             if doy is None:
-                raise InputError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) are required")
+                raise InputError(f"SkySense: {name} is a time series: its acquisition days of year (doy_{name}) "
+                                 "are required")
             maps[name] = self._series(x, name, enc, head)
         grids = {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in maps.items() if v is not None}
         if len(set(grids.values())) > 1:
             raise InputError(f"SkySense: the modalities do not share the fusion grid: {grids} "
                              "(HR needs 32 pixels per Sentinel pixel)")
-        dates = {f"doy_{n}": d for n, d in (("s2", doy_s2), ("s1", doy_s1)) if n in cfg.date_embedding and maps[n] is not None}
-        fused = self.fusion.forward_maps(maps["hr"], maps["s2"], maps["s1"], date_table=self.ctpe.ctpe if dates else None,
+        dates = {f"doy_{n}": d for n, d in (("s2", doy_s2), ("s1", doy_s1))
+                 if n in cfg.date_embedding and maps[n] is not None}
+        fused = self.fusion.forward_maps(maps["hr"], maps["s2"], maps["s1"],
+                                         date_table=self.ctpe.ctpe if dates else None,
                                          valid_s2=valid_s2 if s2 is not None else None,
                                          valid_s1=valid_s1 if s1 is not None else None, **dates)
         geo = self.geo(fused, latlon) if latlon is not None else None

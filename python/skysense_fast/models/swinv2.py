@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
 from ..nn.transformer import FFN
 from ..nn.window_attention import WindowAttentionV2
-from ..errors import InputError
 
 
 class PatchEmbed(nn.Module):

@@ -9,15 +9,13 @@ attention runs on the fused temporal-attention op.
 
 from __future__ import annotations
 
-
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..nn.transformer import TransformerLayer
 from ..errors import InputError
+from ..nn.transformer import TransformerLayer
 
 
 class ViTEncoder(nn.Module):

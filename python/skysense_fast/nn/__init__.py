@@ -6,5 +6,6 @@ from .temporal_fusion import MultimodalTemporalFusion, TemporalPositionEncoding
 from .transformer import FFN, MultiheadSelfAttention, TransformerLayer
 from .window_attention import WindowAttention, WindowAttentionV2
 
-__all__ = ["AccelerateReport", "FFN", "Mlp", "MultiheadSelfAttention", "MultimodalTemporalFusion", "SwinTransformerBlock", "SwinTransformerV2Block",
-           "TemporalPositionEncoding", "TransformerLayer", "WindowAttention", "WindowAttentionV2", "accelerate"]
+__all__ = ["AccelerateReport", "FFN", "Mlp", "MultiheadSelfAttention", "MultimodalTemporalFusion",
+           "SwinTransformerBlock", "SwinTransformerV2Block", "TemporalPositionEncoding", "TransformerLayer",
+           "WindowAttention", "WindowAttentionV2", "accelerate"]

@@ -70,7 +70,8 @@ def accelerate(model: nn.Module) -> AccelerateReport:
             if not (_is(child, _TIMM_V1, "WindowAttention") or _is(child, _TIMM_V2, "WindowAttention")):
                 continue
             if child.attn_drop.p > 0:
-                report.skipped.append((full, f"attn_drop={child.attn_drop.p} (the fused kernel has no attention dropout)"))
+                report.skipped.append((full, f"attn_drop={child.attn_drop.p} (the fused kernel has no attention "
+                                             "dropout)"))
                 continue
             setattr(parent, name, _convert(child))
             report.attention.append(full)

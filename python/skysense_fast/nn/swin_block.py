@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .window_attention import WindowAttention, WindowAttentionV2, _pair
 from ..errors import InputError
+from .window_attention import WindowAttention, WindowAttentionV2, _pair
 
 
 class Mlp(nn.Module):
@@ -66,8 +66,8 @@ class _SwinBlock(nn.Module):
         window, shift = _pair(window_size), _pair(shift_size)
         if always_partition:
             return window, shift
-        window = tuple(min(r, w) for r, w in zip(self.input_resolution, window))
-        shift = tuple(0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift))
+        window = tuple(min(r, w) for r, w in zip(self.input_resolution, window, strict=True))
+        shift = tuple(0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift, strict=True))
         return window, shift
 
     def _attn(self, x: Tensor) -> Tensor:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.window_attention import window_attention
 from ..errors import InputError
+from ..ops.window_attention import window_attention
 
 
 def _pair(x: int | Sequence[int]) -> tuple[int, int]:

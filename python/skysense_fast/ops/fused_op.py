@@ -149,7 +149,7 @@ class FusedOp:
         kwargs = dict(kwargs or {})
         if len(args) > len(self.arg_names):
             raise TypeError(f"{self.name}: takes {len(self.arg_names)} arguments, got {len(args)}")
-        a = Inputs(zip(self.arg_names, args))
+        a = Inputs(zip(self.arg_names, args, strict=True))
         defaults = self.defaults
         for n in self.arg_names[len(args):]:
             if n in kwargs:
@@ -172,7 +172,7 @@ class FusedOp:
         if names != self.arg_names:
             raise TypeError(f"{fn.__qualname__}: parameters {names} differ from the schema of skysense::{self.name} "
                             f"{self.arg_names}")
-        for p, s in zip(params, self.schema.arguments):
+        for p, s in zip(params, self.schema.arguments, strict=False):
             if s.has_default_value() and p.default != s.default_value:
                 raise TypeError(f"{fn.__qualname__}: {p.name} defaults to {p.default!r}, the schema to "
                                 f"{s.default_value!r}")
@@ -270,7 +270,7 @@ class FusedOp:
         return b.forward(a)
 
     def _backward_impl(self, *args: Any) -> Any:
-        a = Inputs(zip(self.backward_args, args))
+        a = Inputs(zip(self.backward_args, args, strict=True))
         b = self._backend_in_call(self.forward_args(a))
         if b.name == "reference":
             return self._reference_backward(a)
@@ -284,7 +284,7 @@ class FusedOp:
         with torch.no_grad():
             ref = self.reference(**a)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        for o, r in zip(outs, ref):
+        for o, r in zip(outs, ref, strict=True):
             o.copy_(r)
         for o in outs[len(ref):]:
             o.fill_(float("nan"))
@@ -302,10 +302,10 @@ class FusedOp:
             ref = ref if isinstance(ref, tuple) else (ref,)
             grads = torch.autograd.grad(ref[:len(grad_outs)], list(leaves.values()), [a[g] for g in grad_outs],
                                         allow_unused=True)
-        got = dict(zip(wanted, grads))
+        got = dict(zip(wanted, grads, strict=True))
         outs = self._fake_backward(a)
         outs = outs if isinstance(outs, tuple) else (outs,)
-        for o, r in zip(outs, returns):
+        for o, r in zip(outs, returns, strict=True):
             g = got.get(r[len("grad_"):])
             if o.numel():
                 o.copy_(g.reshape(o.shape)) if g is not None else o.zero_()
@@ -321,15 +321,15 @@ class FusedOp:
             return
         self._fake_backward = fake_backward
         torch.library.register_fake(qual + "_backward")(
-            lambda *args: fake_backward(Inputs(zip(self.backward_args, args))))
+            lambda *args: fake_backward(Inputs(zip(self.backward_args, args, strict=True))))
         torch.library.impl(qual + "_backward", "CUDA")(self._backward_impl)
         torch.library.register_autograd(qual, self._autograd_backward, setup_context=self._setup_context)
 
     def _setup_context(self, ctx: Any, inputs: tuple, output: Any) -> None:
         outs = output if isinstance(output, tuple) else (output,)
-        named = dict(zip(self.returns, outs)) | dict(zip(self.arg_names, inputs))
+        named = dict(zip(self.returns, outs, strict=True)) | dict(zip(self.arg_names, inputs, strict=True))
         needed = [n for n in self.backward_args if not n.startswith("grad_")]
-        for r, o in zip(self.returns, outs):
+        for r, o in zip(self.returns, outs, strict=True):
             if "grad_" + r not in self.backward_args:
                 ctx.mark_non_differentiable(o)
         tensors = [n for n in needed if isinstance(named[n], Tensor)]
@@ -339,15 +339,15 @@ class FusedOp:
         ctx.backend = _CALL_BACKEND.get()
 
     def _autograd_backward(self, ctx: Any, *grads: Tensor) -> tuple:
-        vals = dict(zip(ctx.tensor_names, ctx.saved_tensors)) | ctx.others
-        vals |= {"grad_" + r: g for r, g in zip(self.returns, grads)}
+        vals = dict(zip(ctx.tensor_names, ctx.saved_tensors, strict=True)) | ctx.others
+        vals |= {"grad_" + r: g for r, g in zip(self.returns, grads, strict=True)}
         token = _CALL_BACKEND.set(ctx.backend)
         try:
             res = getattr(torch.ops.skysense, self.name + "_backward")(*(vals[n] for n in self.backward_args))
         finally:
             _CALL_BACKEND.reset(token)
         res = res if isinstance(res, tuple) else (res,)
-        got = {r[len("grad_"):]: g for r, g in zip(self.backward_returns, res)}
+        got = {r[len("grad_"):]: g for r, g in zip(self.backward_returns, res, strict=True)}
         out = []
         for i, n in enumerate(self.arg_names):
             x, g = vals.get(n), got.get(n)

@@ -41,7 +41,8 @@ def _check(scores: Tensor, epsilon: float, num_iters: int, tol: float) -> None:
     if scores.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise InputError(f"sinkhorn: scores must be float32, float64, bfloat16 or float16, got {scores.dtype}")
     if scores.numel() == 0:
-        raise InputError(f"sinkhorn: scores must have at least one problem, sample and prototype, got shape {tuple(scores.shape)}")
+        raise InputError("sinkhorn: scores must have at least one problem, sample and prototype, got shape "
+                         f"{tuple(scores.shape)}")
     if not (math.isfinite(epsilon) and epsilon > 0):
         raise InputError(f"sinkhorn: epsilon must be a finite number > 0, got {epsilon}")
     if num_iters < 1:
@@ -103,7 +104,8 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
     S = (scores if batched else scores.unsqueeze(0)).to(acc) / epsilon
     if torch.isnan(S).any() or torch.isposinf(S).any():
-        raise InputError("sinkhorn: scores contain NaN or +inf; scores must be finite (-inf is allowed and gives zero mass)")
+        raise InputError("sinkhorn: scores contain NaN or +inf; scores must be finite (-inf is allowed and gives "
+                         "zero mass)")
     B, N, K = S.shape
     a = None if row_marginals is None else _marginal(row_marginals, "row_marginals", "sample", B, N, S)
     b = None if col_marginals is None else _marginal(col_marginals, "col_marginals", "prototype", B, K, S)
@@ -248,6 +250,7 @@ def _not_differentiable(ctx, grad_q, grad_iters):
 
 
 if SINKHORN.schema is not None:
-    torch.library.register_autograd("skysense::sinkhorn", _not_differentiable, setup_context=lambda ctx, inputs, output: None)
+    torch.library.register_autograd("skysense::sinkhorn", _not_differentiable,
+                                    setup_context=lambda ctx, inputs, output: None)
     # sinkhorn_into mutates `out`, so it cannot carry an autograd formula; sinkhorn() refuses
     # out= when a gradient is being recorded.

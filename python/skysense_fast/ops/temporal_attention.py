@@ -55,7 +55,8 @@ def _unpack(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if not isinstance(qkv, Tensor):
         raise TypeError(f"temporal_attention_qkv: qkv must be a torch.Tensor, got {type(qkv).__name__}")
     if qkv.dim() != 5 or qkv.shape[2] != 3:
-        raise InputError(f"temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got {tuple(qkv.shape)}")
+        raise InputError("temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got "
+                         f"{tuple(qkv.shape)}")
     return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
 
 

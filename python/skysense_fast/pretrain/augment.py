@@ -32,7 +32,7 @@ def _spatial(x: Tensor, k: int, flip: bool) -> Tensor:
 def to_canonical(x: Tensor, geometry: Tensor) -> Tensor:
     """Undo each sample's rotation/flip: (B, ..., c, c) in view orientation -> crop orientation."""
     out = []
-    for xi, (_, _, k, flip) in zip(x, geometry.tolist()):
+    for xi, (_, _, k, flip) in zip(x, geometry.tolist(), strict=True):
         out.append(torch.rot90(xi.flip(-1) if flip else xi, -k, dims=(-2, -1)))
     return torch.stack(out)
 
@@ -62,7 +62,8 @@ def make_view(sample: dict[str, Tensor], crop: int, min_frames: int, g: torch.Ge
     bright = 0.2 * (torch.rand((), generator=g) - 0.5)
     hr = hr * contrast + bright + 0.05 * torch.randn(hr.shape, generator=g)
     s2 = _spatial(sample["s2"][..., s, S], k, flip)
-    s2 = s2 * (1 + 0.1 * (torch.rand(1, s2.shape[1], 1, 1, generator=g) - 0.5)) + 0.02 * torch.randn(s2.shape, generator=g)
+    gain = 1 + 0.1 * (torch.rand(1, s2.shape[1], 1, 1, generator=g) - 0.5)
+    s2 = s2 * gain + 0.02 * torch.randn(s2.shape, generator=g)
     s1 = _spatial(sample["s1"][..., s, S], k, flip)
     s1 = s1 + 0.1 * (torch.rand((), generator=g) - 0.5) + 0.05 * torch.randn(s1.shape, generator=g)
     view = {"hr": hr, "s2": s2, "s1": s1, "doy_s2": sample["doy_s2"], "doy_s1": sample["doy_s1"],

@@ -11,8 +11,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..config import (ConfigError, ModelSection, OptimSection, RunConfig, TrainSection, parse, read_yaml, require,
-                      validate_common)
+from ..config import (
+    ConfigError,
+    ModelSection,
+    OptimSection,
+    RunConfig,
+    TrainSection,
+    parse,
+    read_yaml,
+    require,
+    validate_common,
+)
 
 __all__ = ["ConfigError", "DataSection", "LossSection", "ModelSection", "PretrainConfig", "PretrainOptimSection",
            "TrainSection", "from_dict", "load_config", "scene_list", "validate"]
@@ -148,8 +157,10 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     require(lo.centering in ("ema", "sinkhorn"), f"loss.centering must be ema or sinkhorn, got {lo.centering!r}")
     require(lo.pixel_samples >= 0, f"loss.pixel_samples must be >= 0 (0 = all), got {lo.pixel_samples}")
     require(lo.object_grid <= d.crop, f"loss.object_grid ({lo.object_grid}) must be <= data.crop ({d.crop})")
-    require(lo.cma_max_pixels >= 2, f"loss.cma_max_pixels must be >= 2 (InfoNCE needs negatives), got {lo.cma_max_pixels}")
-    for name in ("student_temp", "teacher_temp", "teacher_temp_warmup_from", "object_epsilon", "cma_temp", "geo_epsilon"):
+    require(lo.cma_max_pixels >= 2, "loss.cma_max_pixels must be >= 2 (InfoNCE needs negatives), got "
+                                    f"{lo.cma_max_pixels}")
+    for name in ("student_temp", "teacher_temp", "teacher_temp_warmup_from", "object_epsilon", "cma_temp",
+                 "geo_epsilon"):
         require(getattr(lo, name) > 0, f"loss.{name} must be > 0, got {getattr(lo, name)}")
     for name in ("pixel_weight", "object_weight", "image_weight", "fused_weight", "cma_weight"):
         require(getattr(lo, name) >= 0, f"loss.{name} must be >= 0, got {getattr(lo, name)}")

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.sinkhorn import sinkhorn
 from ..errors import InputError
+from ..ops.sinkhorn import sinkhorn
 
 
 class DINOHead(nn.Module):

@@ -47,7 +47,8 @@ class SkySensePretrainer(nn.Module):
         super().__init__()
         self.backbone, self.loss_cfg = backbone, loss
         widths = {"modal": backbone.config.hr_out_dim, "fused": backbone.config.fusion_dim}
-        self.heads = nn.ModuleDict({f"{kind}_{level}": DINOHead(width, loss.out_dim, loss.head_hidden, loss.head_bottleneck)
+        self.heads = nn.ModuleDict({f"{kind}_{level}": DINOHead(width, loss.out_dim, loss.head_hidden,
+                                                                loss.head_bottleneck)
                                     for kind, width in widths.items() for level in LEVELS})
         self.cma = nn.ModuleDict({m: nn.Linear(widths["modal"], loss.cma_dim) for m in ("hr", "s2", "s1")})
         for src in SOURCES:
@@ -115,7 +116,7 @@ class _Centers:
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flat)
         m = momentum if bool(module.centers_started) else 0.0
-        for n, chunk in zip(names, flat.split([self.sums[n].numel() + 1 for n in names])):
+        for n, chunk in zip(names, flat.split([self.sums[n].numel() + 1 for n in names]), strict=True):
             if chunk[-1] > 0:
                 buf = getattr(module, n)
                 buf.mul_(m).add_(chunk[:-1] / chunk[-1], alpha=1 - m)
@@ -151,9 +152,15 @@ def _pair_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, s_fea
     Ta, overlap = align(Tc, t_geom, s_geom)                    # teacher on the student's grid
     pix_ok = overlap[:, None] & frames_ok[:, :, None, None]    # (B, T, c, c)
     out: dict[str, Tensor] = {}
-    st = lambda level, x: student.head(src, level)(x)
-    te = lambda level, x: teacher.head(src, level)(x)
-    ctr = lambda level: getattr(student, f"center_{src}_{level}")
+    def st(level, x):
+        return student.head(src, level)(x)
+
+    def te(level, x):
+        return teacher.head(src, level)(x)
+
+    def ctr(level):
+        return getattr(student, f"center_{src}_{level}")
+
     dl = functools.partial(distill_loss, student_temp=cfg.student_temp, teacher_temp=teacher_temp,
                            centering=cfg.centering, sinkhorn_iters=cfg.sinkhorn_iters, num_samples=B)
     # pixel level (optionally on a random subset of the pairs: loss.pixel_samples per sample)
@@ -193,7 +200,8 @@ def _image_level(student: SkySensePretrainer, teacher: SkySensePretrainer, S: Te
     """Image level: student and teacher maps (B, T, C, h, w), any crop sizes (pooling needs no
     alignment), on the acquisitions ``ok`` (B, T). Returns (loss, teacher logits)."""
     t_logits = teacher.head(src, "image")(Tt.mean((-2, -1))[ok])
-    loss = distill_loss(student.head(src, "image")(S.mean((-2, -1))[ok]), t_logits, getattr(student, f"center_{src}_image"),
+    loss = distill_loss(student.head(src, "image")(S.mean((-2, -1))[ok]), t_logits,
+                        getattr(student, f"center_{src}_image"),
                         cfg.student_temp, teacher_temp, sample=ok.nonzero()[:, 0], num_samples=S.shape[0],
                         centering=cfg.centering, sinkhorn_iters=cfg.sinkhorn_iters)
     return loss, t_logits
@@ -208,7 +216,8 @@ def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
 def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: dict[str, Tensor], cfg: LossSection,
                      generator: torch.Generator) -> Tensor:
     """InfoNCE over the three modality pairs at up to ``cma_max_pixels`` pixels of each image."""
-    maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]), "s1": _series_mean(out["s1"], view["valid_s1"])}
+    maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]),
+            "s1": _series_mean(out["s1"], view["valid_s1"])}
     h, w = maps["hr"].shape[-2:]
     n = min(h * w, cfg.cma_max_pixels)
     pick = torch.randperm(h * w, generator=generator)[:n].to(maps["hr"].device)
@@ -247,7 +256,7 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
                 acc[level] = acc[level] + res[level]
         # multi-crop: each local view against both global teacher views, at image level
         n_img = len(pairs)
-        for lv, lout in zip(locals_, s_loc):
+        for lv, lout in zip(locals_, s_loc, strict=True):
             for j in range(2):
                 loss, _ = _image_level(student, teacher, _frames(lout[src]), _frames(t_out[j][src]),
                                        _frames_ok(src, lv, views[j]), src, cfg, teacher_temp)

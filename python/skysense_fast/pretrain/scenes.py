@@ -18,8 +18,8 @@ from torch import Tensor
 
 from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
 from ..data.series import check_coverage, find_series, read_on_grid
-from .synthetic import HR_SCALE
 from ..errors import InputError
+from .synthetic import HR_SCALE
 
 
 def _pick(acq: list, frames: int) -> list:

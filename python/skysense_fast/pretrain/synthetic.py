@@ -61,7 +61,8 @@ class SyntheticMultimodal(torch.utils.data.Dataset):
         doy_s1 = torch.randint(1, 366, (self.t1,), generator=g).sort().values
         season = torch.sin(2 * math.pi * doy_s2[:, None, None].float() / 365 + self.s2_phase[None])  # (T, classes, 1)
         spectra = self.s2_base[None] + self.s2_amp[None] * season                                  # (T, classes, 10)
-        s2 = torch.einsum("tkc,khw->tchw", spectra, frac) + 0.1 * torch.randn(self.t2, 10, self.grid, self.grid, generator=g)
+        noise = torch.randn(self.t2, 10, self.grid, self.grid, generator=g)
+        s2 = torch.einsum("tkc,khw->tchw", spectra, frac) + 0.1 * noise
         valid_s2 = torch.rand(self.t2, generator=g) >= self.cloud_prob
         s2[~valid_s2] = 3.0 + torch.rand(int((~valid_s2).sum()), 10, self.grid, self.grid, generator=g)  # cloud: bright
         s1 = torch.einsum("kc,khw->chw", self.s1_base, frac)[None] + 0.3 * torch.randn(self.t1, 2, self.grid, self.grid,

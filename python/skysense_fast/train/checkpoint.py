@@ -39,8 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from .checkpoint_reader import SafeLoadPlanner, SafeReader
 from ..errors import InputError
+from .checkpoint_reader import SafeLoadPlanner, SafeReader
 
 TRAINER_FILE = "trainer.json"
 _STEP_DIR = re.compile(r"step_\d{8}")

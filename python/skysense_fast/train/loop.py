@@ -16,6 +16,7 @@ process does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -95,7 +96,7 @@ def optimiser_step(model: nn.Module, optimizer: torch.optim.Optimizer, losses: C
         parts = losses()
     names = sorted(parts)
     reduced = _all_mean(torch.stack([parts[n].detach().float() for n in names]), world)
-    values = dict(zip(names, reduced.tolist()))
+    values = dict(zip(names, reduced.tolist(), strict=True))
     if not torch.isfinite(reduced).all():
         return values, False
     optimizer.zero_grad(set_to_none=True)
@@ -240,18 +241,15 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
             t0 = time.perf_counter()
             batch = next(batches)
             extras: dict[str, float] = {}
-
-            def after(step=step):
-                extras.update(trainee.after_step(step))
-
-            with backend:
-                values, ok = optimiser_step(model, trainee.optimizer, lambda: trainee.losses(step, batch),
+            with backend:  # the closures run within this iteration, binding its step and batch
+                values, ok = optimiser_step(model, trainee.optimizer, functools.partial(trainee.losses, step, batch),
                                             grad_clip=trainee.grad_clip, bf16=t.precision == "bfloat16",
-                                            world=world, after=after)
+                                            world=world, after=lambda s=step, e=extras: e.update(trainee.after_step(s)))
             if not ok:
                 bad = [n for n, v in values.items() if not math.isfinite(v)]
                 warnings.warn(f"{what}: loss {', '.join(bad)} is not finite at step {step}; stopping. "
-                              f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning, stacklevel=2)
+                              f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning,
+                              stacklevel=2)
                 status = "nan"
                 break
             trainee.scheduler.step()

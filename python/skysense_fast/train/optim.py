@@ -47,7 +47,8 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
 
 
-def cosine_schedule(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_from: float = 0.0) -> float:
+def cosine_schedule(step: int, total: int, start: float, end: float, warmup: int = 0,
+                    warmup_from: float = 0.0) -> float:
     """Linear from warmup_from to start over ``warmup`` steps, then cosine from start to end."""
     if step < warmup:
         return warmup_from + (start - warmup_from) * step / warmup

@@ -3,7 +3,8 @@
 One launch per present modality; a program moves a (pixels x channels) block of one
 acquisition's (C, h, w) plane into its slot of the (pixels, L, C) sequence, adding the date
 embedding. The backward moves each frame back, one program per (frame, channel block)
-walking the pixels, and sums them for the date table's gradient in a fixed order (no atomics). Arguments are checked by ``_C.fusion_tokens_check`` first.
+walking the pixels, and sums them for the date table's gradient in a fixed order (no atomics). Arguments are
+checked by ``_C.fusion_tokens_check`` first.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def _bwd(G, GX, Valid, GPart, HW, C, L, T, slot0,
 def _modalities(hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_s1):
     """(features (B, T, C, h, w), doy (B*T,) int32 or None, valid (B*T,) int8 or None, slot0) per present one."""
     out, slot = [], 0
-    for x, doy, valid in ((None if hr is None else hr.unsqueeze(1), None if doy_hr is None else doy_hr.reshape(-1, 1), None),
-                          (s2, doy_s2, valid_s2), (s1, doy_s1, valid_s1)):
+    hr_part = (None if hr is None else hr.unsqueeze(1), None if doy_hr is None else doy_hr.reshape(-1, 1), None)
+    for x, doy, valid in (hr_part, (s2, doy_s2, valid_s2), (s1, doy_s1, valid_s1)):
         if x is None:
             continue
         out.append((x.contiguous(), None if doy is None else doy.reshape(-1).to(torch.int32).contiguous(),
@@ -120,7 +121,7 @@ def backward_launches(grad, hr, s2, s1, doy_hr, doy_s2, doy_s1, valid_s2, valid_
     blocks = _blocks(C)
     plan, grads, parts = [], {}, []
     names = [n for n, t in (("hr", hr), ("s2", s2), ("s1", s1)) if t is not None]
-    for (x, doy, valid, slot0), name in zip(mods, names):
+    for (x, doy, valid, slot0), name in zip(mods, names, strict=True):
         T = x.shape[1]
         gx = torch.empty_like(x)
         use_doy = doy is not None and date_table is not None

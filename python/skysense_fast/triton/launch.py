@@ -27,7 +27,7 @@ class Launch:
     num_stages: int = 1
 
     def __post_init__(self):
-        for i, (n, lim) in enumerate(zip(self.grid, GRID_LIMITS)):
+        for i, (n, lim) in enumerate(zip(self.grid, GRID_LIMITS, strict=False)):
             if not 0 <= n <= lim:
                 raise InputError(f"{self.name}: grid dimension {i} is {n}, outside CUDA's limit 0..{lim} "
                                  "(split the input into smaller calls)")

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import Launch, run
 from ..errors import InputError
+from .launch import Launch, run
 
 # status codes, as in csrc/sinkhorn/sinkhorn.h
 _NON_FINITE = tl.constexpr(1)

@@ -21,9 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import InputError
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
 from .launch import Launch, run
-from ..errors import InputError
 
 
 @triton.jit

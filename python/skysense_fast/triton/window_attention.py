@@ -21,10 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import InputError
 from ..ops.window_attention_reference import LOGIT_SCALE_MAX
 from .attention_tile import dot, grad_scores, load_rows, softmax_step, store_rows
 from .launch import Launch, run
-from ..errors import InputError
 
 MASK_VALUE = tl.constexpr(-100.0)
 LS_MAX = tl.constexpr(LOGIT_SCALE_MAX)
@@ -295,7 +295,8 @@ def backward_launches(grad_out, out, lse, q, k, v, logit_scale, bias, mask, scal
     dbias = torch.zeros((groups, heads, N, N) if bias is not None else (1,), **f32)
     dls = torch.zeros((groups, heads, key_blocks) if logit_scale is not None else (1,), **f32)
     dq_launch = Launch(_bwd_dq, (BW, heads, triton.cdiv(N, dq_blocks["BLOCK_M"])),
-                       (q, k, v, out, grad_out, lse, delta, q_inv, ls, b, m, dq, *strides, *geo), meta | dq_blocks, dq_warps)
+                       (q, k, v, out, grad_out, lse, delta, q_inv, ls, b, m, dq, *strides, *geo), meta | dq_blocks,
+                       dq_warps)
     dkdv_launch = Launch(_bwd_dkdv, (groups, heads, key_blocks),
                          (q, k, v, grad_out, lse, delta, q_inv, ls, b, m, dk, dv, dbias, dls, *strides, *geo, BW, per),
                          meta | kv_blocks, kv_warps)
@@ -316,7 +317,8 @@ def window_attention_backward(grad_out, out, lse, q, k, v, logit_scale, bias, ma
     run(launches)
     if logit_scale is not None:  # d tau / d logit_scale = tau below the clamp, 0 above
         lsf = logit_scale.float()
-        dls = dls.sum((0, 2)) * torch.where(lsf < LOGIT_SCALE_MAX, torch.exp(torch.clamp(lsf, max=LOGIT_SCALE_MAX)), 0.0)
+        tau = torch.exp(torch.clamp(lsf, max=LOGIT_SCALE_MAX))
+        dls = dls.sum((0, 2)) * torch.where(lsf < LOGIT_SCALE_MAX, tau, 0.0)
     else:
         dls = dls.new_empty((0,))
     dbias = dbias.sum(0) if bias is not None else dbias.new_empty((0,))

@@ -4,4 +4,5 @@ from .any import load_any
 from .io import load_weights, save_weights
 from .official import LoadReport, load_official, read_checkpoint, split_full_checkpoint
 
-__all__ = ["LoadReport", "load_any", "load_official", "load_weights", "read_checkpoint", "save_weights", "split_full_checkpoint"]
+__all__ = ["LoadReport", "load_any", "load_official", "load_weights", "read_checkpoint", "save_weights",
+           "split_full_checkpoint"]

@@ -7,10 +7,10 @@ import re
 
 from torch import nn
 
+from ..errors import InputError
 from .checks import file_format
 from .io import load_weights
 from .official import BRANCHES, load_official
-from ..errors import InputError
 
 
 def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:

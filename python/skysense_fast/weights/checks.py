@@ -26,7 +26,8 @@ def file_format(path: str | os.PathLike) -> str:
         head = f.read(9)
     if head[:4] == _ZIP:
         return "torch"
-    if len(head) == 9 and head[8:9] == b"{" and 2 <= (n := struct.unpack("<Q", head[:8])[0]) <= os.path.getsize(path) - 8:
+    if len(head) == 9 and head[8:9] == b"{" and \
+            2 <= (n := struct.unpack("<Q", head[:8])[0]) <= os.path.getsize(path) - 8:
         with open(path, "rb") as f:
             f.seek(8)
             header = f.read(n)

@@ -14,8 +14,8 @@ from torch import nn
 
 from ..data.normalisation import Normalisation
 from ..data.normalisation import of as normalisation_of
-from .checks import check_tensor, file_format
 from ..errors import InputError
+from .checks import check_tensor, file_format
 
 
 def _config_json(model: nn.Module) -> str:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import check_tensor, file_format
 from ..errors import InputError
+from .checks import check_tensor, file_format
 
 WRAPPERS = ("module.", "backbone.", "model.")
 BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "fusion.": "fusion",
@@ -41,7 +41,8 @@ class LoadReport:
     at_init: list[str] = field(default_factory=list)            # model keys no released file holds
 
     def __str__(self) -> str:
-        lines = [f"loaded {sum(self.loaded.values())} tensors: " + ", ".join(f"{k} {v}" for k, v in self.loaded.items())]
+        parts = ", ".join(f"{k} {v}" for k, v in self.loaded.items())
+        lines = [f"loaded {sum(self.loaded.values())} tensors: " + parts]
         for name in ("missing", "unexpected", "ignored", "converted", "at_init"):
             keys = getattr(self, name)
             if keys:
@@ -80,7 +81,7 @@ def _own_prefix(part: str, key: str) -> str:
     return _strip(key[len(prefix):]) if key.startswith(prefix) else key
 
 
-def _rgb_to_rgbnir(weight: Tensor, target: Tensor | None, report: "LoadReport") -> Tensor:
+def _rgb_to_rgbnir(weight: Tensor, target: Tensor | None, report: LoadReport) -> Tensor:
     """An RGB patch embedding for a 4-band (RGB + NIR) model: the official converter's rule,
     the R kernel copied into the NIR slot."""
     if target is None or weight.dim() != 4 or weight.shape[1] != 3 or target.shape[1] != 4:
