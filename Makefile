@@ -8,7 +8,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 BUILD_DEPS := scikit-build-core cmake ninja numpy safetensors rasterio pillow pyyaml pytest pytest-benchmark hypothesis expecttest timm
 SOURCES := $(shell find csrc kernels cmake python -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cmake' \)) CMakeLists.txt pyproject.toml
 
-.PHONY: install demo sample finetune-demo test test-all bench gpu-compile gpu-check clean
+.PHONY: install demo sample finetune-demo test test-all lint bench gpu-compile gpu-check clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ test: install
 
 test-all: install
 	$(VPY) -m pytest tests -q -m ''
+
+# ruff (pyproject's rules, 120 columns) and mypy on python/
+lint: install
+	$(VENV)/bin/ruff check python/
+	$(VENV)/bin/mypy
 
 bench: install
 	$(VPY) -m pytest benchmarks --benchmark-only

@@ -21,7 +21,7 @@ def _cases(device: torch.device, scale: int) -> dict[str, tuple[Callable, Callab
 
     g = torch.Generator().manual_seed(0)
     rnd = lambda *s, grad=False: torch.randn(*s, generator=g).to(device).requires_grad_(grad)  # noqa: E731
-    cases = {}
+    cases: dict[str, tuple[Callable, Callable | None]] = {}
     scores = rnd(8, 1024 * scale, 100)
     cases[f"sinkhorn 8x{1024 * scale}x100"] = (lambda: sinkhorn(scores, 0.05, 3), None)
 

@@ -24,6 +24,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for name in models.list_configs():
         with torch.device("meta"):  # sizes without allocating
             m = models.create(name)
+        assert m.geo is not None   # a new model has its prototype bank
         cfg = m.config
         configs[name] = {"parameters_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
                          "geo_bank_M": round(m.geo.prototypes.numel() / 1e6, 2), "hr_width": cfg.hr_out_dim,
@@ -119,7 +120,7 @@ def _pca_png(scene: str, features: str, png: str) -> None:
     pcs = (x @ vt[:3].T).reshape(h, w, 3)
     pcs = (pcs - pcs.min((0, 1))) / np.maximum(np.ptp(pcs, (0, 1)), 1e-12)
     pcs[~ok.reshape(h, w)] = 0
-    pca = Image.fromarray((pcs * 255).astype(np.uint8)).resize((rgb.shape[1], rgb.shape[0]), Image.NEAREST)
+    pca = Image.fromarray((pcs * 255).astype(np.uint8)).resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST)
     canvas = Image.new("RGB", (rgb.shape[1] * 2 + 8, rgb.shape[0]), "white")
     canvas.paste(Image.fromarray(rgb), (0, 0))
     canvas.paste(pca, (rgb.shape[1] + 8, 0))
@@ -222,7 +223,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.task:  # a fine-tuned task model: HR (+ latlon) -> logits
         module = _load_task(args)
-        example = (torch.randn(1, module.config.hr_in_chans, size, size),)
+        example: tuple[torch.Tensor, ...] = (torch.randn(1, module.config.hr_in_chans, size, size),)
         if module.needs_latlon:
             example += (torch.tensor([[45.0, 7.0]]),)
         args.part, args.config = f"{module.spec.kind} task", args.task

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 from .errors import InputError
 
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 
 class ConfigError(InputError):
     """A config that cannot run; the message names the field."""
@@ -62,7 +65,7 @@ class RunConfig:
     """Base of a run's config dataclass (its fields are the sections)."""
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(typing.cast("DataclassInstance", self))   # every subclass is a dataclass
 
 
 def _check_type(value, tp, name: str):
@@ -159,7 +162,7 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def require(ok: bool, msg: str) -> None:
+def require(ok: object, msg: str) -> None:   # ok: any value, tested for truth
     if not ok:
         raise ConfigError(f"config: {msg}")
 

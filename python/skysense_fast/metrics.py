@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassCohenKappa,
@@ -92,6 +92,7 @@ class ClassificationMetrics:
     def __init__(self, num_classes: int, multi_label: bool = False, class_names: Sequence[str] | None = None,
                  device: torch.device | str | None = None):
         self.multi_label, self.class_names = multi_label, _names(num_classes, class_names)
+        metrics: dict[str, Metric | MetricCollection]   # what MetricCollection takes (dict is invariant)
         if multi_label:
             metrics = {"f1_macro": MultilabelF1Score(num_classes, average="macro"),
                        "map": MultilabelAveragePrecision(num_classes, average="macro")}

@@ -7,6 +7,7 @@ import datetime as dt
 import glob
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -89,7 +90,7 @@ def _as_date(d) -> dt.date:
     return found
 
 
-def _series_file(path: str, dates: list | None, band_count: int) -> list[Acquisition]:
+def _series_file(path: str, dates: Sequence | None, band_count: int) -> list[Acquisition]:
     """A multi-band file holding a whole series: T groups of B bands (B + 1 with a cloud mask),
     acquisition by acquisition. Dates: given, or one per group in the band descriptions."""
     import rasterio
@@ -112,7 +113,7 @@ def _series_file(path: str, dates: list | None, band_count: int) -> list[Acquisi
                         i * per + per if per > band_count else None) for i, d in enumerate(dates)]
 
 
-def find_series(source: str | os.PathLike | list, dates: list | None = None, band_count: int | None = None
+def find_series(source: str | os.PathLike | list, dates: Sequence | None = None, band_count: int | None = None
                 ) -> list[Acquisition]:
     """Acquisitions of a series, sorted by date.
 
@@ -144,7 +145,7 @@ def find_series(source: str | os.PathLike | list, dates: list | None = None, ban
 BAND_COUNT = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
 
 
-def series_input(source, dates: list | None = None, kind: str = "s2", band_order: str = "model"
+def series_input(source, dates: Sequence | None = None, kind: str = "s2", band_order: str = "model"
                  ) -> list[Acquisition] | None:
     """What ``--s2`` / ``--s1`` and the configs' ``data.s2`` / ``data.s1`` name: None, a list of
     :class:`Acquisition`, or what :func:`find_series` takes, with optional explicit dates.
@@ -183,8 +184,9 @@ def ordered_bands(path: str, descriptions, wanted: tuple[int, ...], kind: str) -
     bands say nothing is taken in the order given.
     """
     expected = S2_BANDS if kind == "s2" else S1_BANDS
-    names = [_band_name(descriptions[b - 1], kind) for b in wanted]
-    if any(n is None for n in names):
+    found = [_band_name(descriptions[b - 1], kind) for b in wanted]
+    names = [n for n in found if n is not None]
+    if len(names) < len(found):   # some band says nothing
         return list(wanted)
     if sorted(names) != sorted(expected):
         raise InputError(f"{path}: its bands are named {', '.join(names)}; {kind.upper()} needs "

@@ -57,7 +57,7 @@ class SceneSegmentationData:
                 check_coverage(acq, ds.crs, ds.bounds, kind)
         if self.height < crop or self.width < crop:
             raise InputError(f"{image} is {self.height} x {self.width} pixels, smaller than data.crop ({crop})")
-        self.labels = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)
+        self.labels: np.ndarray = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)
         if not (self.labels != IGNORE_INDEX).any():
             raise InputError(f"{labels} labels no pixel of {image}")
         self.split = spatial_split(self.labels != IGNORE_INDEX, block, val_fraction, seed)

@@ -78,6 +78,9 @@ class TaskModel(nn.Module):
     resolution (segmentation) or (B, C) (classification). In the frozen modes the backbone
     runs without gradients and stays in eval mode."""
 
+    head: nn.Module               # the task's head (its call signature depends on the kind)
+    load_report: str | None       # what loading the backbone's weights said (set by build_task_model)
+
     def __init__(self, backbone: models.SkySense, spec: TaskSpec):
         super().__init__()
         self.backbone, self.spec = backbone, spec

@@ -42,6 +42,7 @@ def open_data(cfg: FinetuneConfig):
     """(train data, val data or None, ClassMap) of the config, every input checked."""
     t, d = cfg.task, cfg.data
     if t.kind == "segmentation":
+        assert d.image is not None and d.labels is not None   # validate() requires them
         classes = ClassMap(tuple(sorted(t.classes)), tuple(t.class_names or ())) if t.classes else None
         series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
                   "s1": series_input(d.s1, d.s1_dates, "s1")}
@@ -49,7 +50,9 @@ def open_data(cfg: FinetuneConfig):
                                      label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
                                      val_fraction=d.val_fraction, seed=d.seed, series=series)
         return data, None, data.classes
-    train = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
+    assert d.chips is not None   # validate() requires it
+    train: ChipDataset | _ChipSubset = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
+    val: ChipDataset | torch.utils.data.Subset
     if d.val_chips:
         val = ChipDataset(d.val_chips, classes=train.classes, multi_label=t.multi_label)
     else:  # a seeded share of the chips held out (chips are separate images: no spatial leak)
@@ -64,6 +67,8 @@ def open_data(cfg: FinetuneConfig):
 
 
 class _ChipSubset(torch.utils.data.Subset):
+    dataset: ChipDataset   # what open_data subsets
+
     @property
     def classes(self):
         return self.dataset.classes
@@ -168,6 +173,7 @@ class _Finetuning:
     def evaluate(self, step: int) -> dict:
         B, spec = self.cfg.train.batch_size, self.spec
         names = list(spec.class_names)
+        metrics: SegmentationMetrics | ClassificationMetrics
         if spec.kind == "segmentation":
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()

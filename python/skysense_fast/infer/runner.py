@@ -85,6 +85,7 @@ class TileRun:
                 acc = np.zeros((C, 2 * t + 1, ow), np.float32)
                 wsum = np.zeros((2 * t + 1, ow), np.float32)
                 vfrac = np.ones((2 * t + 1, ow), np.float32)   # valid input fraction per output pixel
+            assert wsum is not None and vfrac is not None   # allocated with acc
             r0 = r // s
             for (_, c), f, frac in feats:
                 c0 = c // s

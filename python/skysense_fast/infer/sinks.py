@@ -4,8 +4,12 @@ renamed when complete, or into resumable pieces of ``chunk_rows`` rows joined at
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetWriter
 
 
 class FileSink:
@@ -13,7 +17,7 @@ class FileSink:
 
     def __init__(self, path: str, profile: dict, output: str, top: int = 0):
         self.path, self.profile, self.output, self.top = path, profile, output, top
-        self.out = None
+        self.out: DatasetWriter | None = None
         self.bands = 0
 
     def write(self, y: int, block: np.ndarray) -> None:
@@ -29,6 +33,7 @@ class FileSink:
         self.out.write(block, window=Window(0, y - self.top, block.shape[2], block.shape[1]))
 
     def finish(self, final: str) -> None:
+        assert self.out is not None, "FileSink.finish before any write"   # a run writes every row first
         self.out.close()
         os.replace(self.path, final)
 

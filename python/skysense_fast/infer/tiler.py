@@ -107,7 +107,7 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(read, batches[0]) if prefetch else None
         for i, batch in enumerate(batches):
-            chunk, x, kw, fracs = pending.result() if prefetch else read(batch)
+            chunk, x, kw, fracs = pending.result() if pending is not None else read(batch)   # None: no prefetch
             if prefetch and i + 1 < len(batches):
                 pending = pool.submit(read, batches[i + 1])
             with torch.no_grad(), torch.autocast(dev_type, dtype=dtype, enabled=dtype != torch.float32):

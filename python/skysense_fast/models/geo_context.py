@@ -44,6 +44,8 @@ def region_index(latlon: Tensor, regions: int) -> Tensor:
 class GeoContext(nn.Module):
     """Region prototype bank (regions, prototypes, dim) and the attention over it."""
 
+    prototypes: Tensor   # a buffer (registered in __init__)
+
     def __init__(self, dim: int = 1024, regions: int = 4096, prototypes: int = 100, device=None, dtype=None):
         super().__init__()
         self.regions, self.dim = regions, dim

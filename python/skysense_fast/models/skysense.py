@@ -7,6 +7,8 @@ fusion grid: HR (B, 3, 32 h, 32 w) <-> S2 (B, T1, 10, h, w) <-> S1 (B, T2, 2, h,
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 from torch import Tensor, nn
 
 from ..errors import InputError
@@ -17,6 +19,12 @@ from .swinv2 import SwinV2Encoder
 from .vit import UPHead, ViTEncoder
 
 
+class _Checkpointable(Protocol):
+    """A block stack with the class-level ``grad_checkpointing`` flag (Swin, ViT, fusion)."""
+
+    grad_checkpointing: bool
+
+
 class SkySense(nn.Module):
     """Encoders per modality, per-pixel temporal fusion, geo-context.
 
@@ -25,6 +33,8 @@ class SkySense(nn.Module):
     ``fusion``, ``ctpe`` (the date table, shipped in the S2 file), ``geo`` (the prototype
     bank; not in any released file).
     """
+
+    geo: GeoContext | None   # None in a pretraining teacher (make_teacher drops the bank)
 
     def __init__(self, config: SkySenseConfig | str = "skysense-2b"):
         super().__init__()
@@ -60,7 +70,7 @@ class SkySense(nn.Module):
         """{parameter name: (layer id, depth)} for the encoders' parameters (layer-wise lr
         decay within each encoder, as BEiT / DINOv2); the rest (UPHeads, date table, fusion,
         geo) are after the encoders and absent."""
-        out = {}
+        out: dict[str, tuple[int, int]] = {}
         for enc in ("hr", "s2", "s1"):
             ids, depth = getattr(self, enc).layer_ids()
             out |= {f"{enc}.{k}": (i, depth) for k, i in ids.items()}
@@ -71,7 +81,7 @@ class SkySense(nn.Module):
         (training only): Swin blocks, ViT layers, fusion layers."""
         for m in self.modules():
             if hasattr(type(m), "grad_checkpointing"):
-                m.grad_checkpointing = enable
+                cast(_Checkpointable, m).grad_checkpointing = enable
         return self
 
     def _series(self, x: Tensor, name: str, encoder: ViTEncoder, head: UPHead) -> Tensor:
@@ -133,7 +143,12 @@ class SkySense(nn.Module):
                                          date_table=self.ctpe.ctpe if dates else None,
                                          valid_s2=valid_s2 if s2 is not None else None,
                                          valid_s1=valid_s1 if s1 is not None else None, **dates)
-        geo = self.geo(fused, latlon) if latlon is not None else None
+        geo = None
+        if latlon is not None:
+            if self.geo is None:
+                raise InputError("SkySense: this model has no geo-context bank (a pretraining teacher); "
+                                 "give no latlon")
+            geo = self.geo(fused, latlon)
         out = {**maps, "fused": fused, "geo": geo}
         if cfg.hr_stages:
             out["hr_stages"] = stages

@@ -10,7 +10,8 @@ roll (the official order), and run their window attention as one fused op.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -137,24 +138,29 @@ class SwinV2Encoder(nn.Module):
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(self.dims[i]))
 
+    def _stages(self) -> Iterable[SwinV2Stage]:
+        return cast("Iterable[SwinV2Stage]", self.stages)   # the ModuleList built in __init__
+
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks, in order (units of sharding and activation checkpointing)."""
-        return [blk for stage in self.stages for blk in stage.blocks]
+        return [blk for stage in self._stages() for blk in stage.blocks]
 
     def layer_ids(self) -> tuple[dict[str, int], int]:
         """({parameter name: layer id}, depth) for layer-wise lr decay over the whole Swin:
         the patch embedding 0, block b of the network b (1-based over all stages), a stage's
         downsampling with its first block, the output norms the top (depth)."""
-        ids, n, first = {}, 0, {}
-        for s, stage in enumerate(self.stages):
+        ids: dict[str, int] = {}
+        first: dict[int, int] = {}   # stage -> layer id of its first block
+        n = 0
+        for s, stage in enumerate(self._stages()):
             for b, blk in enumerate(stage.blocks):
                 n += 1
                 first.setdefault(s, n)
                 ids |= {f"stages.{s}.blocks.{b}.{k}": n for k, _ in blk.named_parameters()}
         for name, _ in self.named_parameters():
             if name not in ids:
-                stage = name.split(".")[1] if name.startswith("stages.") else None
-                ids[name] = 0 if name.startswith("patch_embed.") else first[int(stage)] if stage is not None else n
+                sid = name.split(".")[1] if name.startswith("stages.") else None
+                ids[name] = 0 if name.startswith("patch_embed.") else first[int(sid)] if sid is not None else n
         return ids, n
 
     def left_at_init(self) -> list[str]:

@@ -9,6 +9,8 @@ attention runs on the fused temporal-attention op.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,7 +68,7 @@ class ViTEncoder(nn.Module):
         ph, pw = (-x.shape[2]) % self.patch, (-x.shape[3]) % self.patch
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph))
-        x = self.patch_embed.projection(x)
+        x = cast(nn.Conv2d, self.patch_embed.projection)(x)   # set in __init__
         N, C, h, w = x.shape
         x = torch.cat([self.cls_token.expand(N, -1, -1), x.flatten(2).transpose(1, 2)], 1) + self._pos(h, w)
         for layer in self.layers:
@@ -87,7 +89,7 @@ class UPHead(nn.Module):
         """The 1 x 1 convolution as a GEMM over channels-last pixels, the shuffle as one
         permute: the same numbers as ``self.decoder(x)``, 2-2.7x faster forward and backward
         on the small maps the ViT gives (the convolution path pays im2col-style overheads)."""
-        conv, r = self.decoder[0], self.scale
+        conv, r = cast(nn.Conv2d, self.decoder[0]), self.scale
         N, _, h, w = x.shape
         y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)       # (N, h, w, C r r)
         y = y.reshape(N, h, w, -1, r, r).permute(0, 3, 1, 4, 2, 5)                    # (N, C, h, r, w, r)

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from .window_attention import WindowAttention, WindowAttentionV2
+
+if TYPE_CHECKING:   # timm is optional (dev): only the models it converts need it
+    from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
+    from timm.models.swin_transformer_v2 import WindowAttention as TimmWindowAttentionV2
 
 _TIMM_V1 = "timm.models.swin_transformer"
 _TIMM_V2 = "timm.models.swin_transformer_v2"
@@ -38,17 +43,21 @@ def _is(mod: nn.Module, module_path: str, cls: str) -> bool:
 
 
 def _convert(mod: nn.Module) -> nn.Module:
-    w = mod.qkv.weight
+    """A timm WindowAttention (V1 or V2, as ``accelerate`` found it) as the fused module."""
+    w = cast(nn.Linear, mod.qkv).weight
     dd = {"device": w.device, "dtype": w.dtype}
+    new: WindowAttention | WindowAttentionV2
     if _is(mod, _TIMM_V2, "WindowAttention"):
-        new = WindowAttentionV2(mod.dim, mod.window_size, mod.num_heads, qkv_bias=mod.q_bias is not None,
-                                qkv_bias_separate=mod.qkv_bias_separate, attn_drop=mod.attn_drop.p,
-                                proj_drop=mod.proj_drop.p, pretrained_window_size=mod.pretrained_window_size, **dd)
+        v2 = cast("TimmWindowAttentionV2", mod)
+        new = WindowAttentionV2(v2.dim, v2.window_size, v2.num_heads, qkv_bias=v2.q_bias is not None,
+                                qkv_bias_separate=v2.qkv_bias_separate, attn_drop=v2.attn_drop.p,
+                                proj_drop=v2.proj_drop.p, pretrained_window_size=v2.pretrained_window_size, **dd)
     else:
-        heads = mod.num_heads
-        new = WindowAttention(mod.qkv.in_features, heads, head_dim=mod.qkv.out_features // 3 // heads,
-                              window_size=mod.window_size, qkv_bias=mod.qkv.bias is not None,
-                              attn_drop=mod.attn_drop.p, proj_drop=mod.proj_drop.p, **dd)
+        v1 = cast("TimmWindowAttention", mod)
+        heads = v1.num_heads
+        new = WindowAttention(v1.qkv.in_features, heads, head_dim=v1.qkv.out_features // 3 // heads,
+                              window_size=v1.window_size, qkv_bias=v1.qkv.bias is not None,
+                              attn_drop=v1.attn_drop.p, proj_drop=v1.proj_drop.p, **dd)
     new.load_state_dict(mod.state_dict(), strict=True)
     return new.train(mod.training)
 

@@ -60,14 +60,18 @@ def _act(act_layer) -> Callable[[], nn.Module]:
 
 class _SwinBlock(nn.Module):
     attn: WindowAttention | WindowAttentionV2
+    input_resolution: tuple[int, int]
+    window_size: tuple[int, int]
+    shift_size: tuple[int, int]
 
-    def _window_shift(self, window_size, shift_size, always_partition: bool):
+    def _window_shift(self, window_size, shift_size,
+                      always_partition: bool) -> tuple[tuple[int, int], tuple[int, int]]:
         """timm's rule: a window larger than the map shrinks to it, and then nothing shifts."""
         window, shift = _pair(window_size), _pair(shift_size)
         if always_partition:
             return window, shift
-        window = tuple(min(r, w) for r, w in zip(self.input_resolution, window, strict=True))
-        shift = tuple(0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift, strict=True))
+        window = _pair([min(r, w) for r, w in zip(self.input_resolution, window, strict=True)])
+        shift = _pair([0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift, strict=True)])
         return window, shift
 
     def _attn(self, x: Tensor) -> Tensor:

@@ -44,6 +44,9 @@ class _FusedWindowAttention(nn.Module):
 
     window_size: tuple[int, int]
     num_heads: int
+    proj: nn.Linear
+    proj_drop: nn.Dropout
+    relative_position_index: Tensor   # a buffer
 
     def _qkv(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -121,6 +124,11 @@ class WindowAttentionV2(_FusedWindowAttention):
     table) is computed once and kept until the MLP's weights change.
     """
 
+    q_bias: nn.Parameter | None   # the three all set (qkv_bias) or all None
+    k_bias: Tensor | None         # a buffer (zeros)
+    v_bias: nn.Parameter | None
+    relative_coords_table: Tensor   # a buffer
+
     def __init__(self, dim: int, window_size: int | Sequence[int], num_heads: int, qkv_bias: bool = True,
                  qkv_bias_separate: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  pretrained_window_size: int | Sequence[int] = (0, 0), device=None, dtype=None):
@@ -166,6 +174,7 @@ class WindowAttentionV2(_FusedWindowAttention):
     def _qkv(self, x: Tensor) -> Tensor:
         if self.q_bias is None:
             return self.qkv(x)
+        assert self.k_bias is not None and self.v_bias is not None   # set with q_bias
         qkv_bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
         if self.qkv_bias_separate:
             return self.qkv(x) + qkv_bias

@@ -149,7 +149,7 @@ class FusedOp:
         kwargs = dict(kwargs or {})
         if len(args) > len(self.arg_names):
             raise TypeError(f"{self.name}: takes {len(self.arg_names)} arguments, got {len(args)}")
-        a = Inputs(zip(self.arg_names, args, strict=True))
+        a = Inputs(zip(self.arg_names[:len(args)], args, strict=True))  # the rest: by name or default
         defaults = self.defaults
         for n in self.arg_names[len(args):]:
             if n in kwargs:
@@ -203,17 +203,17 @@ class FusedOp:
         if forced is not None:
             b = self.backends.get(forced)
             why = "has no implementation of this op" if b is None else self._cannot(b, a, dev)
-            if why is None:
+            if b is not None and why is None:   # (b is None always has a why)
                 return b
             others = "; ".join(f"{n}: {self._cannot(o, a, dev) or 'can run it'}" for n, o in self.backends.items()
                                if n != forced)
             raise RuntimeError(f"{self.name}: backend {forced!r} cannot run this call: {why} (others: {others})")
         order = ("cpp",) if dev == "cpu" else self.gpu_order if dev == "cuda" else ()
-        skipped = []
+        skipped: list[str] = []
         for name in order:
             b = self.backends.get(name)
             why = "not implemented" if b is None else self._cannot(b, a, dev)
-            if why is None:
+            if b is not None and why is None:   # (b is None always has a why)
                 if skipped:
                     log.debug("%s on %s: %s (skipped %s)", self.name, dev, name, "; ".join(skipped))
                 return b
@@ -267,6 +267,7 @@ class FusedOp:
         b = self._backend_in_call(a)
         if b.name == "reference":
             return self._reference_outputs(a)
+        assert b.forward is not None   # _backend_in_call gives a Python forward or the reference
         return b.forward(a)
 
     def _backward_impl(self, *args: Any) -> Any:
@@ -274,6 +275,7 @@ class FusedOp:
         b = self._backend_in_call(self.forward_args(a))
         if b.name == "reference":
             return self._reference_backward(a)
+        assert b.backward is not None, f"{self.name}: backend {b.name} has a forward but no backward"
         return b.backward(a)
 
     def _reference_outputs(self, a: Inputs) -> Any:
@@ -284,7 +286,7 @@ class FusedOp:
         with torch.no_grad():
             ref = self.reference(**a)
         ref = ref if isinstance(ref, tuple) else (ref,)
-        for o, r in zip(outs, ref, strict=True):
+        for o, r in zip(outs[:len(ref)], ref, strict=True):   # outputs past the reference's: NaN below
             o.copy_(r)
         for o in outs[len(ref):]:
             o.fill_(float("nan"))
@@ -319,6 +321,7 @@ class FusedOp:
         torch.library.impl(qual, "CUDA")(self._forward_impl)
         if self.backward_schema is None:
             return
+        assert fake_backward is not None, f"{self.name}: a differentiable op needs fake_backward"
         self._fake_backward = fake_backward
         torch.library.register_fake(qual + "_backward")(
             lambda *args: fake_backward(Inputs(zip(self.backward_args, args, strict=True))))
@@ -348,7 +351,7 @@ class FusedOp:
             _CALL_BACKEND.reset(token)
         res = res if isinstance(res, tuple) else (res,)
         got = {r[len("grad_"):]: g for r, g in zip(self.backward_returns, res, strict=True)}
-        out = []
+        out: list[Tensor | None] = []
         for i, n in enumerate(self.arg_names):
             x, g = vals.get(n), got.get(n)
             if g is None or not isinstance(x, Tensor) or not ctx.needs_input_grad[i]:

@@ -54,13 +54,16 @@ def fusion_tokens_reference(hr: Tensor | None = None, s2: Tensor | None = None, 
     """
     tokens, masks = [], []
     table = None if date_table is None else date_table.reshape(DATE_TABLE_DAYS, -1)
-    for x, doy, valid in ((None if hr is None else hr.unsqueeze(1), None if doy_hr is None else doy_hr.reshape(-1, 1),
-                           None), (s2, doy_s2, valid_s2), (s1, doy_s1, valid_s1)):
+    for name, x, doy, valid in (("doy_hr", None if hr is None else hr.unsqueeze(1),
+                                 None if doy_hr is None else doy_hr.reshape(-1, 1), None),
+                                ("doy_s2", s2, doy_s2, valid_s2), ("doy_s1", s1, doy_s1, valid_s1)):
         if x is None:
             continue
         B, T, C, h, w = x.shape
         tok = x.permute(0, 3, 4, 1, 2)  # (B, h, w, T, C)
         if doy is not None:
+            if table is None:   # the kernels' check, for the reference run without them
+                raise InputError(f"fusion_tokens: {name} given but date_table is None")
             tok = tok + table[doy.long().clamp(1, DATE_TABLE_DAYS) - 1].to(tok.dtype)[:, None, None]
         if valid is not None:
             tok = tok * valid[:, None, None, :, None].to(tok.dtype)

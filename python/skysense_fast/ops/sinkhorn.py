@@ -112,6 +112,7 @@ def sinkhorn_reference(scores: Tensor, epsilon: float = 0.05, num_iters: int = 3
     if a is None and b is None:
         a, b = S.new_ones(B, N), S.new_full((B, K), N / K)
     elif a is None:
+        assert b is not None   # both None is the case above
         a = (b.sum(1, keepdim=True) / N).expand(B, N)
     elif b is None:
         b = (a.sum(1, keepdim=True) / K).expand(B, K)

@@ -57,7 +57,8 @@ def _unpack(qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise InputError("temporal_attention_qkv: qkv must have shape (S, T, 3, heads, head_dim), got "
                          f"{tuple(qkv.shape)}")
-    return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))   # three: shape[2] == 3 checked above
+    return q, k, v
 
 
 def _qkv(a: Inputs) -> tuple[Tensor, Tensor, Tensor]:

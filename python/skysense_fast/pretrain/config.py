@@ -118,10 +118,10 @@ def scene_list(manifest: str) -> list[dict[str, str]]:
     require(isinstance(entries, list) and entries, f"data.manifest {manifest} must be a non-empty list of scenes")
     root = os.path.dirname(os.path.abspath(manifest))
     scenes = []
-    for i, e in enumerate(entries):
-        require(isinstance(e, dict) and set(e) == {"hr", "s2", "s1"},
-                f"data.manifest {manifest}: scene {i} must have exactly hr, s2, s1, got {e!r}")
-        paths = {k: os.path.join(root, str(v)) for k, v in e.items()}
+    for i, entry in enumerate(entries):
+        require(isinstance(entry, dict) and set(entry) == {"hr", "s2", "s1"},
+                f"data.manifest {manifest}: scene {i} must have exactly hr, s2, s1, got {entry!r}")
+        paths = {k: os.path.join(root, str(v)) for k, v in entry.items()}
         for k, path in paths.items():
             require(os.path.exists(path), f"data.manifest {manifest}: scene {i} {k}: no such file or folder: {path}")
         scenes.append(paths)

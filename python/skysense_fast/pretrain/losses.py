@@ -82,6 +82,8 @@ def distill_loss(student: Tensor, teacher: Tensor, center: Tensor, student_temp:
     w = torch.ones_like(per_row) if weight is None else weight.float()
     if sample is None:
         return (per_row * w).sum() / w.sum().clamp_min(1e-12)
+    if num_samples is None:
+        raise InputError("distill_loss: num_samples is required with sample")
     num = per_row.new_zeros(num_samples).index_add(0, sample, per_row * w)
     den = per_row.new_zeros(num_samples).index_add(0, sample, w)
     return (num / den.clamp_min(1e-12)).mean()

@@ -24,16 +24,21 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..models import SkySense
 from .augment import align, to_canonical
 from .config import LossSection
 from .losses import DINOHead, distill_loss, info_nce, object_assign, object_pool
 from .prototypes import update_bank
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
 
 SOURCES = ("hr", "s2", "s1", "fused")
 LEVELS = ("pixel", "object", "image")
@@ -42,6 +47,8 @@ MODEL_INPUTS = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1")
 
 class SkySensePretrainer(nn.Module):
     """The student: the SkySense backbone plus the pretraining heads and running centres."""
+
+    centers_started: Tensor   # a buffer, as are the centres center_<source>_<level>
 
     def __init__(self, backbone: SkySense, loss: LossSection):
         super().__init__()
@@ -59,7 +66,7 @@ class SkySensePretrainer(nn.Module):
         self.register_buffer("centers_started", torch.zeros((), dtype=torch.bool))
 
     def head(self, src: str, level: str) -> DINOHead:
-        return self.heads[f"{'fused' if src == 'fused' else 'modal'}_{level}"]
+        return cast(DINOHead, self.heads[f"{'fused' if src == 'fused' else 'modal'}_{level}"])
 
     def features(self, view: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.backbone(**{k: view[k] for k in MODEL_INPUTS})
@@ -72,6 +79,8 @@ class SkySensePretrainer(nn.Module):
         hooks gather the parameters that live outside the sharded blocks."""
         if teacher is None:
             return [self.features(v) for v in views]
+        if geoms is None:
+            raise InputError("SkySensePretrainer: the views' geoms are required with a teacher")
         return pretrain_losses(self, teacher, views, geoms, teacher_temp, generator)
 
 
@@ -97,7 +106,7 @@ def _tokens(x: Tensor) -> Tensor:
 class _Centers:
     """Teacher output sums per (source, level), reduced over ranks, folded into the buffers."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, Tensor] = {}
 
@@ -214,7 +223,7 @@ def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
 
 
 def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: dict[str, Tensor], cfg: LossSection,
-                     generator: torch.Generator) -> Tensor:
+                     generator: torch.Generator | None) -> Tensor:
     """InfoNCE over the three modality pairs at up to ``cma_max_pixels`` pixels of each image."""
     maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]),
             "s1": _series_mean(out["s1"], view["valid_s1"])}
@@ -223,11 +232,12 @@ def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: 
     pick = torch.randperm(h * w, generator=generator)[:n].to(maps["hr"].device)
     z = {k: student.cma[k](v.flatten(2)[:, :, pick].transpose(1, 2)) for k, v in maps.items()}
     pairs = (("hr", "s2"), ("hr", "s1"), ("s2", "s1"))
-    return sum(info_nce(z[a], z[b], cfg.cma_temp) for a, b in pairs) / len(pairs)
+    return cast(Tensor, sum(info_nce(z[a], z[b], cfg.cma_temp) for a, b in pairs)) / len(pairs)   # a sum of tensors
 
 
 def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, views: list[dict[str, Tensor]],
-                    geoms: list[Tensor], teacher_temp: float, generator: torch.Generator) -> dict[str, Tensor]:
+                    geoms: list[Tensor], teacher_temp: float,
+                    generator: torch.Generator | None) -> dict[str, Tensor]:
     """All losses of one step on two views: ``total`` plus each part (for logging).
 
     Also folds the teacher statistics into the centres and updates the geo prototype bank
@@ -247,7 +257,7 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
     index = views[0].get("index", torch.arange(B))          # global sample ids (step_views sets them)
     salt = float(torch.rand((), generator=generator)) if cfg.pixel_samples else 0.0
     for n_src, src in enumerate(SOURCES):
-        acc = {level: 0.0 for level in LEVELS}
+        acc: dict[str, Tensor | float] = {level: 0.0 for level in LEVELS}   # tensors once the pairs are added
         for i, j in pairs:
             res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j],
                                _frames_ok(src, views[i], views[j]), src, cfg,
@@ -263,16 +273,19 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
                 acc["image"] = acc["image"] + loss
                 n_img += 1
         for level in LEVELS:
-            parts[f"{src}_{level}"] = acc[level] / (n_img if level == "image" else len(pairs))
+            parts[f"{src}_{level}"] = cast(Tensor, acc[level]) / (n_img if level == "image" else len(pairs))
     weights = {"pixel": cfg.pixel_weight, "object": cfg.object_weight, "image": cfg.image_weight}
-    mgcl = sum((cfg.fused_weight if src == "fused" else 1.0) * weights[level] * parts[f"{src}_{level}"]
-               for src in SOURCES for level in LEVELS)
-    cma = sum(cross_modal_loss(student, s_out[i], views[i], cfg, generator) for i in range(len(views))) / len(views)
+    mgcl = cast(Tensor, sum((cfg.fused_weight if src == "fused" else 1.0) * weights[level] * parts[f"{src}_{level}"]
+                            for src in SOURCES for level in LEVELS))   # sums of tensors, as below
+    cma = cast(Tensor, sum(cross_modal_loss(student, s_out[i], views[i], cfg, generator)
+                           for i in range(len(views)))) / len(views)
     parts["mgcl"], parts["cma"] = mgcl, cma
     parts["total"] = mgcl + cfg.cma_weight * cma
     centers.update(student, cfg.center_momentum)
+    geo = student.backbone.geo
+    assert geo is not None   # the student keeps its bank (a teacher's is dropped)
     for i, v in enumerate(views):
-        update_bank(student.backbone.geo.prototypes, t_out[i]["fused"], v["latlon"], cfg.geo_momentum,
+        update_bank(geo.prototypes, t_out[i]["fused"], v["latlon"], cfg.geo_momentum,
                     cfg.geo_epsilon, cfg.sinkhorn_iters)
     return parts
 
@@ -282,8 +295,8 @@ def ema_update(teacher: SkySensePretrainer, student: SkySensePretrainer, momentu
     """teacher <- momentum teacher + (1 - momentum) student, parameter by parameter (works on
     FSDP2 shards: both are sharded alike, so the local tensors line up)."""
     for m in (teacher, student):
-        if hasattr(m, "reshard"):  # FSDP2 keeps a root's parameters gathered after a forward
-            m.reshard()            # without backward (the teacher's): shard them again first
+        if hasattr(m, "reshard"):  # FSDP2 keeps a root's parameters gathered after a forward without
+            cast("FSDPModule", m).reshard()   # backward (the teacher's): shard them again first
     t = [p.to_local() if hasattr(p, "to_local") else p for p in teacher.parameters()]
     s = [p.to_local() if hasattr(p, "to_local") else p for p in student.parameters()]
     if len(t) != len(s):

@@ -55,7 +55,11 @@ def make_dataset(cfg: PretrainConfig):
         from .config import scene_list
         from .scenes import SceneDataset
 
-        scenes = scene_list(d.manifest) if d.manifest else [{"hr": d.hr, "s2": d.s2, "s1": d.s1}]
+        if d.manifest:
+            scenes = scene_list(d.manifest)
+        else:
+            assert d.hr is not None and d.s2 is not None and d.s1 is not None   # validate() requires them
+            scenes = [{"hr": d.hr, "s2": d.s2, "s1": d.s1}]
         parts = [SceneDataset(sc["hr"], sc["s2"], sc["s1"], d.grid, d.s2_frames, d.s1_frames, d.stride or None,
                               d.hr_scale)
                  for sc in scenes]
@@ -208,7 +212,9 @@ def export_weights(student: SkySensePretrainer, teacher: SkySensePretrainer, cfg
     t_sd = get_model_state_dict(teacher, options=full)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0:
-        bank = student.backbone.geo.prototypes.detach().cpu()   # a buffer: FSDP2 keeps it whole on every rank
+        geo = student.backbone.geo
+        assert geo is not None   # the student keeps its bank
+        bank = geo.prototypes.detach().cpu()   # a buffer: FSDP2 keeps it whole on every rank
         with torch.device("meta"):
             model = models.create(cfg.model.name, **cfg.model.overrides)
         state = {k[len("backbone."):]: v for k, v in t_sd.items() if k.startswith("backbone.")}

@@ -25,11 +25,13 @@ import random
 import re
 import shutil
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -76,7 +78,9 @@ def _tensor(text: str) -> torch.Tensor:
 
 def rng_state() -> dict:
     """This process's RNG states as plain JSON data."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)   # the legacy global generator is an MT19937: its tuple form
+    kind, keys, pos, has_gauss, gauss = np_state
     version, internal, gauss_next = random.getstate()
     state = {"torch": _bytes(torch.get_rng_state()),
              "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
@@ -111,15 +115,15 @@ def _write_text_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _state(modules: dict, optimizer) -> dict:
+def _state(modules: Mapping[str, nn.Module], optimizer) -> dict:
     """The distributed state dicts of the modules (the first with the optimiser's state)."""
     (trained, model), *others = modules.items()
     msd, osd = get_state_dict(model, optimizer)
     return {trained: msd, **{name: get_model_state_dict(m) for name, m in others}, "optimizer": osd}
 
 
-def save_checkpoint(directory: str, step: int, modules: dict, optimizer, scheduler, extra: dict | None = None,
-                    keep: int = 2) -> str:
+def save_checkpoint(directory: str, step: int, modules: Mapping[str, nn.Module], optimizer, scheduler,
+                    extra: dict | None = None, keep: int = 2) -> str:
     """Collective under torch.distributed: every rank calls it. ``modules``: name -> module, the
     optimiser's own first. Returns the checkpoint path."""
     rank, world = _dist()
@@ -190,7 +194,7 @@ def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, 
                          + " (use another train.out_dir, or --no-resume)")
 
 
-def load_checkpoint(path: str, modules: dict, optimizer, scheduler) -> dict:
+def load_checkpoint(path: str, modules: Mapping[str, nn.Module], optimizer, scheduler) -> dict:
     """Restore everything in place (collective); returns the trainer state (step, config, ...)."""
     rank, world = _dist()
     state = _state(modules, optimizer)

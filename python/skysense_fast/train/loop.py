@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Mapping
 from typing import Protocol
 
 import torch
@@ -110,15 +110,25 @@ def optimiser_step(model: nn.Module, optimizer: torch.optim.Optimizer, losses: C
 
 
 class Trainee(Protocol):
-    """What the loop trains."""
+    """What the loop trains (read-only members, so that a trainee's own narrower types fit)."""
 
-    modules: dict[str, nn.Module]          # checkpointed; the first is the optimiser's
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    grad_clip: float                       # max gradient norm, 0 = off
+    @property
+    def modules(self) -> Mapping[str, nn.Module]:
+        """Checkpointed; the first is the optimiser's."""
 
-    def batches(self, start: int) -> Iterator:
-        """This rank's batch of each step from ``start`` on (deterministic per step)."""
+    @property
+    def optimizer(self) -> torch.optim.Optimizer: ...
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+    @property
+    def grad_clip(self) -> float:
+        """Max gradient norm, 0 = off."""
+
+    def batches(self, start: int) -> Generator:
+        """This rank's batch of each step from ``start`` on (deterministic per step); closed
+        when the run ends (which stops DataLoader workers)."""
 
     def losses(self, step: int, batch) -> dict[str, Tensor]:
         """The loss parts of a batch, ``total`` among them."""
@@ -151,6 +161,7 @@ def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Traine
     """(step, path) from the newest checkpoint that loads; one that does not (a damaged file)
     is reported and the one before it tried, down to the oldest kept."""
     newest = latest_checkpoint(ckpt_dir)
+    assert newest is not None   # run() resumes only where there is one
     candidates = [newest] + [p for p in reversed(complete_checkpoints(ckpt_dir)) if p != newest]
     errors = []
     for path in candidates:
@@ -241,10 +252,14 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
             t0 = time.perf_counter()
             batch = next(batches)
             extras: dict[str, float] = {}
+
+            def after(s: int = step, e: dict[str, float] = extras) -> None:   # (defaults bind this step's)
+                e.update(trainee.after_step(s))
+
             with backend:  # the closures run within this iteration, binding its step and batch
                 values, ok = optimiser_step(model, trainee.optimizer, functools.partial(trainee.losses, step, batch),
                                             grad_clip=trainee.grad_clip, bf16=t.precision == "bfloat16",
-                                            world=world, after=lambda s=step, e=extras: e.update(trainee.after_step(s)))
+                                            world=world, after=after)
             if not ok:
                 bad = [n for n, v in values.items() if not math.isfinite(v)]
                 warnings.warn(f"{what}: loss {', '.join(bad)} is not finite at step {step}; stopping. "

@@ -12,16 +12,21 @@ parameters and the named embeddings), as in DINO/DINOv2.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..models.skysense import SkySense
 
 _NO_DECAY = ("cls_token", "pos_embed", "ctpe", "mask_token")
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
     """Groups keyed by (lr scale, decay?) with ``lr_scale`` for the schedule."""
-    layers = {"backbone." + k: v for k, v in model.backbone.layer_groups().items()}  # the model states them
+    backbone = cast("SkySense", model.backbone)   # the trained models hold a SkySense backbone
+    layers = {"backbone." + k: v for k, v in backbone.layer_groups().items()}  # the model states them
     groups: dict[tuple[float, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -15,6 +15,8 @@ Call :func:`sinkhorn_triton` with arguments already checked by ``_C.sinkhorn_pre
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 import triton
 import triton.language as tl
@@ -217,6 +219,13 @@ ROW_PROGRAMS = 512            # row-pass programs per problem, at most
 PARTIAL_FLOATS = 8 << 20      # cap on the row pass's column-sum partials (32 MB)
 
 
+class _Alloc(TypedDict):
+    """Keyword arguments of a scratch allocation (typed so that ``torch.empty(..., **f32)`` checks)."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
 def _tiles(B: int, N: int, K: int) -> tuple[int, int, bool, int]:
     """(BLOCK_R, BLOCK_K, ONE_TILE, programs per problem) for the row pass. A whole row per
     tile while K <= 2048 (S read once per iteration, rows of at least 4); wider rows in two
@@ -238,7 +247,7 @@ def launches(scores: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, eps
         raise InputError(f"sinkhorn (triton): scores must be float32, bfloat16 or float16, got {scores.dtype}")
     B, N, K = scores.shape
     dev = scores.device
-    f32 = dict(device=dev, dtype=torch.float32)
+    f32: _Alloc = {"device": dev, "dtype": torch.float32}
     out = torch.empty_like(scores) if out is None else out
     iters = torch.full((B,), num_iters, device=dev, dtype=torch.int64)
     status = torch.zeros(B, device=dev, dtype=torch.int32)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING, Protocol, cast
 
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,12 +18,22 @@ from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
 from .checks import check_tensor, file_format
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+class _Normalised(Protocol):
+    """A model carrying its input statistics (a plain attribute, or TaskModel's property)."""
+
+    normalisation: Normalisation
+
 
 def _config_json(model: nn.Module) -> str:
     cfg = getattr(model, "config", None)
     if cfg is None or not dataclasses.is_dataclass(cfg):
         return "{}"
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
+    # is_dataclass also admits a dataclass type; a model's config is an instance
+    d = {k: v for k, v in dataclasses.asdict(cast("DataclassInstance", cfg)).items() if k != "extra"}
     return json.dumps(d, sort_keys=True)
 
 
@@ -72,5 +83,5 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
                          " (strict=False loads what matches)")
     result = model.load_state_dict(state, strict=strict)
     if "skysense_normalisation" in meta:  # the input statistics the weights were trained with
-        model.normalisation = Normalisation.from_json(meta["skysense_normalisation"])
+        cast(_Normalised, model).normalisation = Normalisation.from_json(meta["skysense_normalisation"])
     return result

@@ -15,12 +15,16 @@ import os
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
 from .checks import check_tensor, file_format
+
+if TYPE_CHECKING:
+    from ..nn.temporal_fusion import TemporalPositionEncoding
 
 WRAPPERS = ("module.", "backbone.", "model.")
 BRANCHES = {"backbone_gep.": "hr", "backbone_s2.": "s2", "backbone_s1.": "s1", "fusion.": "fusion",
@@ -131,10 +135,11 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
                  for part, src in source.items()}
     else:
         parts = split_full_checkpoint(read_checkpoint(source))
-    report, copies = LoadReport(), []
+    report = LoadReport()
+    copies: list[tuple[Tensor, Tensor, str]] = []   # (model tensor, file value, name)
     for part, sd in parts.items():
         if "ctpe" in sd:  # shipped in the S2 file (and kept by the converter in every file)
-            copies.append((model.ctpe.ctpe, sd.pop("ctpe"), "ctpe"))
+            copies.append((cast("TemporalPositionEncoding", model.ctpe).ctpe, sd.pop("ctpe"), "ctpe"))
             report.loaded["ctpe"] = 1
         for key in [k for k in sd if k.split(".")[-1] in REBUILT or k in UNUSED]:
             report.ignored.append(f"{part}.{key}")
@@ -150,7 +155,8 @@ def load_official(model: nn.Module, source, strict: bool = True) -> LoadReport:
         target: nn.Module = getattr(model, part)
         own = target.state_dict()
         report.unexpected += [f"{part}.{k}" for k in sd if k not in own]
-        at_init = set(target.left_at_init()) if hasattr(target, "left_at_init") else set()
+        left_at_init = getattr(target, "left_at_init", None)   # SwinV2Encoder's
+        at_init = set(left_at_init()) if left_at_init is not None else set()
         report.missing += [f"{part}.{k}" for k in own if k not in sd and k not in at_init]
         report.at_init += [f"{part}.{k}" for k in own if k not in sd and k in at_init]
         copies += [(own[key], value, f"{part}.{key}") for key, value in sd.items() if key in own]
