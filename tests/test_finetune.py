@@ -207,7 +207,7 @@ def test_predict_refuses_to_overwrite_its_input(demo, trained, tmp_path):
 
 
 def test_resume_continues_exactly(demo, tmp_path):
-    kw = dict(train__steps=4, train__checkpoint_every=2)
+    kw = dict(train__steps=4, train__checkpoint_every=2, task__classes=[1, 2, 3, 4, 5, 6])  # tuples survive JSON
     full = finetune(_cfg(demo, tmp_path / "a", **kw), log=lambda *_: None)
     part = finetune(_cfg(demo, tmp_path / "b", **kw), stop_after=2, log=lambda *_: None)
     assert part["status"] == "stopped"
@@ -291,7 +291,10 @@ def test_task_file_is_checked(trained, tmp_path):
         meta = f.metadata()
     spec = json.loads(meta["skysense_task"])
     for bad, match in (({**spec, "format": 99}, "format 99"), ({**spec, "kind": 3}, "must be a string"),
-                       ({**spec, "exec": "import os"}, "unknown field")):
+                       ({**spec, "exec": "import os"}, "unknown field"), ({**spec, "mode": "half"}, "mode must be"),
+                       ({**spec, "model_overrides": {"hr_embed_dim": 10**6}}, "do not match the task"),
+                       ({**spec, "model_overrides": {"evil": 1}}, "with overrides"),
+                       ({**spec, "class_values": [3, 1, 2, 4, 5, 6]}, "must be sorted")):
         save_file(load_file(path), tmp_path / "t.safetensors", metadata={**meta, "skysense_task": json.dumps(bad)})
         with pytest.raises(InputError, match=match):
             load_task(tmp_path / "t.safetensors")
@@ -388,3 +391,64 @@ def test_hr_with_sentinel_series_through_the_fusion(demo, tmp_path):
                   s1=tmp_path / "s1")
     with rasterio.open(tmp_path / "map.tif") as m:
         assert set(np.unique(m.read(1)).tolist()) <= {1, 2, 3, 4, 5, 6}
+
+
+def test_class_names_stay_with_their_values(demo):
+    from skysense_fast.finetune.trainer import open_data
+
+    cfg = _cfg(demo, "unused", task__classes=[6, 5, 4, 3, 2, 1], task__class_names=list("fedcba"))
+    _, _, classes = open_data(cfg)
+    assert classes.values == (1, 2, 3, 4, 5, 6) and classes.names == tuple("abcdef")
+
+
+def test_edge_tiles_line_up_with_the_image():
+    """An input that is not whole 32-pixel cells is zero-padded to them and the logits cut back:
+    what a training crop beyond the scene's edge sees."""
+    model = build_task_model(TaskSpec("segmentation", (1, 2, 3), ("a", "b", "c"), head_channels=8)).eval()
+    x = torch.randn(1, 3, 100, 90)
+    with torch.no_grad():
+        out = model(x)
+        padded = model(torch.nn.functional.pad(x, (0, 6, 0, 28)))
+    assert out.shape == (1, 3, 100, 90)
+    torch.testing.assert_close(out, padded[..., :100, :90])
+
+
+def test_evaluate_a_scene_labelled_in_part(demo, trained, tmp_path):
+    from skysense_fast.finetune.evaluate import evaluate_scene
+
+    with rasterio.open(demo / "labels.tif") as f:
+        lab, profile = f.read(), f.profile
+    lab[:, SIZE // 2:] = 0                                # the lower half unlabelled (nodata)
+    partial = tmp_path / "top.tif"
+    with rasterio.open(partial, "w", **dict(profile, height=SIZE // 2)) as f:
+        f.write(lab[:, :SIZE // 2])                       # a raster over the top half only
+    task = load_task(trained[0] / "seg.safetensors")
+    scores = evaluate_scene(task, str(demo / "scene.tif"), str(partial), rows=64, tile=128, overlap=32)
+    assert 0 < scores["pixels"] <= (SIZE // 2) * SIZE
+
+
+def test_outputs_never_replace_the_task_file(demo, trained, tmp_path, capsys):
+    from skysense_fast.cli import main
+
+    task = tmp_path / "t.safetensors"
+    task.write_bytes((trained[0] / "seg.safetensors").read_bytes())
+    with pytest.raises(InputError, match="is an input of this run"):
+        predict_scene(load_task(task), demo / "scene.tif", task)
+    assert main(["export", "--task", str(task), "-o", str(task)]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
+    assert task.read_bytes() == (trained[0] / "seg.safetensors").read_bytes()
+
+
+def test_non_square_chips_train(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "chips" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(tmp_path / "chips" / cls / f"{i}.png")
+    raw = {"task": {"kind": "classification", "name": "c", "mode": "linear_probe"},
+           "data": {"chips": str(tmp_path / "chips"), "val_fraction": 0.25},
+           "train": {"steps": 3, "batch_size": 2, "out_dir": str(tmp_path / "run"), "checkpoint_every": 0,
+                     "progress": False}}
+    assert finetune(from_dict(raw), log=lambda *_: None)["status"] == "done"

@@ -222,7 +222,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.task:  # a fine-tuned task model: HR (+ latlon) -> logits
+        from skysense_fast.infer.embed import _refuse_to_overwrite_an_input
+
+        _refuse_to_overwrite_an_input(args.output, [args.task])
         module = _load_task(args)
+        if module.spec.inputs != ("hr",):
+            raise InputError(f"export --task: {args.task} reads {', '.join(module.spec.inputs)}; exporting tasks "
+                             "with Sentinel series is not supported yet")
         example: tuple[torch.Tensor, ...] = (torch.randn(1, module.config.hr_in_chans, size, size),)
         if module.needs_latlon:
             example += (torch.tensor([[45.0, 7.0]]),)

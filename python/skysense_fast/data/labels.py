@@ -34,6 +34,8 @@ class ClassMap:
     def __post_init__(self):
         if len(self.values) < 2 or len(set(self.values)) != len(self.values):
             raise InputError(f"classes: need at least two distinct class values, got {list(self.values)}")
+        if list(self.values) != sorted(self.values):
+            raise InputError(f"classes: the class values must be sorted, got {list(self.values)}")
         if self.names and len(self.names) != len(self.values):
             raise InputError(f"classes: {len(self.names)} names for {len(self.values)} class values")
 
@@ -90,10 +92,12 @@ def _open_labels(path: str | os.PathLike):
     return src
 
 
-def labels_on_grid(path: str | os.PathLike, image, classes: ClassMap, window=None) -> np.ndarray:
+def labels_on_grid(path: str | os.PathLike, image, classes: ClassMap, window=None,
+                   must_overlap: bool = True) -> np.ndarray:
     """Class indices (H, W) int64 of a label raster on ``image``'s grid (an open rasterio
     dataset), or on a rasterio ``window`` of it; IGNORE_INDEX where the raster has nodata or
-    does not reach. Labels that miss the image altogether are an error."""
+    does not reach. Labels that miss the image (window) altogether are an error, or with
+    ``must_overlap=False`` all IGNORE_INDEX (a window of a scene that is labelled elsewhere)."""
     from rasterio.warp import Resampling, reproject, transform_bounds
     from rasterio.windows import Window
     from rasterio.windows import bounds as window_bounds
@@ -108,6 +112,8 @@ def labels_on_grid(path: str | os.PathLike, image, classes: ClassMap, window=Non
             raise InputError(f"{path}: its CRS ({src.crs}) cannot be put onto the image's ({image.crs}): {e}") from None
         ib = window_bounds(window, image.transform)
         if lb[0] >= ib[2] or lb[2] <= ib[0] or lb[1] >= ib[3] or lb[3] <= ib[1]:
+            if not must_overlap:
+                return np.full((h, w), IGNORE_INDEX, np.int64)
             raise InputError(f"{path} does not overlap the image {image.name} (labels {lb}, image {ib} in "
                              f"{image.crs})")
         marker = _OUTSIDE
@@ -159,9 +165,11 @@ def vector_class_map(path: str | os.PathLike, field: str, names: Sequence[str] |
     return ClassMap(tuple(sorted(set(values.tolist()))), tuple(names or ()))
 
 
-def rasterize_labels(path: str | os.PathLike, image, classes: ClassMap, field: str, window=None) -> np.ndarray:
+def rasterize_labels(path: str | os.PathLike, image, classes: ClassMap, field: str, window=None,
+                     must_overlap: bool = True) -> np.ndarray:
     """Class indices (H, W) int64 of a vector layer rasterised on ``image``'s grid (or a window
-    of it); later features overwrite earlier ones where they overlap."""
+    of it); later features overwrite earlier ones where they overlap. No feature on the grid is
+    an error, or with ``must_overlap=False`` all IGNORE_INDEX."""
     from rasterio.features import rasterize
     from rasterio.warp import transform_geom
     from rasterio.windows import Window
@@ -181,6 +189,6 @@ def rasterize_labels(path: str | os.PathLike, image, classes: ClassMap, field: s
                     transform=window_transform(window, image.transform), dtype="int32") if geoms else \
         np.full(shape, _OUTSIDE, np.int32)
     valid = raw != _OUTSIDE
-    if not valid.any():
+    if not valid.any() and must_overlap:
         raise InputError(f"{path}: no labelled feature falls on the image {image.name} ({ib} in {image.crs})")
     return classes.to_index(raw, valid, str(path))

@@ -34,8 +34,9 @@ def evaluate_scene(task: TaskModel, image: str, labels: str, *, label_field: str
         with open_raster(image, bands=3) as ds, open_raster(pred_path, what="class map") as pred:
             for y in range(0, ds.height, rows):
                 window = Window(0, y, ds.width, min(rows, ds.height - y))
-                truth = rasterize_labels(labels, ds, classes, label_field, window) if is_vector(labels) else \
-                    labels_on_grid(labels, ds, classes, window)
+                # windows the labels do not reach score nothing (a scene labelled in part)
+                truth = rasterize_labels(labels, ds, classes, label_field, window, must_overlap=False) \
+                    if is_vector(labels) else labels_on_grid(labels, ds, classes, window, must_overlap=False)
                 p = pred.read(1, window=window)
                 valid = p != pred.nodata
                 truth = np.where(valid, truth, IGNORE_INDEX)   # nodata input: not scored

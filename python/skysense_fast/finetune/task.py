@@ -69,7 +69,23 @@ class TaskSpec:
             raise InputError(f"{where}: task metadata of format {raw.get('format') if isinstance(raw, dict) else '?'}, "
                              f"this version reads format {FORMAT_VERSION}")
         spec = parse_section(cls, raw, "task metadata")
-        spec.classes  # noqa: B018 - checks the classes
+        spec.classes  # noqa: B018 - checks the classes (distinct, sorted, names matching)
+        choices = {"kind": ("segmentation", "classification"), "mode": ("full", "frozen", "linear_probe"),
+                   "extra": ("none", "fused", "geo"), "features": ("hr", "fused", "geo"),
+                   "s2_band_order": ("model", "official")}
+        for name, allowed in choices.items():
+            if getattr(spec, name) not in allowed:
+                raise InputError(f"{where}: task metadata {name} must be one of {', '.join(allowed)}, got "
+                                 f"{getattr(spec, name)!r}")
+        if spec.inputs[:1] != ("hr",) or not set(spec.inputs) <= {"hr", "s2", "s1"}:
+            raise InputError(f"{where}: task metadata inputs must be hr, then s2 / s1, got {spec.inputs}")
+        from ..models import list_configs
+        from ..models.config import SkySenseConfig
+
+        known = {f.name for f in dataclasses.fields(SkySenseConfig)} - {"extra"}
+        if spec.model_name not in list_configs() or not set(spec.model_overrides) <= known:
+            raise InputError(f"{where}: task metadata names model {spec.model_name!r} with overrides "
+                             f"{sorted(spec.model_overrides)}; known configs: {', '.join(list_configs())}")
         return spec
 
 
@@ -80,6 +96,7 @@ class TaskModel(nn.Module):
 
     head: nn.Module               # the task's head (its call signature depends on the kind)
     load_report: str | None       # what loading the backbone's weights said (set by build_task_model)
+    source_files: tuple[str, ...] = ()   # the file it was loaded from (load_task)
 
     def __init__(self, backbone: models.SkySense, spec: TaskSpec):
         super().__init__()
@@ -152,13 +169,19 @@ class TaskModel(nn.Module):
         if given != set(self.spec.inputs):
             raise InputError(f"TaskModel: the task was trained on {', '.join(self.spec.inputs)}; got "
                              f"{', '.join(sorted(given))}")
+        s = self.spec
+        h, w = hr.shape[-2:]
+        if s.kind == "segmentation":
+            # zero-padded to whole 32-pixel cells (the fusion grid), as training crops beyond a
+            # scene's edge are: the stage maps then line up with the image, and the logits are cut
+            # back to it (an edge tile of predict is the case)
+            hr = F.pad(hr, (0, -w % 32, 0, -h % 32))
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             out = self.backbone(hr=hr, latlon=latlon if self.needs_latlon else None, **series)
-        s = self.spec
         if s.kind == "classification":
             return self.head(out[s.features])
         logits = self.head(out["hr_stages"], out[s.extra] if s.extra != "none" else None)
-        return F.interpolate(logits, size=hr.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=hr.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
 
     def loss_terms(self, logits: Tensor, target: Tensor, weight: Tensor | None = None,
                    ignore_index: int = -1) -> tuple[Tensor, Tensor]:
@@ -226,9 +249,19 @@ def read_task_spec(path: str | os.PathLike) -> TaskSpec:
 
 def load_task(path: str | os.PathLike, device: torch.device | str = "cpu") -> TaskModel:
     """The task model of a file written by :func:`save_task`, in eval mode."""
+    from safetensors import safe_open
+
     from ..weights import load_weights
 
     spec = read_task_spec(path)
+    with torch.device("meta"):   # the shapes first: a crafted file cannot make us build a huge model
+        shapes = {k: tuple(v.shape) for k, v in build_task_model(spec, "meta").state_dict().items()}
+    with safe_open(os.fspath(path), framework="pt") as f:
+        held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if held != shapes:
+        bad = sorted(k for k in set(held) | set(shapes) if held.get(k) != shapes.get(k))
+        raise InputError(f"{path}: its tensors do not match the task it describes (e.g. {bad[:3]})")
     model = build_task_model(spec, "cpu")   # built, not left empty: some buffers are not in the file
     load_weights(model, path, strict=True)
+    model.source_files = (os.fspath(path),)   # what predict must never overwrite
     return model.to(device).eval()

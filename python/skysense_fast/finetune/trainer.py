@@ -43,7 +43,10 @@ def open_data(cfg: FinetuneConfig):
     t, d = cfg.task, cfg.data
     if t.kind == "segmentation":
         assert d.image is not None and d.labels is not None   # validate() requires them
-        classes = ClassMap(tuple(sorted(t.classes)), tuple(t.class_names or ())) if t.classes else None
+        classes = None
+        if t.classes:   # values sorted, each name kept with its value
+            pairs = sorted(zip(t.classes, t.class_names or [""] * len(t.classes), strict=True))
+            classes = ClassMap(tuple(v for v, _ in pairs), tuple(n for _, n in pairs) if t.class_names else ())
         series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
                   "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
@@ -146,8 +149,9 @@ class _Finetuning:
                 epoch, j = divmod(step * B + i, n)   # each epoch a fresh seeded order of the chips
                 index = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(d.seed, t.seed, epoch)))[j]
                 x, y = self.data[int(index)]
-                if d.augment:
-                    x = d4_transform(x, int(torch.randint(8, (1,), generator=g)))
+                if d.augment:   # quarter turns swap a non-square chip's sides: flips and half turns only
+                    k = int(torch.randint(8, (1,), generator=g))
+                    x = d4_transform(x, k if x.shape[-1] == x.shape[-2] else k - k % 2)
                 out.append({"hr": x, "target": y})
         return collate(out, "data.chips")
 

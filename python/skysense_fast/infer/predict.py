@@ -65,7 +65,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         raise InputError(f"predict: the task was trained on {', '.join(spec.inputs)}: "
                          + (f"give {', '.join('--' + k for k in missing)}" if missing else
                             f"it takes no {', '.join('--' + k for k in extra)}"))
-    inputs = [src] + [a.path for acq in series.values() if acq for a in acq]
+    inputs = [src, *getattr(task, "source_files", ())] + [a.path for acq in series.values() if acq for a in acq]
     for out in filter(None, (dst, probabilities)):
         _refuse_to_overwrite_an_input(out, inputs)
     rank, world = distributed()

@@ -187,6 +187,7 @@ def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, 
     saved = _read_json(os.path.join(path, TRAINER_FILE)).get("config")
     if not saved:
         return
+    config = json.loads(json.dumps(config))   # as the checkpoint stored it: tuples read back as lists
     diff = [f"{sec}.{f}: checkpoint {saved.get(sec, {}).get(f)!r}, config {config[sec][f]!r}"
             for sec, fields in shape_fields.items() for f in fields if saved.get(sec, {}).get(f) != config[sec].get(f)]
     if diff:
