@@ -222,9 +222,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
     if args.task:  # a fine-tuned task model: HR (+ latlon) -> logits
-        from skysense_fast.infer.embed import _refuse_to_overwrite_an_input
+        from skysense_fast.infer.runner import refuse_to_overwrite_an_input
 
-        _refuse_to_overwrite_an_input(args.output, [args.task])
+        refuse_to_overwrite_an_input(args.output, [args.task])
         module = _load_task(args)
         if module.spec.inputs != ("hr",):
             raise InputError(f"export --task: {args.task} reads {', '.join(module.spec.inputs)}; exporting tasks "

@@ -20,7 +20,7 @@ import torch
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
 from ..data.series import check_coverage, series_input
 from ..errors import InputError
-from .runner import TileRun, distributed, run_in_pieces, stream
+from .runner import TileRun, distributed, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .sinks import FileSink
 from .tiler import SCALE
 
@@ -81,7 +81,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     rank, world = distributed()
     model = model.eval().to(device)
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order), "s1": series_input(s1, s1_dates, "s1")}
-    _refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
+    refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         for kind, acq in series.items():
@@ -104,31 +104,6 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                                  manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                            "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
                                            "series": {k: [a.path for a in v] for k, v in series.items() if v},
-                                           "model": _model_fingerprint(model), "dtype": str(dtype),
+                                           "model": model_fingerprint(model), "dtype": str(dtype),
                                            "hr_scale": hr_scale})
     return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}
-
-
-def _model_fingerprint(model: torch.nn.Module) -> str:
-    """A digest of the model's config, input statistics and weights (each tensor's shape,
-    dtype and sums): pieces made by other weights never join a resumed run."""
-    import hashlib
-
-    h = hashlib.sha256(repr(getattr(model, "config", None)).encode())
-    h.update(repr(getattr(model, "normalisation", None)).encode())
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            t = t.detach()
-            sums = (float(t.double().sum()), float(t.double().abs().sum())) if t.numel() else (0.0, 0.0)
-            h.update(f"{name}{tuple(t.shape)}{t.dtype}{sums}".encode())
-    return h.hexdigest()
-
-
-def _refuse_to_overwrite_an_input(dst: str, inputs) -> None:
-    """The output replaces its path at the end of a run: never one of the run's inputs."""
-    if not os.path.exists(dst):
-        return
-    for path in inputs:
-        if os.path.exists(path) and os.path.samefile(path, dst):
-            raise InputError(f"embed: the output {dst} is an input of this run ({os.fspath(path)}); writing it "
-                             "would replace the input with its features: choose another output path")

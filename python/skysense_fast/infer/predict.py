@@ -13,8 +13,7 @@ from ..data.geotiff import hr_scaler, open_raster
 from ..data.series import check_coverage, series_input
 from ..errors import InputError
 from .class_map import ClassMapSink
-from .embed import _model_fingerprint, _refuse_to_overwrite_an_input
-from .runner import TileRun, distributed, run_in_pieces, stream
+from .runner import TileRun, distributed, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .tiler import SCALE
 
 
@@ -65,9 +64,9 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         raise InputError(f"predict: the task was trained on {', '.join(spec.inputs)}: "
                          + (f"give {', '.join('--' + k for k in missing)}" if missing else
                             f"it takes no {', '.join('--' + k for k in extra)}"))
-    inputs = [src, *getattr(task, "source_files", ())] + [a.path for acq in series.values() if acq for a in acq]
+    inputs = [src, *task.source_files] + [a.path for acq in series.values() if acq for a in acq]
     for out in filter(None, (dst, probabilities)):
-        _refuse_to_overwrite_an_input(out, inputs)
+        refuse_to_overwrite_an_input(out, inputs)
     rank, world = distributed()
     model = _Probabilities(task.eval().to(device))
     hr_scale = hr_scale if hr_scale is not None else spec.hr_scale
@@ -91,7 +90,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
             run_in_pieces(run, dst, piece_profile, "probs", chunk_rows, resume, rank, world,
                           manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
-                                    "model": _model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
+                                    "model": model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
                                     "series": {k: [a.path for a in v] for k, v in series.items() if v}},
                           final_sink=sink)
     return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}

@@ -191,6 +191,31 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
     return bands
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the model's config, input statistics and weights (each tensor's shape,
+    dtype and sums): pieces made by other weights never join a resumed run."""
+    import hashlib
+
+    h = hashlib.sha256(repr(getattr(model, "config", None)).encode())
+    h.update(repr(getattr(model, "normalisation", None)).encode())
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            t = t.detach()
+            sums = (float(t.double().sum()), float(t.double().abs().sum())) if t.numel() else (0.0, 0.0)
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}{sums}".encode())
+    return h.hexdigest()
+
+
+def refuse_to_overwrite_an_input(dst: str, inputs) -> None:
+    """The output replaces its path at the end of a run: never one of the run's inputs."""
+    if not os.path.exists(dst):
+        return
+    for path in inputs:
+        if os.path.exists(path) and os.path.samefile(path, dst):
+            raise InputError(f"the output {dst} is an input of this run ({os.fspath(path)}); writing it "
+                             "would replace the input: choose another output path")
+
+
 def release_freed_memory() -> None:
     """Hand freed heap back to the OS after each row of tiles: glibc keeps it otherwise and the
     process's footprint creeps with the scene's length instead of staying flat."""
