@@ -50,7 +50,7 @@ def _cfg(demo, out, **sections) -> FinetuneConfig:
 @pytest.fixture(scope="module")
 def trained(demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("seg")
-    result = finetune(_cfg(demo, out), log=lambda *_: None)
+    result = finetune(_cfg(demo, out))
     return out, result
 
 
@@ -126,7 +126,7 @@ def test_bad_input_is_refused_before_training(demo, tmp_path, case):
     else:
         kw, match = {"data__block": SIZE, "data__crop": 64}, "need two"
     with pytest.raises(InputError, match=match):
-        finetune(_cfg(demo, out, **kw), log=lambda *_: None)
+        finetune(_cfg(demo, out, **kw))
     assert not (out / "checkpoints").exists()   # refused before anything ran
 
 
@@ -208,10 +208,10 @@ def test_predict_refuses_to_overwrite_its_input(demo, trained, tmp_path):
 
 def test_resume_continues_exactly(demo, tmp_path):
     kw = dict(train__steps=4, train__checkpoint_every=2, task__classes=[1, 2, 3, 4, 5, 6])  # tuples survive JSON
-    full = finetune(_cfg(demo, tmp_path / "a", **kw), log=lambda *_: None)
-    part = finetune(_cfg(demo, tmp_path / "b", **kw), stop_after=2, log=lambda *_: None)
+    full = finetune(_cfg(demo, tmp_path / "a", **kw))
+    part = finetune(_cfg(demo, tmp_path / "b", **kw), stop_after=2)
     assert part["status"] == "stopped"
-    rest = finetune(_cfg(demo, tmp_path / "b", **kw), log=lambda *_: None)
+    rest = finetune(_cfg(demo, tmp_path / "b", **kw))
     assert [r["step"] for r in rest["losses"]] == [2, 3]
     np.testing.assert_allclose([r["total"] for r in rest["losses"]], [r["total"] for r in full["losses"][2:]],
                                rtol=1e-5)
@@ -228,7 +228,7 @@ def test_modes_train_what_they_say(demo, tmp_path, mode):
     torch.manual_seed(cfg.train.seed)
     spec = TaskSpec("segmentation", (1, 2, 3, 4, 5, 6), tuple("123456"), mode=mode, head_channels=16)
     before = build_task_model(spec).backbone.state_dict()
-    finetune(cfg, log=lambda *_: None)
+    finetune(cfg)
     after = load_task(tmp_path / "seg.safetensors")
     same = all(torch.equal(before[k], v) for k, v in after.backbone.state_dict().items())
     assert same == (mode != "full")
@@ -265,7 +265,7 @@ def test_classification_on_chips_and_evaluate(demo, tmp_path):
     raw = _raw(demo, tmp_path, train__batch_size=4)
     raw["task"] = {"kind": "classification", "name": "cls", "mode": "linear_probe"}
     raw["data"] = {"chips": str(demo / "chips"), "val_fraction": 0.3}
-    result = finetune(from_dict(raw), log=lambda *_: None)
+    result = finetune(from_dict(raw))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"overall_accuracy", "f1_macro", "kappa"} <= set(metrics) and result["status"] == "done"
     task = load_task(tmp_path / "cls.safetensors")
@@ -379,7 +379,7 @@ def test_hr_with_sentinel_series_through_the_fusion(demo, tmp_path):
         _cfg(demo, tmp_path / "x", data__s2=str(tmp_path / "s2"))
     cfg = _cfg(demo, tmp_path / "run", data__s2=str(tmp_path / "s2"), data__s1=str(tmp_path / "s1"),
                task__extra="fused", train__steps=2)
-    result = finetune(cfg, log=lambda *_: None)
+    result = finetune(cfg)
     assert result["status"] == "done"
     task = load_task(tmp_path / "run" / "seg.safetensors")
     assert task.spec.inputs == ("hr", "s2", "s1")
@@ -451,4 +451,4 @@ def test_non_square_chips_train(tmp_path):
            "data": {"chips": str(tmp_path / "chips"), "val_fraction": 0.25},
            "train": {"steps": 3, "batch_size": 2, "out_dir": str(tmp_path / "run"), "checkpoint_every": 0,
                      "progress": False}}
-    assert finetune(from_dict(raw), log=lambda *_: None)["status"] == "done"
+    assert finetune(from_dict(raw))["status"] == "done"

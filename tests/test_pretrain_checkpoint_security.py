@@ -4,6 +4,7 @@ is refused (or never read), and ``latest`` cannot lead out of the run folder."""
 from __future__ import annotations
 
 import builtins
+import logging
 import pickle
 import warnings
 
@@ -31,7 +32,7 @@ class Payload:
 def _run(cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return pretrain(cfg, log=lambda *a: None)
+        return pretrain(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +102,15 @@ def test_latest_cannot_leave_the_run_folder(run, pointer):
         ckpt.latest_checkpoint(str(run / "checkpoints"))
 
 
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path):
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):
     """A corrupt latest checkpoint was a traceback; metrics.jsonl repeated the replayed steps."""
     out = tmp_path / "run"
     _run(_cfg(out, **{"train.steps": 4, "train.checkpoint_every": 2}))      # checkpoints 2 and 4
     (out / "checkpoints" / "step_00000004" / ".metadata").write_bytes(b"\x80\x04garbage")
-    logs = []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="skysense_fast"):
         warnings.simplefilter("ignore", UserWarning)
-        res = pretrain(_cfg(out, **{"train.steps": 6, "train.checkpoint_every": 2}), log=logs.append)
+        res = pretrain(_cfg(out, **{"train.steps": 6, "train.checkpoint_every": 2}))
+    logs = [r.getMessage() for r in caplog.records]
     assert [r["step"] for r in res["losses"]] == [2, 3, 4, 5]                 # resumed at 2
     assert any("cannot resume from" in line and "step_00000004" in line for line in logs), logs
     import json

@@ -45,7 +45,7 @@ def test_pretrain_on_scenes(scene):
            "loss": {"out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "cma_dim": 16},
            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "out_dir": str(scene / "run"),
                      "device": "cpu", "progress": False}}
-    res = pretrain(from_dict(raw), log=lambda *a: None)
+    res = pretrain(from_dict(raw))
     assert res["status"] == "done" and len(res["losses"]) == 2
     assert all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])
     raw["data"].pop("s1")

@@ -15,12 +15,14 @@ each rank's own (SyncBatchNorm on CUDA: ``convert_sync_batchnorm``; gloo has non
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .. import distributed
 from ..data.labels import IGNORE_INDEX, ClassMap
 from ..data.series import series_input
 from ..errors import InputError
@@ -32,6 +34,8 @@ from .chips import ChipDataset
 from .config import SHAPE_FIELDS, FinetuneConfig, validate
 from .scene_data import SceneSegmentationData
 from .task import TaskModel, TaskSpec, build_task_model, save_task
+
+logger = logging.getLogger(__name__)
 
 
 def _seed(*numbers: int) -> int:
@@ -194,19 +198,19 @@ class _Finetuning:
         return metrics.compute()
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None = None, log=print) -> dict:
+def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:
     """Run (or continue) the fine-tuning described by ``cfg``; writes
     ``<out_dir>/<task.name>.safetensors`` (the task model) and ``<out_dir>/metrics.json``.
     Returns the loop's summary with "weights" (the file, or None when the run did not finish)."""
     device = loop.device_of(cfg.train.device)
-    rank, world = loop.init_distributed(device)
+    rank, world = distributed.init(device)
     validate(cfg, world)
     run = _Finetuning(cfg, device, rank, world)
     report = getattr(run.model, "load_report", None)
     if report is not None and rank == 0:
-        log(f"backbone weights: {report}")
+        logger.info(f"backbone weights: {report}")
     result = loop.run(run, cfg.train, config=cfg.to_dict(), shape_fields=SHAPE_FIELDS, rank=rank, world=world,
-                      resume=resume, stop_after=stop_after, evaluate_every=cfg.train.evaluate_every, log=log,
+                      resume=resume, stop_after=stop_after, evaluate_every=cfg.train.evaluate_every,
                       what="finetune")
     result["weights"] = None
     if result["status"] == "done" and result["step"] == cfg.train.steps:
@@ -214,7 +218,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None
         export_task(run.model, run.spec, path)
         result["weights"] = path
         if rank == 0:
-            log(f"wrote {path}: the task model with its {len(run.spec.class_values)} classes, for "
+            logger.info(f"wrote {path}: the task model with its {len(run.spec.class_values)} classes, for "
                 "`skysense-fast predict --task`")
     return result
 

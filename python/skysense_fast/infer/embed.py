@@ -17,10 +17,11 @@ import os
 
 import torch
 
+from .. import distributed
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
 from ..data.series import check_coverage, series_input
 from ..errors import InputError
-from .runner import TileRun, distributed, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
+from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .sinks import FileSink
 from .tiler import SCALE
 
@@ -78,7 +79,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     dst = os.fspath(dst)
-    rank, world = distributed()
+    rank, world = distributed.init()
     model = model.eval().to(device)
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order), "s1": series_input(s1, s1_dates, "s1")}
     refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])

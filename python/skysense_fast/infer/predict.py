@@ -9,11 +9,12 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .. import distributed
 from ..data.geotiff import hr_scaler, open_raster
 from ..data.series import check_coverage, series_input
 from ..errors import InputError
 from .class_map import ClassMapSink
-from .runner import TileRun, distributed, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
+from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .tiler import SCALE
 
 
@@ -67,7 +68,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     inputs = [src, *task.source_files] + [a.path for acq in series.values() if acq for a in acq]
     for out in filter(None, (dst, probabilities)):
         refuse_to_overwrite_an_input(out, inputs)
-    rank, world = distributed()
+    rank, world = distributed.init()
     model = _Probabilities(task.eval().to(device))
     hr_scale = hr_scale if hr_scale is not None else spec.hr_scale
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:

@@ -6,34 +6,18 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.geotiff import scene_latlon
 from ..errors import InputError
+from ..progress import bar
 from .sinks import PiecesSink, join_pieces, piece_name
 from .tiler import SCALE, blend_weight, run_tiles, tile_starts
-
-
-def distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("gloo")  # barriers only: the pieces go through the file system
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 @dataclass
@@ -60,7 +44,6 @@ class TileRun:
     out_scale: int = SCALE       # image pixels per output pixel: 32 (features) or 1 (class maps)
 
     def __post_init__(self):
-        self.t_start = None
         self.stride = self.tile - self.overlap
         self.t = self.tile // self.out_scale
         self.all_rows = tile_starts(self.ds.height, self.tile, self.stride)
@@ -69,9 +52,16 @@ class TileRun:
         self.tiles_run = self.rows_written = 0
 
     def rows(self, y0: int, y1: int, sink) -> None:
-        t, oh, ow, s = self.t, self.oh, math.ceil(self.ds.width / self.out_scale), self.out_scale
+        t, s = self.t, self.out_scale
         needed = [r for r in self.all_rows if r // s < y1 and r // s + t > y0]
-        self.t_start = time.perf_counter()
+        progress = bar(len(needed) * len(self.cols), "tiles", "tile", self.progress)
+        try:
+            self._rows(needed, y0, y1, sink, progress)
+        finally:
+            progress.close()
+
+    def _rows(self, needed: list[int], y0: int, y1: int, sink, progress) -> None:
+        t, oh, ow, s = self.t, self.oh, math.ceil(self.ds.width / self.out_scale), self.out_scale
         acc = wsum = vfrac = None
         band_top = needed[0] // s  # output row of acc[0]
         for i, r in enumerate(needed):
@@ -111,21 +101,7 @@ class TileRun:
                 vfrac = np.concatenate([vfrac[done:], np.ones((done, ow), np.float32)], 0)
                 band_top += done
             release_freed_memory()
-            if self.progress:
-                self._report(i + 1, len(needed))
-
-
-    def _report(self, done: int, total: int) -> None:
-        """A one-line progress bar on stderr: tile rows done, tiles/s, time left."""
-        import sys
-
-        now = time.perf_counter()
-        rate = done * len(self.cols) / (now - self.t_start)
-        left = (total - done) * len(self.cols) / max(rate, 1e-9)
-        bar = "#" * int(30 * done / total)
-        end = "\n" if done == total else ""
-        print(f"\r[{bar:<30}] tile rows {done}/{total}, {rate:.1f} tiles/s, {left:.0f} s left", end=end,
-              file=sys.stderr, flush=True)
+            progress.update(len(tiles))
 
 
 def stream(run: TileRun, sink, y0: int, y1: int, final: str | None = None) -> None:
@@ -150,22 +126,21 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
     folder = dst + ".parts"
     oh = profile["height"]
     pieces = [(y, min(y + chunk_rows, oh)) for y in range(0, oh, chunk_rows)]
-    if rank == 0:
-        mpath = os.path.join(folder, "manifest.json")
-        if os.path.exists(mpath) and resume:
-            with open(mpath) as f:
-                old = json.load(f)
-            if old != manifest:
-                diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-                raise InputError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
-                                 "weights, input, dtype or tiling); remove it to start over")
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(folder)
-            with open(mpath + ".tmp", "w") as f:
-                json.dump(manifest, f)
-            os.replace(mpath + ".tmp", mpath)
-    barrier(world)
+    mpath = os.path.join(folder, "manifest.json")
+    if resume and os.path.exists(mpath):   # every rank checks, so all of them stop on a mismatch
+        with open(mpath) as f:
+            old = json.load(f)
+        if old != manifest:
+            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            raise InputError(f"{folder} holds pieces of another run (it differs in {', '.join(diff)}: other "
+                             "weights, input, dtype or tiling); remove it to start over")
+    elif rank == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        with open(mpath + ".tmp", "w") as f:
+            json.dump(manifest, f)
+        os.replace(mpath + ".tmp", mpath)
+    distributed.barrier()
     mine = pieces[rank * len(pieces) // world:(rank + 1) * len(pieces) // world]
     todo = [p for p in mine if not os.path.exists(os.path.join(folder, piece_name(*p)))]
     # consecutive pending pieces stream together: tile rows are shared, never run twice
@@ -177,12 +152,12 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
             runs.append([p])
     for group in runs:
         stream(run, PiecesSink(folder, group, profile, output), group[0][0], group[-1][1])
-    barrier(world)
+    distributed.barrier()
     bands = 0
     if rank == 0:
         bands = join_pieces(folder, pieces, dst, profile, output, final_sink)
         shutil.rmtree(folder, ignore_errors=True)
-    barrier(world)
+    distributed.barrier()
     if bands == 0:
         import rasterio
 

@@ -10,13 +10,14 @@ all-reduce their sums, and FSDP averages gradients: N ranks compute what one pro
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .. import models
+from .. import distributed, models
 from ..train import loop
 from ..train.optim import build_optimizer, build_scheduler, cosine_schedule
 from .augment import collate, make_view
@@ -27,6 +28,8 @@ from .synthetic import SyntheticMultimodal
 
 # config fields that fix the shapes of what a checkpoint holds: resuming with others cannot work
 SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim")}
+
+logger = logging.getLogger(__name__)
 
 
 def shard(module: SkySensePretrainer, mesh=None, bf16_params: bool = False) -> None:
@@ -173,8 +176,7 @@ class _Pretraining:
         return None
 
 
-def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None = None,
-             log=print) -> dict:
+def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:
     """Run (or continue) the pretraining described by ``cfg``.
 
     Writes ``<out_dir>/metrics.jsonl`` (one line per logged step: every loss part, lr,
@@ -184,18 +186,19 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     final checkpoint. Returns {"status": "done" | "stopped" | "nan", "step", "losses"}.
     """
     device = loop.device_of(cfg.train.device)
-    rank, world = loop.init_distributed(device)
+    rank, world = distributed.init(device)
     validate(cfg, world)
     run = _Pretraining(cfg, device, rank, world)
     result = loop.run(run, cfg.train, config=cfg.to_dict(), shape_fields=SHAPE_FIELDS, rank=rank, world=world,
-                      resume=resume, stop_after=stop_after, log=log, what="pretrain")
+                      resume=resume, stop_after=stop_after, what="pretrain")
     status, step, out_dir = result["status"], result["step"], cfg.train.out_dir
     student, teacher, t = run.student, run.teacher, cfg.train
     weights = None
     if status == "done" and step == t.steps:
         weights = export_weights(student, teacher, cfg, os.path.join(out_dir, f"{cfg.model.name}.safetensors"))
         if rank == 0:
-            log(f"wrote {weights}: the teacher's backbone with the prototype bank, for `skysense-fast embed --weights`")
+            logger.info("wrote %s: the teacher's backbone with the prototype bank, for `skysense-fast embed --weights`",
+                        weights)
     return {"status": status, "step": step, "losses": result["losses"], "weights": weights}
 
 

@@ -29,7 +29,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
@@ -41,22 +40,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from .. import distributed
 from ..errors import InputError
 from .checkpoint_reader import SafeLoadPlanner, SafeReader
 
 TRAINER_FILE = "trainer.json"
 _STEP_DIR = re.compile(r"step_\d{8}")
-
-
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if _dist()[1] > 1:
-        dist.barrier()
 
 
 @contextlib.contextmanager
@@ -126,14 +115,14 @@ def save_checkpoint(directory: str, step: int, modules: Mapping[str, nn.Module],
                     extra: dict | None = None, keep: int = 2) -> str:
     """Collective under torch.distributed: every rank calls it. ``modules``: name -> module, the
     optimiser's own first. Returns the checkpoint path."""
-    rank, world = _dist()
+    rank, world = distributed.rank_and_world()
     final = os.path.join(directory, f"step_{step:08d}")
     partial = final + ".partial"
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
-    _barrier()
+    distributed.barrier()
     state = _state(modules, optimizer)
     with _quiet():
         dcp.save(state, checkpoint_id=partial)
@@ -141,7 +130,7 @@ def save_checkpoint(directory: str, step: int, modules: Mapping[str, nn.Module],
     if rank == 0:
         trainer = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(), **(extra or {})}
         _write_text_atomic(os.path.join(partial, TRAINER_FILE), json.dumps(trainer))
-    _barrier()
+    distributed.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
@@ -149,7 +138,7 @@ def save_checkpoint(directory: str, step: int, modules: Mapping[str, nn.Module],
         done = sorted(d for d in os.listdir(directory) if d.startswith("step_") and not d.endswith(".partial"))
         for old in done[:-keep]:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)
-    _barrier()
+    distributed.barrier()
     return final
 
 
@@ -197,7 +186,7 @@ def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, 
 
 def load_checkpoint(path: str, modules: Mapping[str, nn.Module], optimizer, scheduler) -> dict:
     """Restore everything in place (collective); returns the trainer state (step, config, ...)."""
-    rank, world = _dist()
+    rank, world = distributed.rank_and_world()
     state = _state(modules, optimizer)
     with _quiet():
         try:

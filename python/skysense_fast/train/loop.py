@@ -18,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
-import sys
 import time
-import warnings
 from collections.abc import Callable, Generator, Mapping
 from typing import Protocol
 
@@ -30,20 +29,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .. import distributed
 from ..backends import use_backend
 from ..config import TrainSection
 from ..errors import InputError
+from ..progress import bar
 from .checkpoint import check_resumable, complete_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
 
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); starts the process group under torchrun (NCCL on CUDA, else gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+logger = logging.getLogger(__name__)
 
 
 def device_of(name: str) -> torch.device:
@@ -53,7 +46,7 @@ def device_of(name: str) -> torch.device:
     if name == "cuda":
         if not torch.cuda.is_available():
             raise InputError("config: train.device is cuda but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", distributed.local_rank())
     return torch.device("cpu")
 
 
@@ -140,24 +133,7 @@ class Trainee(Protocol):
         """Validation metrics (plain JSON values), or None where a run has none."""
 
 
-class Progress:
-    """A one-line progress bar on stderr (a terminal only)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled and sys.stderr.isatty()
-
-    def update(self, step: int, loss: float, rate: float) -> None:
-        if self.enabled:
-            done = step + 1
-            bar = "#" * int(30 * done / self.total)
-            print(f"\r[{bar:<30}] {done}/{self.total} loss {loss:.4f} {rate:.1f} samples/s", end="", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.enabled:
-            print(file=sys.stderr)
-
-
-def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Trainee, log) -> tuple[int, str]:
+def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Trainee, rank: int = 0) -> tuple[int, str]:
     """(step, path) from the newest checkpoint that loads; one that does not (a damaged file)
     is reported and the one before it tried, down to the oldest kept."""
     newest = latest_checkpoint(ckpt_dir)
@@ -173,8 +149,8 @@ def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Traine
             return load_checkpoint(path, trainee.modules, trainee.optimizer, trainee.scheduler)["step"], path
         except (RuntimeError, OSError) as e:
             errors.append(f"{path}: {' '.join(str(e).split())[:300]}")
-            if log is not None:
-                log(f"warning: cannot resume from {path} ({errors[-1]}); trying the checkpoint before it")
+            if rank == 0:
+                logger.warning("cannot resume from %s; trying the checkpoint before it", errors[-1])
     raise RuntimeError("no checkpoint in " + ckpt_dir + " loads:\n  " + "\n  ".join(errors)
                        + "\n(use --no-resume, or another train.out_dir, to start over)")
 
@@ -204,7 +180,7 @@ def write_json_atomic(path: str, data, text: str | None = None) -> None:
 
 
 def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: dict, rank: int, world: int,
-        resume: bool = True, stop_after: int | None = None, evaluate_every: int = 0, log=print,
+        resume: bool = True, stop_after: int | None = None, evaluate_every: int = 0,
         what: str = "train") -> dict:
     """Run (or continue) ``train.steps`` steps of ``trainee``.
 
@@ -220,16 +196,16 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
     out_dir, ckpt_dir = t.out_dir, os.path.join(t.out_dir, "checkpoints")
     start = 0
     if resume and latest_checkpoint(ckpt_dir) is not None:
-        start, path = resume_from(ckpt_dir, config, shape_fields, trainee, log if rank == 0 else None)
+        start, path = resume_from(ckpt_dir, config, shape_fields, trainee, rank)
         if rank == 0:
-            log(f"resumed from {path} at step {start}")
+            logger.info("resumed from %s at step %d", path, start)
     jsonl = os.path.join(out_dir, "metrics.jsonl")
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         write_json_atomic(os.path.join(out_dir, "config.json"), config)
         trim_metrics(jsonl, start)
     backend = contextlib.nullcontext() if t.backend == "auto" else use_backend(t.backend)
-    progress = Progress(t.steps, t.progress and rank == 0)
+    progress = bar(t.steps - start, what, "step", t.progress and rank == 0)
     model = next(iter(trainee.modules.values()))
     losses: list[dict] = []
     validation = None
@@ -262,9 +238,8 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
                                             world=world, after=after)
             if not ok:
                 bad = [n for n, v in values.items() if not math.isfinite(v)]
-                warnings.warn(f"{what}: loss {', '.join(bad)} is not finite at step {step}; stopping. "
-                              f"The last good checkpoint is {latest_checkpoint(ckpt_dir)}", RuntimeWarning,
-                              stacklevel=2)
+                logger.warning("%s: loss %s is not finite at step %d; stopping. The last good checkpoint is %s",
+                               what, ", ".join(bad), step, latest_checkpoint(ckpt_dir))
                 status = "nan"
                 break
             trainee.scheduler.step()
@@ -274,7 +249,8 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
             losses.append(record)
             if step % t.log_every == 0:
                 log_line(record)
-            progress.update(step, record["total"], rate)
+            progress.update()
+            progress.set_postfix(loss=f"{record['total']:.4f}", samples_s=f"{rate:.1f}", refresh=False)
             last = step + 1 == t.steps
             if (evaluate_every and (step + 1) % evaluate_every == 0) or last:
                 validation = _evaluate(trainee, step + 1, out_dir, rank, log_line)
