@@ -13,8 +13,8 @@ from .backends import backends, use_backend
 from .errors import InputError
 from .nn import accelerate
 from .ops import sinkhorn, window_attention
+from .weights import from_pretrained, save_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["ExtensionNotBuilt", "InputError", "accelerate", "backends", "build_info", "nn", "ops", "sinkhorn",
-           "use_backend",
-           "window_attention", "__version__"]
+__all__ = ["ExtensionNotBuilt", "InputError", "accelerate", "backends", "build_info", "from_pretrained", "nn", "ops",
+           "save_pretrained", "sinkhorn", "use_backend", "window_attention", "__version__"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 
 from .errors import InputError
 
@@ -39,12 +41,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace):
+    """The model of ``--config`` with ``--weights``; a save_pretrained folder or hub id given as
+    the weights brings its own config (``--config``, if given too, must be the same)."""
     import torch
 
     from skysense_fast import models
-    from skysense_fast.weights import load_any
+    from skysense_fast.weights import from_pretrained, load_any
+    from skysense_fast.weights.hub import is_pretrained_folder, looks_like_repo_id
 
     torch.manual_seed(0)
+    one = args.weights[0] if args.weights and len(args.weights) == 1 else None
+    if one is not None and (is_pretrained_folder(one) or looks_like_repo_id(one)):
+        model = from_pretrained(one)
+        if not isinstance(model, models.SkySense):
+            raise InputError(f"--weights {one} holds a fine-tuned task model: give it as --task")
+        if args.config is not None and models.get_config(args.config) != model.config:
+            raise InputError(f"--weights {one} is a model of another config than --config {args.config} (leave "
+                             "--config out: the folder brings its own)")
+        args.config = args.config or one
+        print(f"weights: loaded {one} (config, weights and input statistics)")
+        return model
+    args.config = args.config or "skysense-tiny"
     model = models.create(args.config)
     if args.weights:
         print(f"weights: {load_any(model, args.weights)}")
@@ -195,6 +212,21 @@ def _export_module(model, part: str, size: int, frames: int):
     return _positional(model, names), example
 
 
+def _cmd_save_pretrained(args: argparse.Namespace) -> int:
+    from skysense_fast.infer.runner import refuse_to_overwrite_an_input
+    from skysense_fast.weights import save_pretrained
+
+    model = _load_task(args) if args.task else _load_model(args)
+    inputs = list(getattr(model, "source_files", ())) + [w.split("=", 1)[-1] for w in args.weights or []]
+    for name in ("model.safetensors", "config.json", "README.md"):
+        refuse_to_overwrite_an_input(os.path.join(args.output, name), inputs)
+    save_pretrained(model, args.output, name=args.name, license=args.license, description=args.description)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.output}/: model.safetensors ({params / 1e6:.1f} M parameters), config.json, README.md "
+          "(load it with skysense_fast.from_pretrained or --weights / --task)")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     """Official .pth weights -> this package's safetensors, once: the pickles are read here
     (weights_only=True) and never again."""
@@ -235,9 +267,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.part, args.config = f"{module.spec.kind} task", args.task
     else:
         module, example = _export_module(_load_model(args).eval(), args.part, size, args.frames)
-    tmp = args.output + ".partial"
+    root, ext = os.path.splitext(args.output)
+    tmp = f"{root}.partial{ext}"          # torch.export.save wants its archive to end in .pt2
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the archive writer says "No complete tensor found in the group" for weights that
+            # share storage, which matters only for weights off the CPU; they are on the CPU here
+            warnings.filterwarnings("ignore", message="No complete tensor found", category=UserWarning)
+            # the trace is of one input size, which the report below states; torch's notes on
+            # each shape test it froze, and on TorchScript's deprecation, are not the user's to act on
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
             if args.format == "export":
                 torch.export.save(torch.export.export(module, example), tmp)
             else:
@@ -247,7 +287,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if os.path.exists(tmp):
             os.unlink(tmp)
     shapes = ", ".join(str(tuple(x.shape)) for x in example)
-    print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example inputs {shapes})")
+    fixed = " (TorchScript traces are of these input sizes only)" if args.format == "torchscript" else ""
+    print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example inputs {shapes}){fixed}")
     return 0
 
 
@@ -398,15 +439,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="skysense-fast", description="SkySense with fused kernels")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    loud.add_argument("-v", "--verbose", action="store_true", help="log debug messages too (kernel fall-backs)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="build, backends and devices").set_defaults(fn=_cmd_info)
 
     def model_args(q):
-        q.add_argument("--config", default="skysense-tiny", help="model config (skysense-2b, -base, -tiny)")
-        q.add_argument("--weights", action="append", metavar="FILE|PART=FILE",
-                       help="weights: a .safetensors file (save_weights), an official full checkpoint, or the split "
-                            "official files as hr=FILE s2=FILE s1=FILE head_s2=FILE head_s1=FILE fusion=FILE "
-                            "(repeat the option)")
+        q.add_argument("--config", help="model config (skysense-2b, -base, -tiny; default skysense-tiny, or the "
+                                        "config of a save_pretrained folder given as --weights)")
+        q.add_argument("--weights", action="append", metavar="FILE|FOLDER|REPO|PART=FILE",
+                       help="weights: a .safetensors file (save_weights), a save_pretrained folder or hub repository "
+                            "id, an official full checkpoint, or the split official files as hr=FILE s2=FILE s1=FILE "
+                            "head_s2=FILE head_s1=FILE fusion=FILE (repeat the option)")
 
     def series_args(q, band_order: str | None):
         q.add_argument("--s2", help="Sentinel-2 series: a folder of GeoTIFFs (10 bands B2..B12, + optional cloud-mask "
@@ -458,6 +503,16 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
     model_args(cv)
     cv.set_defaults(fn=_cmd_convert)
+    sp = sub.add_parser("save-pretrained", help="weights (or a task) as a Hugging Face-style folder: "
+                                                "model.safetensors, config.json and a README.md model card")
+    sp.add_argument("-o", "--output", required=True, help="the folder to write (created if needed)")
+    model_args(sp)
+    sp.add_argument("--task", help="a fine-tuned task file instead of --config / --weights")
+    sp.add_argument("--license", help="the licence of these weights (not of this code), e.g. cc-by-4.0; for "
+                                      "converted official weights, the terms of their release")
+    sp.add_argument("--name", help="the model's name on its card (default: the folder's name)")
+    sp.add_argument("--description", default="", help="a paragraph for the model card")
+    sp.set_defaults(fn=_cmd_save_pretrained)
     sd = sub.add_parser("sinkhorn-demo", help="Sinkhorn-Knopp prototype assignment on a synthetic problem")
     sd.add_argument("--batch", type=int, default=8)
     sd.add_argument("--samples", type=int, default=4096)
@@ -517,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from .errors import input_errors
 
+    _log_to_stderr(args.cmd, logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
+
     try:
         _check_common(args)
         return args.fn(args)
@@ -527,6 +584,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skysense-fast {args.cmd}: internal error, not a problem with your input: please report it "
               "with the traceback below", file=sys.stderr)
         raise
+
+
+class _Prefixed(logging.Formatter):
+    """``skysense-fast CMD: warning: ...`` for warnings, the bare message for information."""
+
+    def __init__(self, cmd: str):
+        super().__init__()
+        self.cmd = cmd
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno == logging.INFO:
+            return text
+        return f"skysense-fast {self.cmd}: {record.levelname.lower()}: {text}"
+
+
+def _log_to_stderr(cmd: str, level: int) -> None:
+    """The package's log (``skysense_fast.*``) and Python warnings on stderr, one handler."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Prefixed(cmd))
+    for name in ("skysense_fast", "py.warnings"):
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if isinstance(h.formatter, _Prefixed)]:
+            logger.removeHandler(h)     # main() called again in one process (tests)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+    logging.captureWarnings(True)
 
 
 def _one_line(e: BaseException) -> str:
@@ -555,7 +640,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise InputError(f"--overlap must be >= 0, got {overlap}")
     output = getattr(args, "output", None)
     if output is not None:
-        if os.path.isdir(output):
+        if args.cmd == "save-pretrained":    # writes a folder
+            if os.path.exists(output) and not os.path.isdir(output):
+                raise InputError(f"-o {output} is a file; give a folder (it is created if missing)")
+        elif os.path.isdir(output):
             raise InputError(f"-o {output} is a directory; give a file path")
         parent = os.path.dirname(os.path.abspath(output))
         if not os.path.isdir(parent):

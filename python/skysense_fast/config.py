@@ -30,7 +30,7 @@ class ConfigError(InputError):
 class ModelSection:
     name: str = "skysense-tiny"                   # a models.list_configs() name
     overrides: dict = field(default_factory=dict)  # SkySenseConfig fields to change
-    weights: str | None = None                    # start from these weights (save_weights / official)
+    weights: str | None = None                    # start from these weights (save_weights / official / save_pretrained)
 
 
 @dataclass
@@ -179,7 +179,10 @@ def validate_common(model: ModelSection, optim: OptimSection, train: TrainSectio
     except TypeError as e:
         raise ConfigError(f"config: model.overrides: {e}") from None
     if m.weights is not None and "=" not in m.weights:
-        require(os.path.exists(m.weights), f"model.weights: no such file: {m.weights}")
+        from .weights.hub import looks_like_repo_id
+
+        require(os.path.exists(m.weights) or looks_like_repo_id(m.weights),
+                f"model.weights: no such file, folder or hub id owner/name: {m.weights}")
     require(o.lr > 0 and o.min_lr >= 0, f"optim.lr must be > 0 and optim.min_lr >= 0, got {o.lr}, {o.min_lr}")
     require(0 < o.layer_decay <= 1, f"optim.layer_decay must be in (0, 1], got {o.layer_decay}")
     require(all(0 <= b < 1 for b in o.betas), f"optim.betas must be in [0, 1), got {o.betas}")

@@ -230,12 +230,17 @@ def save_task(model: TaskModel, path: str | os.PathLike) -> None:
 
 
 def read_task_spec(path: str | os.PathLike) -> TaskSpec:
+    """The task of a task file (or of a save_pretrained folder / hub id holding one)."""
     from safetensors import safe_open
 
+    from ..weights.checks import file_format
+    from ..weights.hub import looks_like_repo_id, weights_file
+
     path = os.fspath(path)
+    if os.path.isdir(path) or looks_like_repo_id(path):
+        path = weights_file(path)   # a save_pretrained folder or a hub id
     if not os.path.exists(path):
         raise FileNotFoundError(f"task weights not found: {path}")
-    from ..weights.checks import file_format
 
     if file_format(path) != "safetensors":
         raise InputError(f"{path} is not a safetensors task file (written by `skysense-fast finetune`)")
@@ -249,18 +254,14 @@ def read_task_spec(path: str | os.PathLike) -> TaskSpec:
 
 def load_task(path: str | os.PathLike, device: torch.device | str = "cpu") -> TaskModel:
     """The task model of a file written by :func:`save_task`, in eval mode."""
-    from safetensors import safe_open
-
     from ..weights import load_weights
+    from ..weights.hub import check_shapes, looks_like_repo_id, weights_file
 
+    if os.path.isdir(path) or looks_like_repo_id(os.fspath(path)):
+        path = weights_file(path)
     spec = read_task_spec(path)
-    with torch.device("meta"):   # the shapes first: a crafted file cannot make us build a huge model
-        shapes = {k: tuple(v.shape) for k, v in build_task_model(spec, "meta").state_dict().items()}
-    with safe_open(os.fspath(path), framework="pt") as f:
-        held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    if held != shapes:
-        bad = sorted(k for k in set(held) | set(shapes) if held.get(k) != shapes.get(k))
-        raise InputError(f"{path}: its tensors do not match the task it describes (e.g. {bad[:3]})")
+    # the shapes first, on the meta device: a crafted file cannot make us build a huge model
+    check_shapes(os.fspath(path), lambda: build_task_model(spec, "meta"), "the task it describes")
     model = build_task_model(spec, "cpu")   # built, not left empty: some buffers are not in the file
     load_weights(model, path, strict=True)
     model.source_files = (os.fspath(path),)   # what predict must never overwrite

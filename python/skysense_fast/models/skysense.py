@@ -35,6 +35,7 @@ class SkySense(nn.Module):
     """
 
     geo: GeoContext | None   # None in a pretraining teacher (make_teacher drops the bank)
+    source_files: tuple[str, ...] = ()   # the files it was loaded from (from_pretrained): never an output
 
     def __init__(self, config: SkySenseConfig | str = "skysense-2b"):
         super().__init__()

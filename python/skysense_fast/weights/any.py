@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import InputError
 from .checks import file_format
+from .hub import looks_like_repo_id, weights_file
 from .io import load_weights
 from .official import BRANCHES, load_official
 
@@ -16,7 +17,8 @@ from .official import BRANCHES, load_official
 def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     """Load ``sources`` into a SkySense model; returns a one-line summary.
 
-    ``sources``: a safetensors file written by ``save_weights``; an official full
+    ``sources``: a safetensors file written by ``save_weights``; a ``save_pretrained`` folder
+    or hub repository id; an official full
     checkpoint (``.pth``, or converted to safetensors); or ``part=path`` items for the split
     official files, parts
     ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion`` (parts not given keep their
@@ -38,6 +40,8 @@ def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     if len(items) > 1:
         raise InputError(f"weights: several files need part=path names (e.g. hr=backbone_hr.pth); got {items}")
     path = items[0]
+    if not os.path.isfile(path) and (os.path.isdir(path) or looks_like_repo_id(path)):
+        path = weights_file(path)   # a save_pretrained folder or a hub id: its model.safetensors
     if file_format(path) == "safetensors" and _is_ours(path):
         load_weights(model, path)
         return f"loaded {path}"
