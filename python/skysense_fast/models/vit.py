@@ -63,6 +63,11 @@ class ViTEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, in_chans, H, W) -> (N, dim, ceil(H/4), ceil(W/4)), the last layer's tokens."""
+        return self.layer_maps(x, (len(self.layers) - 1,))[0]
+
+    def layer_maps(self, x: Tensor, indices: tuple[int, ...]) -> list[Tensor]:
+        """The patch tokens after each layer of ``indices`` (0-based, ascending) as
+        (N, dim, ceil(H/4), ceil(W/4)) maps; layers past the last index are not run."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise InputError(f"ViTEncoder: expected (N, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
         ph, pw = (-x.shape[2]) % self.patch, (-x.shape[3]) % self.patch
@@ -71,9 +76,12 @@ class ViTEncoder(nn.Module):
         x = cast(nn.Conv2d, self.patch_embed.projection)(x)   # set in __init__
         N, C, h, w = x.shape
         x = torch.cat([self.cls_token.expand(N, -1, -1), x.flatten(2).transpose(1, 2)], 1) + self._pos(h, w)
-        for layer in self.layers:
+        maps = []
+        for i, layer in enumerate(self.layers[:max(indices) + 1]):
             x = checkpoint(layer, x, use_reentrant=False) if self.grad_checkpointing and self.training else layer(x)
-        return x[:, 1:].transpose(1, 2).reshape(N, C, h, w)
+            if i in indices:
+                maps.append(x[:, 1:].transpose(1, 2).reshape(N, C, h, w))
+        return maps
 
 
 class UPHead(nn.Module):

@@ -104,6 +104,30 @@ def _strip(key: str) -> str:
     return key
 
 
+def encoder_state(state_dict: Mapping[str, Tensor], own: Mapping[str, Tensor], branch: str) -> dict[str, Tensor]:
+    """One encoder's tensors, for a bare encoder (the timm and TerraTorch backbones) whose own
+    state is ``own``: from an official backbone file (``backbone.*`` keys), this package's
+    weights of a whole model (``<branch>.*``: hr, s2, s1) or the encoder's own state. Wrappers
+    are stripped, buffers the model rebuilds and pretraining-only tensors dropped, an RGB
+    patch kernel widened for an RGB + NIR encoder; keys the file lacks are left out."""
+    sd = read_checkpoint(state_dict)
+    prefix = branch + "."
+    if any(k.startswith(prefix) for k in sd):   # a whole SkySense model's weights
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    out = {}
+    for key, value in sd.items():
+        key = _strip(key)
+        if key.split(".")[-1] in REBUILT or key in UNUSED or key == "ctpe":
+            continue
+        out[key] = value
+    if HR_PATCH in out and branch == "hr":
+        target = own.get(HR_PATCH)
+        w = out[HR_PATCH]
+        if target is not None and w.dim() == 4 and w.shape[1] == 3 and target.shape[1] == 4:
+            out[HR_PATCH] = torch.cat([w, w[:, :1]], 1)   # the official converter's rule (R copied to NIR)
+    return out
+
+
 def split_full_checkpoint(sd: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     """A full checkpoint's keys per part, by branch prefix; keys without one (``ctpe``) go to
     ``"ctpe"`` as the official converter keeps them."""
