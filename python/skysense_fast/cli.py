@@ -70,6 +70,13 @@ def _load_model(args: argparse.Namespace):
     return model
 
 
+def _series(text: str | None):
+    """--s2 / --s1: a path, or comma-separated STAC item files (a list)."""
+    if text and "," in text and not os.path.exists(text):
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
+
+
 def _dates(text: str | None) -> list[str] | None:
     """"2024-01-05,2024-02-10" -> ["2024-01-05", "2024-02-10"] (checked by the reader)."""
     return None if not text else [d.strip() for d in text.split(",") if d.strip()]
@@ -93,7 +100,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     try:
         info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
                            batch_size=args.batch_size, device=device, dtype=dtype, output=args.features,
-                           progress=args.progress, s2=getattr(args, "s2", None), s1=getattr(args, "s1", None),
+                           progress=args.progress, s2=_series(getattr(args, "s2", None)),
+                           s1=_series(getattr(args, "s1", None)),
                            resume=getattr(args, "resume", False), s2_dates=_dates(getattr(args, "s2_dates", None)),
                            s1_dates=_dates(getattr(args, "s1_dates", None)), chunk_rows=getattr(args, "chunk_rows", 64),
                            hr_scale=getattr(args, "hr_scale", None),
@@ -420,8 +428,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _series_kw(args: argparse.Namespace) -> dict:
-    return {"s2": args.s2, "s1": args.s1, "s2_dates": _dates(args.s2_dates), "s1_dates": _dates(args.s1_dates),
-            "s2_band_order": args.s2_band_order}
+    return {"s2": _series(args.s2), "s1": _series(args.s1), "s2_dates": _dates(args.s2_dates),
+            "s1_dates": _dates(args.s1_dates), "s2_band_order": args.s2_band_order}
 
 
 def _rank_device(device: str) -> str:
@@ -455,9 +463,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def series_args(q, band_order: str | None):
         q.add_argument("--s2", help="Sentinel-2 series: a folder of GeoTIFFs (10 bands B2..B12, + optional cloud-mask "
-                                    "band; dates in the file names or tags) or one multi-band GeoTIFF of the series")
-        q.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear) or one multi-band "
-                                    "file")
+                                    "band; dates in the file names or tags), one multi-band GeoTIFF of the series, or "
+                                    "STAC items (an ItemCollection .json or item .json files, comma-separated; "
+                                    "Earth Search / Planetary Computer L2A naming, SCL clouds, the offset as the "
+                                    "items state it)")
+        q.add_argument("--s1", help="Sentinel-1 series: a folder of GeoTIFFs (VV, VH; dB or linear), one multi-band "
+                                    "file, or STAC items of RTC backscatter (vv, vh assets)")
         q.add_argument("--s2-dates", help="explicit S2 dates, comma-separated YYYY-MM-DD (one per file / acquisition)")
         q.add_argument("--s1-dates", help="explicit S1 dates, comma-separated YYYY-MM-DD")
         q.add_argument("--s2-band-order", choices=("model", "official"), default=band_order,

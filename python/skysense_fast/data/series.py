@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from .normalisation import DEFAULT
+from .stac import SCL_INVALID, StacPart, is_stac, stac_series
 
 S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
 # The official SkySense S2 GeoTIFFs store B8 fourth (B2, B3, B4, B8, B5, B6, B7, B8A, B11, B12);
@@ -67,7 +68,8 @@ class Acquisition:
     cloud mask last); ``mask_band``: a band whose non-zero pixels are clouds / invalid;
     ``band_order``: where each of the model's bands is stored among them (0-based), for files
     not stored in the model's order (:data:`OFFICIAL_S2_ORDER`); band names in the
-    descriptions, where every band has one, decide instead.
+    descriptions, where every band has one, decide instead. ``parts``: an acquisition from
+    STAC items (:mod:`.stac`): single-band files named by band, mosaicked per day.
     """
 
     path: str
@@ -75,6 +77,12 @@ class Acquisition:
     bands: tuple[int, ...] | None = None
     mask_band: int | None = None
     band_order: tuple[int, ...] | None = None
+    parts: tuple[StacPart, ...] = ()   # from STAC items: one file per band, per item of the day
+
+    @property
+    def files(self) -> list[str]:
+        """A file of each footprint (what coverage checks open)."""
+        return [p.bands[0] for p in self.parts] if self.parts else [self.path]
 
     @property
     def doy(self) -> int:
@@ -117,12 +125,19 @@ def find_series(source: str | os.PathLike | list, dates: Sequence | None = None,
                 ) -> list[Acquisition]:
     """Acquisitions of a series, sorted by date.
 
-    ``source``: a folder of GeoTIFFs (one per acquisition), a list of files, or one multi-band
+    ``source``: a folder of GeoTIFFs (one per acquisition), a list of files, one multi-band
     GeoTIFF holding the whole series (``band_count`` bands per acquisition, 10 for S2, 2 for
-    S1, optionally + 1 cloud-mask band). ``dates``: explicit dates (``datetime.date`` or
-    YYYY-MM-DD strings), one per file / acquisition; by default from the file names, tags or
-    band descriptions.
+    S1, optionally + 1 cloud-mask band), or STAC: an ItemCollection file, an item file or a
+    list of them (:func:`~skysense_fast.data.stac.stac_series`). ``dates``: explicit dates
+    (``datetime.date`` or YYYY-MM-DD strings), one per file / acquisition; by default from
+    the file names, tags or band descriptions (STAC: from the items, never given).
     """
+    if is_stac(source):
+        if dates is not None:
+            raise InputError("STAC items carry their dates: explicit dates are not taken with them")
+        if band_count not in BAND_COUNT.values():
+            raise InputError("find_series: STAC items need band_count 10 (S2) or 2 (S1)")
+        return stac_series(source, "s2" if band_count == BAND_COUNT["s2"] else "s1")
     if isinstance(source, (list, tuple)):
         files = [os.fspath(f) for f in source]
     else:
@@ -159,8 +174,8 @@ def series_input(source, dates: Sequence | None = None, kind: str = "s2", band_o
         acq = source
     else:
         acq = find_series(source, dates, BAND_COUNT[kind])
-    if band_order == "official" and kind == "s2":
-        acq = [replace(a, band_order=OFFICIAL_S2_ORDER) for a in acq]
+    if band_order == "official" and kind == "s2":   # STAC assets name their bands: no order to apply
+        acq = [a if a.parts else replace(a, band_order=OFFICIAL_S2_ORDER) for a in acq]
     return acq
 
 
@@ -204,7 +219,7 @@ def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
 
     left, bottom, right, top = bounds
     seen = []
-    for path in dict.fromkeys(a.path for a in acq):
+    for path in dict.fromkeys(f for a in acq for f in a.files):
         with rasterio.open(path) as ds:
             if ds.crs is None:
                 raise InputError(f"{path} has no CRS: {kind.upper()} files must be georeferenced to be aligned "
@@ -218,6 +233,63 @@ def check_coverage(acq: list[Acquisition], crs, bounds, kind: str) -> None:
                      f"bounds {', '.join(fmt(b) for b in seen[:3])} (in the scene's CRS {crs})")
 
 
+def _read_file(a: Acquisition, bands: int, grid: dict, kind: str) -> np.ndarray:
+    """A GeoTIFF acquisition on the grid: (bands, h, w) float32, NaN where invalid."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    names = S2_BANDS if kind == "s2" else S1_BANDS
+    with rasterio.open(a.path) as ds:
+        wanted, mask_band = a.bands, a.mask_band
+        if wanted is None:
+            if ds.count not in (bands, bands + 1):
+                raise InputError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} "
+                                 f"({', '.join(names)}), optionally + 1 cloud-mask band")
+            wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
+        elif len(wanted) != bands:
+            raise InputError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
+        if a.band_order is not None:
+            wanted = tuple(wanted[j] for j in a.band_order)
+        with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan,
+                       dtype="float32") as v:
+            x = v.read(ordered_bands(a.path, ds.descriptions, tuple(wanted), kind))
+        if mask_band is not None:  # clouds: any cloudy source pixel under a grid cell invalidates it
+            with WarpedVRT(ds, **grid, resampling=Resampling.max, dtype="float32") as v:
+                cloud = v.read(mask_band) != 0
+            x[:, cloud] = np.nan
+    return x
+
+
+def _read_parts(a: Acquisition, grid: dict) -> np.ndarray:
+    """A STAC acquisition on the grid: each item's band files (bilinear), its offset added, its
+    SCL classes that are no ground observation masked (nearest); the day's items mosaicked,
+    the first item that holds a cell taking it. (bands, h, w) float32, NaN where invalid."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    out = np.full((len(a.parts[0].bands), grid["height"], grid["width"]), np.nan, np.float32)
+    for part in a.parts:
+        x = np.empty_like(out)
+        for b, href in enumerate(part.bands):
+            with rasterio.open(href) as ds:
+                if ds.count != 1:
+                    raise InputError(f"{href}: a STAC band asset with {ds.count} bands (one expected)")
+                nodata = ds.nodata if ds.nodata is not None else part.nodata
+                with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=nodata, nodata=np.nan,
+                               dtype="float32") as v:
+                    x[b] = v.read(1)
+        x += np.float32(part.offset)
+        if part.scl is not None:
+            with rasterio.open(part.scl) as ds, WarpedVRT(ds, **grid, resampling=Resampling.nearest) as v:
+                scl = v.read(1)
+            x[:, np.isin(scl, SCL_INVALID)] = np.nan
+        fill = np.isnan(out).any(0) & np.isfinite(x).all(0)
+        out[:, fill] = x[:, fill]
+    return out
+
+
 def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tuple[int, int], kind: str,
                  s1_scale: str = "auto", stats=None) -> tuple[np.ndarray, np.ndarray]:
     """Every acquisition resampled (bilinear) onto a target grid, normalised.
@@ -227,34 +299,11 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
     counts as valid on this grid when at least half its pixels hold data (nodata, clouds of
     its mask band, and the area outside its footprint do not).
     """
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.vrt import WarpedVRT
-
     out = np.zeros((len(acq), bands, *shape), np.float32)
     valid = np.zeros(len(acq), bool)
-    names = S2_BANDS if kind == "s2" else S1_BANDS
+    grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
     for i, a in enumerate(acq):
-        with rasterio.open(a.path) as ds:
-            wanted, mask_band = a.bands, a.mask_band
-            if wanted is None:
-                if ds.count not in (bands, bands + 1):
-                    raise InputError(f"{a.path} has {ds.count} band(s); {kind.upper()} needs {bands} "
-                                     f"({', '.join(names)})"
-                                     f", optionally + 1 cloud-mask band")
-                wanted, mask_band = tuple(range(1, bands + 1)), (bands + 1 if ds.count == bands + 1 else None)
-            elif len(wanted) != bands:
-                raise InputError(f"{a.path}: {len(wanted)} bands per acquisition; {kind.upper()} needs {bands}")
-            if a.band_order is not None:
-                wanted = tuple(wanted[j] for j in a.band_order)
-            grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
-            with WarpedVRT(ds, **grid, resampling=Resampling.bilinear, src_nodata=ds.nodata, nodata=np.nan,
-                           dtype="float32") as v:
-                x = v.read(ordered_bands(a.path, ds.descriptions, tuple(wanted), kind))
-            if mask_band is not None:  # clouds: any cloudy source pixel under a grid cell invalidates it
-                with WarpedVRT(ds, **grid, resampling=Resampling.max, dtype="float32") as v:
-                    cloud = v.read(mask_band) != 0
-                x[:, cloud] = np.nan
+        x = _read_parts(a, grid) if a.parts else _read_file(a, bands, grid, kind)
         ok = np.isfinite(x).all(0)
         x = np.nan_to_num(x)
         if kind == "s1":
