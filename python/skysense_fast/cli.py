@@ -90,30 +90,67 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from skysense_fast.data import open_raster
     from skysense_fast.infer import embed_scene
 
-    with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
-        H, W = ds.height, ds.width
-    _announce_tiles(H, W, args.tile, args.overlap)
+    listed = _scene_list(args)
+    if listed is None:
+        with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
+            H, W = ds.height, ds.width
+        _announce_tiles(H, W, args.tile, args.overlap)
     model = _load_model(args)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     device = _rank_device(args.device)
+
+    def embed(src: str, dst: str, distribute: bool = True) -> dict:
+        try:
+            return embed_scene(model, src, dst, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                               device=device, dtype=dtype, output=args.features, progress=args.progress,
+                               resume=args.resume, chunk_rows=args.chunk_rows, hr_scale=args.hr_scale,
+                               distribute=distribute, **_series_kw(args))
+        except torch.OutOfMemoryError:
+            raise InputError(f"out of memory on {device} with --tile {args.tile} --batch-size {args.batch_size}: "
+                             "lower --batch-size (then --tile), or use --dtype bfloat16") from None
+
+    if listed is not None:
+        return _run_list(args, listed, lambda scene, dst: embed(scene.src, dst, distribute=False), "embed")
     t0 = time.perf_counter()
-    try:
-        info = embed_scene(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
-                           batch_size=args.batch_size, device=device, dtype=dtype, output=args.features,
-                           progress=args.progress, s2=_series(getattr(args, "s2", None)),
-                           s1=_series(getattr(args, "s1", None)),
-                           resume=getattr(args, "resume", False), s2_dates=_dates(getattr(args, "s2_dates", None)),
-                           s1_dates=_dates(getattr(args, "s1_dates", None)), chunk_rows=getattr(args, "chunk_rows", 64),
-                           hr_scale=getattr(args, "hr_scale", None),
-                           s2_band_order=getattr(args, "s2_band_order", "model"))
-    except torch.OutOfMemoryError:
-        raise InputError(f"out of memory on {device} with --tile {args.tile} --batch-size {args.batch_size}: lower "
-                         "--batch-size (then --tile), or use --dtype bfloat16") from None
+    info = embed(args.input, args.output)
     C, h, w = info["shape"]
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: {C} feature bands, {h} x {w} pixels (32 input pixels each), "
               f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _scene_list(args: argparse.Namespace):
+    """The scenes of a list input (a .txt of paths, a STAC collection), or None for one scene."""
+    from skysense_fast.infer.scenes import is_scene_list, read_scene_list
+
+    if not is_scene_list(args.input):
+        if args.asset is not None:
+            raise InputError("--asset names the HR asset of STAC items: give a STAC file as the input")
+        return None
+    if getattr(args, "probabilities", None):
+        raise InputError("--probabilities with a list of scenes: run such scenes one at a time")
+    return read_scene_list(args.input, args.asset)
+
+
+def _run_list(args: argparse.Namespace, scenes, work, what: str) -> int:
+    """Whole scenes over the ranks, one output each in the -o folder; 1 if any failed."""
+    from skysense_fast.infer.scenes import SUMMARY, ranks, run_scenes
+
+    result = run_scenes(scenes, args.output, work, resume=args.resume, what=what)
+    mine = result["records"]
+    counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "failed", "skipped")}
+    rank, world = ranks()
+    print(f"{what}: rank {rank} of {world}: {len(mine)} of {len(scenes)} scenes: {counts['done']} done, "
+          f"{counts['failed']} failed, {counts['skipped']} skipped")
+    for r in mine:
+        if r["status"] == "failed":
+            print(f"  failed: {r['scene']}: {' '.join(r['error'].split())[:300]}")
+    whole = result["summary"]
+    if whole is not None:
+        print(f"{what}: all ranks: {whole['done']} done, {whole['failed']} failed, {whole['skipped']} skipped; "
+              f"{os.path.join(args.output, SUMMARY)}")
+    return 1 if counts["failed"] else 0
 
 
 def _announce_tiles(H: int, W: int, tile: int, overlap: int, what: str = "embedding") -> None:
@@ -177,7 +214,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         write_scene(scene)
         print(f"scene: {scene} (512 x 512 px, synthetic: fields, a river, a road; `make demo` prepares a real one)")
     ns = argparse.Namespace(config=args.config, weights=args.weights, input=scene, output=feats, tile=256, overlap=64,
-                            batch_size=4, device="cpu", dtype="float32", features="fused", progress=False)
+                            batch_size=4, device="cpu", dtype="float32", features="fused", progress=False,
+                            resume=False, chunk_rows=64, hr_scale=None, asset=None, s2=None, s1=None, s2_dates=None,
+                            s1_dates=None, s2_band_order="model")
     _cmd_embed(ns)
     _pca_png(scene, feats, png)
     print(f"wrote {png}: the scene next to a 3-component PCA of its features")
@@ -385,20 +424,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from skysense_fast.data import open_raster
     from skysense_fast.infer.predict import predict_scene
 
-    with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
-        H, W = ds.height, ds.width
-    _announce_tiles(H, W, args.tile, args.overlap, "predicting")
+    listed = _scene_list(args)
+    if listed is None:
+        with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
+            H, W = ds.height, ds.width
+        _announce_tiles(H, W, args.tile, args.overlap, "predicting")
     task = _load_task(args)
+
+    def predict(src: str, dst: str, distribute: bool = True) -> dict:
+        try:
+            return predict_scene(task, src, dst, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                                 device=_rank_device(args.device),
+                                 dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
+                                 progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
+                                 hr_scale=args.hr_scale, probabilities=args.probabilities, distribute=distribute,
+                                 **_series_kw(args))
+        except torch.OutOfMemoryError:
+            raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size "
+                             f"{args.batch_size}: lower --batch-size (then --tile), or use --dtype bfloat16") from None
+
+    if listed is not None:
+        return _run_list(args, listed, lambda scene, dst: predict(scene.src, dst, distribute=False), "predict")
     t0 = time.perf_counter()
-    try:
-        info = predict_scene(task, args.input, args.output, tile=args.tile, overlap=args.overlap,
-                             batch_size=args.batch_size, device=_rank_device(args.device),
-                             dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
-                             progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
-                             hr_scale=args.hr_scale, probabilities=args.probabilities, **_series_kw(args))
-    except torch.OutOfMemoryError:
-        raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size {args.batch_size}: "
-                         "lower --batch-size (then --tile), or use --dtype bfloat16") from None
+    info = predict(args.input, args.output)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: class map of {H} x {W} pixels, classes {info['classes']}, "
               f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
@@ -477,8 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                             + ("" if band_order else "; default: the task's"))
 
     e = sub.add_parser("embed", help="embed an HR GeoTIFF into a georeferenced feature GeoTIFF")
-    e.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale)")
-    e.add_argument("-o", "--output", required=True, help="output GeoTIFF (written atomically)")
+    e.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale); or a list of scenes: a .txt of "
+                                 "paths or a STAC ItemCollection .json (one output each in the -o folder, whole "
+                                 "scenes spread over torchrun's ranks)")
+    e.add_argument("-o", "--output", required=True, help="output GeoTIFF (written atomically); for a list, a folder")
+    e.add_argument("--asset", help="a STAC list's HR asset (default: visual, image, or its only GeoTIFF)")
     model_args(e)
     e.add_argument("--hr-scale", metavar="max=VALUE|percentile=LO,HI",
                    help="how an input that is not 8-bit maps to 0-255 (required for such inputs: never guessed)")
@@ -558,8 +609,11 @@ def main(argv: list[str] | None = None) -> int:
 
     pr = sub.add_parser("predict", help="the class map of an HR GeoTIFF from a fine-tuned task (a COG in the "
                                         "labels' class values, with colours and class names)")
-    pr.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale / the task's own)")
-    pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic)")
+    pr.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale / the task's own); or a list of "
+                                  "scenes (a .txt of paths, a STAC ItemCollection .json)")
+    pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic); for "
+                                                          "a list, a folder")
+    pr.add_argument("--asset", help="a STAC list's HR asset (default: visual, image, or its only GeoTIFF)")
     pr.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
     tile_args(pr)
     pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -651,7 +705,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise InputError(f"--overlap must be >= 0, got {overlap}")
     output = getattr(args, "output", None)
     if output is not None:
-        if args.cmd == "save-pretrained":    # writes a folder
+        from skysense_fast.infer.scenes import is_scene_list
+
+        to_folder = args.cmd == "save-pretrained" or (args.cmd in ("embed", "predict") and is_scene_list(args.input))
+        if to_folder:    # a folder of outputs
             if os.path.exists(output) and not os.path.isdir(output):
                 raise InputError(f"-o {output} is a file; give a folder (it is created if missing)")
         elif os.path.isdir(output):

@@ -52,7 +52,7 @@ def is_stac(source) -> bool:
     return all(n.lower().endswith((".json", ".geojson")) for n in names)
 
 
-def _load_items(source) -> list:
+def load_items(source) -> list:
     """pystac Items with absolute hrefs, from a collection file, an item file or a list of them."""
     import pystac
 
@@ -214,7 +214,7 @@ def stac_series(source, kind: str) -> list:
     if kind not in ("s2", "s1"):
         raise InputError(f"STAC series: kind must be s2 or s1, got {kind!r}")
     by_day: dict[dt.date, list[StacPart]] = {}
-    for item in _load_items(source):
+    for item in load_items(source):
         part = _s2_part(item) if kind == "s2" else _s1_part(item)
         by_day.setdefault(_date(item), []).append(part)
     return [Acquisition(parts[0].bands[0], day, parts=tuple(parts)) for day, parts in sorted(by_day.items())]

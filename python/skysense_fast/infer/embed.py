@@ -31,7 +31,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
                 dtype: torch.dtype = torch.float32, output: str = "fused", progress: bool = False,
                 gdal_cache_mb: int = 16, prefetch: bool = True, s2=None, s1=None, s2_dates=None, s1_dates=None,
                 resume: bool = False, chunk_rows: int = 64, hr_scale: str | None = None,
-                s2_band_order: str = "model") -> dict:
+                s2_band_order: str = "model", distribute: bool = True) -> dict:
     """Embed an HR GeoTIFF into a feature GeoTIFF (one pixel per 32 input pixels).
 
     Args:
@@ -62,6 +62,8 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             so an interrupted run continues where it stopped; the pieces are joined into
             ``dst`` at the end and removed.
         chunk_rows: output rows per piece (resumable and multi-process runs).
+        distribute: under torchrun, spread this scene's pieces over the ranks (False: this
+            process embeds the whole scene, as each rank does with a list of scenes).
 
     Under ``torchrun`` (torch.distributed initialised, or WORLD_SIZE > 1: a gloo group is
     started for the barriers) the ranks take contiguous ranges of pieces, and rank 0 joins
@@ -79,7 +81,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
     dst = os.fspath(dst)
-    rank, world = distributed.init()
+    rank, world = distributed.init() if distribute else (0, 1)
     model = model.eval().to(device)
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order), "s1": series_input(s1, s1_dates, "s1")}
     refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])

@@ -34,7 +34,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                   batch_size: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
                   probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16, s2=None, s1=None,
-                  s2_dates=None, s1_dates=None, s2_band_order: str | None = None) -> dict:
+                  s2_dates=None, s1_dates=None, s2_band_order: str | None = None, distribute: bool = True) -> dict:
     """Write the class map of an HR GeoTIFF (``task``: a segmentation
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
     class values (nodata where the input is nodata), with colours and class names.
@@ -68,7 +68,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     inputs = [src, *task.source_files] + [a.path for acq in series.values() if acq for a in acq]
     for out in filter(None, (dst, probabilities)):
         refuse_to_overwrite_an_input(out, inputs)
-    rank, world = distributed.init()
+    rank, world = distributed.init() if distribute else (0, 1)
     model = _Probabilities(task.eval().to(device))
     hr_scale = hr_scale if hr_scale is not None else spec.hr_scale
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:

@@ -140,7 +140,8 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
         with open(mpath + ".tmp", "w") as f:
             json.dump(manifest, f)
         os.replace(mpath + ".tmp", mpath)
-    distributed.barrier()
+    if world > 1:
+        distributed.barrier()
     mine = pieces[rank * len(pieces) // world:(rank + 1) * len(pieces) // world]
     todo = [p for p in mine if not os.path.exists(os.path.join(folder, piece_name(*p)))]
     # consecutive pending pieces stream together: tile rows are shared, never run twice
@@ -152,12 +153,14 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
             runs.append([p])
     for group in runs:
         stream(run, PiecesSink(folder, group, profile, output), group[0][0], group[-1][1])
-    distributed.barrier()
+    if world > 1:
+        distributed.barrier()
     bands = 0
     if rank == 0:
         bands = join_pieces(folder, pieces, dst, profile, output, final_sink)
         shutil.rmtree(folder, ignore_errors=True)
-    distributed.barrier()
+    if world > 1:
+        distributed.barrier()
     if bands == 0:
         import rasterio
 
