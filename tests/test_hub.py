@@ -128,6 +128,9 @@ def _corrupt(folder, **changes):
     ({"model.hr_embed_dim": 10**6}, "do not match the model its config describes"),   # never built
     ({"model.hr_depths": "two"}, "hr_depths"),
     ({"model.no_such_field": 1}, "unknown field"),
+    ({"model.hr_depths": [2, 2, 2, 200000]}, "more than the file's"),     # refused before even a meta build
+    ({"model.vit_dim": -32}, "vit_dim must be a positive integer"),
+    ({"model.date_embedding": ["abc"]}, "date_embedding names modalities"),
 ])
 def test_bad_folders_are_refused_by_name(tmp_path, change, message):
     skysense_fast.save_pretrained(_model(), tmp_path / "m")

@@ -145,9 +145,7 @@ class TaskModel(nn.Module):
         it has no series for, the date table without a dated series, the fusion unless the fused
         / geo map is read, the geo-context unless the geo map is."""
         reads = {self.spec.extra, self.spec.features if self.spec.kind == "classification" else "hr"}
-        out = [m for kind in ("s2", "s1") if kind not in self.spec.inputs for m in (kind, f"head_{kind}")]
-        if not set(self.spec.inputs) & set(self.backbone.config.date_embedding):
-            out.append("ctpe")
+        out = self.backbone.unreached(self.spec.inputs)
         if not reads & {"fused", "geo"}:
             out.append("fusion")
         if "geo" not in reads:
@@ -255,13 +253,17 @@ def read_task_spec(path: str | os.PathLike) -> TaskSpec:
 def load_task(path: str | os.PathLike, device: torch.device | str = "cpu") -> TaskModel:
     """The task model of a file written by :func:`save_task`, in eval mode."""
     from ..weights import load_weights
-    from ..weights.hub import check_shapes, looks_like_repo_id, weights_file
+    from ..weights.hub import block_count, check_shapes, looks_like_repo_id, weights_file
 
     if os.path.isdir(path) or looks_like_repo_id(os.fspath(path)):
         path = weights_file(path)
     spec = read_task_spec(path)
     # the shapes first, on the meta device: a crafted file cannot make us build a huge model
-    check_shapes(os.fspath(path), lambda: build_task_model(spec, "meta"), "the task it describes")
+    try:
+        cfg = models.get_config(spec.model_name, **spec.model_overrides)
+    except TypeError as e:
+        raise InputError(f"{path}: its task metadata has model_overrides this model has not ({e})") from None
+    check_shapes(os.fspath(path), lambda: build_task_model(spec, "meta"), "the task it describes", block_count(cfg))
     model = build_task_model(spec, "cpu")   # built, not left empty: some buffers are not in the file
     load_weights(model, path, strict=True)
     model.source_files = (os.fspath(path),)   # what predict must never overwrite

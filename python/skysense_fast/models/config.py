@@ -38,6 +38,34 @@ class SkySenseConfig:
     geo_prototypes: int = 100
     extra: dict = field(default_factory=dict, compare=False)
 
+    def __post_init__(self):
+        """Sizes that cannot build a model are refused by name (a config read from a file too)."""
+        sizes = {"hr_embed_dim": self.hr_embed_dim, "window_size": self.window_size, "vit_dim": self.vit_dim,
+                 "vit_depth": self.vit_depth, "vit_heads": self.vit_heads, "vit_img_size": self.vit_img_size,
+                 "fusion_dim": self.fusion_dim, "fusion_layers": self.fusion_layers,
+                 "fusion_heads": self.fusion_heads, "geo_regions": self.geo_regions,
+                 "geo_prototypes": self.geo_prototypes, "s2_in_chans": self.s2_in_chans,
+                 "s1_in_chans": self.s1_in_chans, "extra_norm_every_n_blocks": self.extra_norm_every_n_blocks}
+        for name, v in sizes.items():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"model config: {name} must be a positive integer, got {v!r}")
+        if self.hr_in_chans not in (3, 4):
+            raise InputError(f"model config: hr_in_chans must be 3 (RGB) or 4 (RGB + NIR), got {self.hr_in_chans!r}")
+        if not self.hr_depths or len(self.hr_depths) != len(self.hr_heads) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (*self.hr_depths,
+                                                                                          *self.hr_heads)):
+            raise InputError(f"model config: hr_depths and hr_heads must be positive integers, one per stage; got "
+                             f"{self.hr_depths}, {self.hr_heads}")
+        dims = [self.hr_embed_dim * 2 ** i for i in range(len(self.hr_depths))]
+        bad = [(d, h) for d, h in zip(dims, self.hr_heads, strict=True) if d % h]
+        if bad or self.vit_dim % self.vit_heads or self.fusion_dim % self.fusion_heads:
+            raise InputError("model config: every width must be a multiple of its head count (HR stages "
+                             f"{list(zip(dims, self.hr_heads, strict=True))}, vit {self.vit_dim}/{self.vit_heads}, "
+                             f"fusion {self.fusion_dim}/{self.fusion_heads})")
+        if not set(self.date_embedding) <= {"hr", "s2", "s1"} or isinstance(self.date_embedding, str):
+            raise InputError(f"model config: date_embedding names modalities among hr, s2, s1, got "
+                             f"{self.date_embedding!r}")
+
     @property
     def hr_out_dim(self) -> int:
         return self.hr_embed_dim * 2 ** (len(self.hr_depths) - 1)

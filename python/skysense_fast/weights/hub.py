@@ -172,26 +172,36 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None, d
     from .io import load_weights
 
     cfg = parse_section(models.SkySenseConfig, meta["model"], f"{os.path.join(folder, CONFIG)} model")
-    check_shapes(path, lambda: models.SkySense(cfg))
+    check_shapes(path, lambda: models.SkySense(cfg), blocks=block_count(cfg))
     model = models.SkySense(cfg)
     load_weights(model, path, strict=True)
     model.source_files = (path, os.path.join(folder, CONFIG))   # what an output must never replace
     return model.to(device).eval()
 
 
-def check_shapes(path: str, build, what: str = "the model its config describes") -> None:
+def check_shapes(path: str, build, what: str = "the model its config describes", blocks: int | None = None) -> None:
     """The file's tensors have the shapes of the model ``build()`` makes, checked on the meta
-    device before anything is allocated: a crafted config cannot make us build a huge model."""
+    device before anything is allocated: a crafted config cannot make us build a huge model.
+    ``blocks``: the transformer blocks the config describes; more than the file has tensors
+    (each block has several) is refused before even the meta build."""
     import torch
     from safetensors import safe_open
 
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     with safe_open(path, framework="pt") as f:
         held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if blocks is not None and blocks > len(held):   # even on meta, a million blocks take minutes to build
+        raise InputError(f"{path}: its config describes {blocks} transformer blocks, more than the file's "
+                         f"{len(held)} tensors: {what} is not what the file holds")
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
     if held != shapes:
         bad = sorted(k for k in set(held) | set(shapes) if held.get(k) != shapes.get(k))
         raise InputError(f"{path}: its tensors do not match {what} (e.g. {bad[:3]})")
+
+
+def block_count(cfg) -> int:
+    """Transformer blocks of a model config: Swin blocks, two ViTs' layers, fusion layers."""
+    return sum(cfg.hr_depths) + 2 * cfg.vit_depth + cfg.fusion_layers
 
 
 def _write_atomic(path: str, text: str) -> None:
