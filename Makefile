@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 # the demo's real sample: an aerial image shipped in a PyPI wheel, converted once (MIT, see
 # python/skysense_fast/data/sample/NOTICE.txt); if the registry is out of reach the demo
 # falls back to a generated scene
-SAMPLE := python/skysense_fast/data/sample/osbs_029_crowns.tif
+SAMPLE := python/skysense_fast/data/sample/neon/manifest.yaml
 $(SAMPLE): | $(VENV)/.installed
 	-$(VPY) -m pip download -q --no-deps deepforest==2.1.0 -d build/sample && \
 	  $(VPY) -m skysense_fast.data.sample build/sample/deepforest-2.1.0-py3-none-any.whl

@@ -89,3 +89,79 @@ def test_scenes_that_are_not_8_bit_need_a_stated_scale(scene):
     ref = SceneDataset(str(scene / "hr.tif"), *args, grid=4)
     scaled = pickle.loads(pickle.dumps(SceneDataset(str(scene / "hr16.tif"), *args, grid=4, hr_scale="max=10200")))
     torch.testing.assert_close(scaled[1]["hr"], ref[1]["hr"])          # the same input; picklable for workers
+
+
+def _raw(out, **data):
+    return {"model": {"name": "skysense-tiny"},
+            "data": {"grid": 4, "crop": 3, "s2_frames": 2, "s1_frames": 2, "min_frames": 1, **data},
+            "loss": {"out_dim": 32, "head_hidden": 32, "head_bottleneck": 16, "cma_dim": 16},
+            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "out_dir": str(out), "device": "cpu",
+                      "progress": False}}
+
+
+@pytest.mark.parametrize("modalities", [["hr"], ["s2"], ["hr", "s1"]])
+def test_pretraining_on_a_subset_of_the_modalities(tmp_path, modalities):
+    """Only the objectives that apply: distillation of the present modalities and the fused map,
+    cross-modal alignment only between present ones; what no input reaches stays as it was."""
+    from skysense_fast import models
+    from skysense_fast.weights import load_weights
+
+    res = pretrain(from_dict(_raw(tmp_path, kind="synthetic", samples=8, modalities=modalities)))
+    assert res["status"] == "done"
+    keys = set(res["losses"][0])
+    for src in ("hr", "s2", "s1"):
+        assert (f"{src}_pixel" in keys) == (src in modalities)
+    assert "fused_image" in keys and all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])
+    assert (res["losses"][-1]["cma"] == 0) == (len(modalities) == 1)
+    torch.manual_seed(0)                                     # the run's seed: its initial weights
+    init = models.create("skysense-tiny")
+    trained = models.create("skysense-tiny")
+    load_weights(trained, res["weights"])
+    for name in trained.unreached(modalities):               # never reached: exactly the initial weights
+        for (k, a), (_, b) in zip(getattr(trained, name).state_dict().items(),
+                                  getattr(init, name).state_dict().items(), strict=True):
+            assert torch.equal(a, b), f"{name}.{k}"
+    reached = "hr" if "hr" in modalities else "s2"
+    assert not all(torch.equal(a, b) for a, b in zip(getattr(trained, reached).parameters(),
+                                                    getattr(init, reached).parameters(), strict=True))
+
+
+def test_hr_only_pretraining_on_plain_images_without_a_crs(tmp_path):
+    """Real aerial imagery often comes as PNG / JPEG: the location comes from the config."""
+    import numpy as np
+
+    img = (np.random.default_rng(0).random((3, 200, 260)) * 255).astype(np.uint8)
+    with rasterio.open(tmp_path / "a.png", "w", driver="PNG", height=200, width=260, count=3, dtype="uint8") as d:
+        d.write(img)
+    raw = _raw(tmp_path / "run", kind="scenes", modalities=["hr"], hr=str(tmp_path / "a.png"), latlon=[44.9, -110.6])
+    res = pretrain(from_dict(raw))
+    assert res["status"] == "done" and all(torch.isfinite(torch.tensor(r["total"])) for r in res["losses"])
+    ds = SceneDataset(str(tmp_path / "a.png"), grid=4, latlon=(44.9, -110.6))
+    assert len(ds) == 2 and set(ds[0]) == {"hr", "latlon"} and ds[1]["latlon"].tolist() == pytest.approx([44.9, -110.6])
+    from skysense_fast.data.geotiff import normalise_hr
+
+    np.testing.assert_allclose(ds[1]["hr"].numpy(), normalise_hr(img[:, :128, 128:256]))   # the window, read once
+    raw["data"].pop("latlon")
+    with pytest.raises(ValueError, match="has no CRS: give its location as data.latlon"):
+        pretrain(from_dict(raw))
+    # a resume with other modalities cannot continue those checkpoints
+    raw = _raw(tmp_path / "run2", kind="synthetic", samples=8, modalities=["hr"])
+    raw["train"]["checkpoint_every"] = 1
+    pretrain(from_dict(raw), stop_after=1)
+    raw["data"]["modalities"] = ["hr", "s2"]
+    with pytest.raises(ValueError, match="data.modalities"):
+        pretrain(from_dict(raw))
+
+
+def test_modality_settings_are_checked(scene):
+    hr, s2 = str(scene / "hr.tif"), str(scene / "s2")
+    for data, message in [
+        ({"kind": "scenes", "modalities": ["s2"], "s2": s2}, "pretraining on scenes needs hr"),
+        ({"kind": "scenes", "modalities": ["hr"], "hr": hr, "s2": s2}, r"data\.s2 is given but data\.modalities"),
+        ({"kind": "scenes", "modalities": ["hr", "s2"], "hr": hr}, r"data\.s2 is required"),
+        ({"kind": "synthetic", "modalities": ["hr", "hr"]}, "data.modalities must be distinct names"),
+        ({"kind": "synthetic", "modalities": ["rgb"]}, "data.modalities must be distinct names"),
+        ({"kind": "synthetic", "modalities": []}, "data.modalities must be distinct names"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(_raw(scene / "x", **data))

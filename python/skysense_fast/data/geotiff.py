@@ -13,22 +13,27 @@ from .normalisation import DEFAULT
 HR_MEAN, HR_STD = np.array(DEFAULT.hr_mean, np.float32), np.array(DEFAULT.hr_std, np.float32)
 
 
-def open_raster(path: str | os.PathLike, bands: int | None = None, what: str = "input"):
+def open_raster(path: str | os.PathLike, bands: int | None = None, what: str = "input", need_crs: bool = True):
     """rasterio dataset for reading; a missing file, a non-raster, a wrong band count or no CRS
-    is a ValueError / FileNotFoundError that names the file (``what`` it is) and what was expected."""
+    (unless ``need_crs`` is False: a plain image, e.g. a PNG) is a ValueError /
+    FileNotFoundError that names the file (``what`` it is) and what was expected."""
+    import warnings
+
     import rasterio
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():   # a plain image has no geotransform: said below, where it matters
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as e:
         raise InputError(f"{path} is not a readable raster ({e})") from None
     if bands is not None and ds.count < bands:
         ds.close()
         raise InputError(f"{path} has {ds.count} band(s); the HR branch needs {bands} (R, G, B)")
-    if ds.crs is None:
+    if ds.crs is None and need_crs:
         ds.close()
         raise InputError(f"{path} has no CRS: it is not georeferenced")
     return ds

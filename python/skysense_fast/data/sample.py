@@ -29,6 +29,15 @@ CROWNS_MEMBER = "deepforest/data/OSBS_029.csv"
 CROWNS_RASTER = SAMPLE_DIR / "osbs_029_crowns.tif"
 CROWNS_VECTOR = SAMPLE_DIR / "osbs_029_crowns.geojson"
 BACKGROUND, CROWN = 1, 2
+# unlabelled NEON images of two other sites in the same wheel (PNG, no CRS), for HR-only
+# pretraining: Yellowstone Northern Range (the names hold the tiles' UTM 12N corner) and
+# Soaproot Saddle (NEON's published site location)
+PRETRAIN_MEMBERS = {"deepforest/data/2019_YELL_2_528000_4978000_image_crop2.png": ("EPSG:32612", 528000, 4978000),
+                    "deepforest/data/2019_YELL_2_541000_4977000_image_crop.png": ("EPSG:32612", 541000, 4977000),
+                    "deepforest/data/SOAP_031.png": (37.03337, -119.26219),
+                    "deepforest/data/SOAP_061.png": (37.03337, -119.26219)}
+PRETRAIN_DIR = SAMPLE_DIR / "neon"
+PRETRAIN_MANIFEST = PRETRAIN_DIR / "manifest.yaml"
 DESCRIPTION = ("real 10 cm RGB aerial image, NEON site OSBS (Florida), from the deepforest 2.1.0 package, "
                "MIT licence")
 
@@ -50,6 +59,7 @@ def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SA
             crowns = z.read(CROWNS_MEMBER).decode()
             licences = [n for n in z.namelist() if n.endswith(("LICENSE", "LICENSE.txt", "AUTHORS.md"))]
             notice = "\n\n".join(f"--- {n} ---\n{z.read(n).decode('utf-8', 'replace')}" for n in licences)
+            unlabelled = {name: z.read(name) for name in PRETRAIN_MEMBERS}
     except (OSError, zipfile.BadZipFile, KeyError) as e:
         raise InputError(f"{wheel}: not the expected {WHEEL} wheel with {MEMBER} ({e})") from None
     with MemoryFile(data) as mem, mem.open() as src:
@@ -73,7 +83,35 @@ def prepare_from_wheel(wheel: str | os.PathLike, out_dir: str | os.PathLike = SA
     os.replace(notice_tmp, out_dir / "NOTICE.txt")
     os.replace(tmp, final)
     write_crowns(crowns, profile, out_dir)
+    write_pretraining_images(unlabelled, out_dir / PRETRAIN_DIR.name)
     return final
+
+
+def write_pretraining_images(images: dict[str, bytes], folder: Path) -> Path:
+    """The unlabelled images as they are (PNG) and a pretraining manifest with their
+    locations (``data.manifest`` of ``configs/pretrain/neon-hr-tiny.yaml``), atomically."""
+    import yaml
+    from rasterio.warp import transform
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for member, where in PRETRAIN_MEMBERS.items():
+        name = os.path.basename(member)
+        tmp = folder / f"{name}.partial"
+        tmp.write_bytes(images[member])
+        os.replace(tmp, folder / name)
+        if len(where) == 3:   # a UTM corner: the image's location in degrees
+            crs, x, y = where
+            lon, lat = transform(crs, "EPSG:4326", [x], [y])
+            lat_lon = [round(float(lat[0]), 5), round(float(lon[0]), 5)]
+        else:
+            lat_lon = [float(where[0]), float(where[1])]
+        entries.append({"hr": name, "latlon": lat_lon})
+    tmp = folder / "manifest.partial.yaml"
+    tmp.write_text("# unlabelled NEON images from the deepforest 2.1.0 wheel (MIT), for HR-only pretraining\n"
+                   + yaml.safe_dump(entries, sort_keys=False))
+    os.replace(tmp, folder / PRETRAIN_MANIFEST.name)
+    return folder / PRETRAIN_MANIFEST.name
 
 
 def crown_boxes(csv_text: str) -> list[tuple[int, int, int, int]]:

@@ -77,6 +77,16 @@ class SkySense(nn.Module):
             out |= {f"{enc}.{k}": (i, depth) for k, i in ids.items()}
         return out
 
+    def unreached(self, inputs) -> list[str]:
+        """The submodules that inputs of only these modalities (``hr``, ``s2``, ``s1``) never
+        reach: the absent encoders and their UPHeads, the date table without a dated series.
+        Frozen in runs on such data, they get no gradients and no optimiser state."""
+        out = [m for kind in ("hr", "s2", "s1") if kind not in inputs
+               for m in ((kind,) if kind == "hr" else (kind, f"head_{kind}"))]
+        if not set(inputs) & set(self.config.date_embedding):
+            out.append("ctpe")
+        return out
+
     def set_grad_checkpointing(self, enable: bool = True) -> SkySense:
         """Recompute each transformer block in the backward instead of storing its activations
         (training only): Swin blocks, ViT layers, fusion layers."""

@@ -49,26 +49,34 @@ def _subset(valid: Tensor, min_frames: int, g: torch.Generator) -> Tensor:
 
 
 def make_view(sample: dict[str, Tensor], crop: int, min_frames: int, g: torch.Generator) -> tuple[dict, Tensor]:
-    """One augmented view of one sample -> (view, geometry (4,) int64)."""
-    grid = sample["s2"].shape[-1]
+    """One augmented view of one sample (of any subset of the modalities) -> (view, geometry
+    (4,) int64)."""
+    grid = next((sample[m].shape[-1] for m in ("s2", "s1") if m in sample), None)
+    if grid is None:
+        grid = sample["hr"].shape[-1] // HR_SCALE
     top = int(torch.randint(0, grid - crop + 1, (), generator=g))
     left = int(torch.randint(0, grid - crop + 1, (), generator=g))
     k = int(torch.randint(0, 4, (), generator=g))
     flip = bool(torch.randint(0, 2, (), generator=g))
     s, S = slice(top, top + crop), slice(left, left + crop)
-    hs, hS = slice(top * HR_SCALE, (top + crop) * HR_SCALE), slice(left * HR_SCALE, (left + crop) * HR_SCALE)
-    hr = _spatial(sample["hr"][:, hs, hS], k, flip)
-    contrast = 1 + 0.2 * (torch.rand((), generator=g) - 0.5)
-    bright = 0.2 * (torch.rand((), generator=g) - 0.5)
-    hr = hr * contrast + bright + 0.05 * torch.randn(hr.shape, generator=g)
-    s2 = _spatial(sample["s2"][..., s, S], k, flip)
-    gain = 1 + 0.1 * (torch.rand(1, s2.shape[1], 1, 1, generator=g) - 0.5)
-    s2 = s2 * gain + 0.02 * torch.randn(s2.shape, generator=g)
-    s1 = _spatial(sample["s1"][..., s, S], k, flip)
-    s1 = s1 + 0.1 * (torch.rand((), generator=g) - 0.5) + 0.05 * torch.randn(s1.shape, generator=g)
-    view = {"hr": hr, "s2": s2, "s1": s1, "doy_s2": sample["doy_s2"], "doy_s1": sample["doy_s1"],
-            "valid_s2": _subset(sample["valid_s2"], min_frames, g),
-            "valid_s1": _subset(sample["valid_s1"], min_frames, g), "latlon": sample["latlon"]}
+    view = {"latlon": sample["latlon"]}
+    if "hr" in sample:
+        hs, hS = slice(top * HR_SCALE, (top + crop) * HR_SCALE), slice(left * HR_SCALE, (left + crop) * HR_SCALE)
+        hr = _spatial(sample["hr"][:, hs, hS], k, flip)
+        contrast = 1 + 0.2 * (torch.rand((), generator=g) - 0.5)
+        bright = 0.2 * (torch.rand((), generator=g) - 0.5)
+        view["hr"] = hr * contrast + bright + 0.05 * torch.randn(hr.shape, generator=g)
+    if "s2" in sample:
+        s2 = _spatial(sample["s2"][..., s, S], k, flip)
+        gain = 1 + 0.1 * (torch.rand(1, s2.shape[1], 1, 1, generator=g) - 0.5)
+        view["s2"] = s2 * gain + 0.02 * torch.randn(s2.shape, generator=g)
+    if "s1" in sample:
+        s1 = _spatial(sample["s1"][..., s, S], k, flip)
+        view["s1"] = s1 + 0.1 * (torch.rand((), generator=g) - 0.5) + 0.05 * torch.randn(s1.shape, generator=g)
+    for m in ("s2", "s1"):
+        if m in sample:
+            view[f"doy_{m}"] = sample[f"doy_{m}"]
+            view[f"valid_{m}"] = _subset(sample[f"valid_{m}"], min_frames, g)
     return view, torch.tensor([top, left, k, int(flip)])
 
 

@@ -30,13 +30,15 @@ __all__ = ["ConfigError", "DataSection", "LossSection", "ModelSection", "Pretrai
 @dataclass
 class DataSection:
     kind: str = "synthetic"      # "synthetic" (generated, deterministic per index) or "scenes"
+    modalities: tuple[str, ...] = ("hr", "s2", "s1")   # what is trained: any subset (scenes: with hr)
     samples: int = 4096          # dataset size (synthetic)
     hr: str | None = None        # scenes: the HR GeoTIFF (RGB, 8-bit; other dtypes need hr_scale)
     hr_scale: str | None = None  # scenes: "max=VALUE" or "percentile=LO,HI" for an HR raster that is not 8-bit
     s2: str | None = None        # scenes: Sentinel-2 series (folder of GeoTIFFs or one multi-band file)
     s1: str | None = None        # scenes: Sentinel-1 series
     stride: int = 0              # scenes: cells between sample windows (0 = grid: no overlap)
-    manifest: str | None = None  # scenes: a YAML list of {hr, s2, s1} (relative paths: to the list's folder)
+    manifest: str | None = None  # scenes: a YAML list of {hr, s2, s1, latlon} (relative paths: to the list's folder)
+    latlon: tuple[float, float] | None = None   # scenes: where an HR image without a CRS lies (degrees)
     grid: int = 6                # sample size on the fusion grid (Sentinel pixels; HR is 32x)
     crop: int = 4                # each view's crop on the fusion grid (views overlap partly)
     s2_frames: int = 4
@@ -104,9 +106,10 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Pretr
     return from_dict(read_yaml(path, overrides))
 
 
-def scene_list(manifest: str) -> list[dict[str, str]]:
-    """The scenes of a manifest: a YAML list of mappings with hr, s2, s1 (paths relative to
-    the manifest's folder unless absolute), each checked to exist."""
+def scene_list(manifest: str, modalities: tuple[str, ...] = ("hr", "s2", "s1")) -> list[dict]:
+    """The scenes of a manifest: a YAML list of mappings with hr and the series of the trained
+    ``modalities`` (paths relative to the manifest's folder unless absolute), each checked to
+    exist, and optionally latlon: [lat, lon] for an HR image without a CRS."""
     import yaml
 
     require(os.path.exists(manifest), f"data.manifest: no such file: {manifest}")
@@ -117,13 +120,21 @@ def scene_list(manifest: str) -> list[dict[str, str]]:
             raise ConfigError(f"config: data.manifest {manifest} is not valid YAML: {e}") from None
     require(isinstance(entries, list) and entries, f"data.manifest {manifest} must be a non-empty list of scenes")
     root = os.path.dirname(os.path.abspath(manifest))
+    files = tuple(m for m in ("hr", "s2", "s1") if m in modalities)
     scenes = []
     for i, entry in enumerate(entries):
-        require(isinstance(entry, dict) and set(entry) == {"hr", "s2", "s1"},
-                f"data.manifest {manifest}: scene {i} must have exactly hr, s2, s1, got {entry!r}")
-        paths = {k: os.path.join(root, str(v)) for k, v in entry.items()}
+        require(isinstance(entry, dict) and set(entry) - {"latlon"} == set(files),
+                f"data.manifest {manifest}: scene {i} must have exactly {', '.join(files)} (and optionally latlon) "
+                f"for data.modalities {list(modalities)}, got {entry!r}")
+        paths: dict = {k: os.path.join(root, str(entry[k])) for k in files}
         for k, path in paths.items():
             require(os.path.exists(path), f"data.manifest {manifest}: scene {i} {k}: no such file or folder: {path}")
+        if "latlon" in entry:
+            ll = entry["latlon"]
+            require(isinstance(ll, list) and len(ll) == 2 and all(isinstance(v, (int, float)) for v in ll)
+                    and -90 <= ll[0] <= 90 and -180 <= ll[1] <= 180,
+                    f"data.manifest {manifest}: scene {i} latlon must be [lat, lon] in degrees, got {ll!r}")
+            paths["latlon"] = (float(ll[0]), float(ll[1]))
         scenes.append(paths)
     return scenes
 
@@ -133,25 +144,37 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     d, lo, o = cfg.data, cfg.loss, cfg.optim
     validate_common(cfg.model, cfg.optim, cfg.train, world_size)
     require(d.kind in ("synthetic", "scenes"), f"data.kind must be 'synthetic' or 'scenes', got {d.kind!r}")
+    mods = d.modalities
+    require(len(mods) >= 1 and len(set(mods)) == len(mods) and set(mods) <= {"hr", "s2", "s1"},
+            f"data.modalities must be distinct names among hr, s2, s1, got {list(mods)}")
     if d.kind == "scenes":
+        require("hr" in mods, "data.modalities: pretraining on scenes needs hr (the windows are cut from the HR "
+                              f"image); got {list(mods)}")
         if d.manifest is not None:
             require(all(getattr(d, n) is None for n in ("hr", "s2", "s1")),
                     "data.manifest and data.hr/s2/s1 exclude each other: list every scene in the manifest")
-            scene_list(d.manifest)
+            scene_list(d.manifest, mods)
         else:
             for name in ("hr", "s2", "s1"):
                 path = getattr(d, name)
-                require(path is not None, f"data.{name} is required with data.kind 'scenes' (every modality is "
-                                           "trained), or data.manifest listing scenes")
-                require(os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+                if name in mods:
+                    require(path is not None, f"data.{name} is required with data.kind 'scenes' and "
+                                               f"data.modalities {list(mods)} (or data.manifest listing scenes)")
+                    require(os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+                else:
+                    require(path is None, f"data.{name} is given but data.modalities {list(mods)} does not train it")
+    if d.latlon is not None:
+        require(-90 <= d.latlon[0] <= 90 and -180 <= d.latlon[1] <= 180,
+                f"data.latlon must be (lat, lon) in degrees, got {d.latlon}")
     require(d.stride >= 0, f"data.stride must be >= 0, got {d.stride}")
     for name in ("samples", "grid", "crop", "s2_frames", "s1_frames", "min_frames", "classes"):
         require(getattr(d, name) >= 1, f"data.{name} must be >= 1, got {getattr(d, name)}")
     require(d.crop <= d.grid, f"data.crop ({d.crop}) must be <= data.grid ({d.grid}): a view is a crop of the sample")
     require(d.local_crops >= 0, f"data.local_crops must be >= 0, got {d.local_crops}")
     require(1 <= d.local_crop <= d.crop, f"data.local_crop ({d.local_crop}) must be in [1, data.crop = {d.crop}]")
-    require(d.min_frames <= min(d.s2_frames, d.s1_frames),
-            f"data.min_frames ({d.min_frames}) must be <= data.s2_frames and data.s1_frames")
+    series = [getattr(d, f"{m}_frames") for m in ("s2", "s1") if m in mods]
+    require(not series or d.min_frames <= min(series),
+            f"data.min_frames ({d.min_frames}) must be <= data.s2_frames and data.s1_frames of the trained series")
     for name in ("out_dim", "head_hidden", "head_bottleneck", "object_grid", "sinkhorn_iters", "cma_dim"):
         require(getattr(lo, name) >= 1, f"loss.{name} must be >= 1, got {getattr(lo, name)}")
     require(lo.centering in ("ema", "sinkhorn"), f"loss.centering must be ema or sinkhorn, got {lo.centering!r}")

@@ -18,6 +18,10 @@ one running centre per (source, level) (DINO; all-reduced under data parallelism
 balanced by the Sinkhorn op (``loss.centering: sinkhorn``, DINOv2).
 L_CMA: InfoNCE between the student's HR, S2 (mean over its valid acquisitions) and S1
 features of the same pixel, through one linear projection per modality, all three pairs.
+
+On a subset of the modalities (``data.modalities``: HR only, S2 + S1, ...) the objectives that
+apply remain: distillation of the present modalities and of the fused map, alignment of the
+present pairs (none with one modality).
 """
 
 from __future__ import annotations
@@ -50,14 +54,17 @@ class SkySensePretrainer(nn.Module):
 
     centers_started: Tensor   # a buffer, as are the centres center_<source>_<level>
 
-    def __init__(self, backbone: SkySense, loss: LossSection):
+    def __init__(self, backbone: SkySense, loss: LossSection, modalities: tuple[str, ...] = ("hr", "s2", "s1")):
         super().__init__()
         self.backbone, self.loss_cfg = backbone, loss
+        self.modalities = tuple(m for m in ("hr", "s2", "s1") if m in modalities)
+        self.sources = (*self.modalities, "fused")   # what is distilled; cross-modal pairs need two modalities
         widths = {"modal": backbone.config.hr_out_dim, "fused": backbone.config.fusion_dim}
         self.heads = nn.ModuleDict({f"{kind}_{level}": DINOHead(width, loss.out_dim, loss.head_hidden,
                                                                 loss.head_bottleneck)
                                     for kind, width in widths.items() for level in LEVELS})
-        self.cma = nn.ModuleDict({m: nn.Linear(widths["modal"], loss.cma_dim) for m in ("hr", "s2", "s1")})
+        paired = self.modalities if len(self.modalities) > 1 else ()
+        self.cma = nn.ModuleDict({m: nn.Linear(widths["modal"], loss.cma_dim) for m in paired})
         for src in SOURCES:
             for level in LEVELS:
                 self.register_buffer(f"center_{src}_{level}", torch.zeros(loss.out_dim))
@@ -69,7 +76,7 @@ class SkySensePretrainer(nn.Module):
         return cast(DINOHead, self.heads[f"{'fused' if src == 'fused' else 'modal'}_{level}"])
 
     def features(self, view: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self.backbone(**{k: view[k] for k in MODEL_INPUTS})
+        return self.backbone(**{k: view[k] for k in MODEL_INPUTS if k in view})
 
     def forward(self, views: list[dict[str, Tensor]], geoms: list[Tensor] | None = None,
                 teacher: SkySensePretrainer | None = None, teacher_temp: float = 0.04,
@@ -201,7 +208,7 @@ def _frames_ok(src: str, a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
     """(B, T) acquisitions valid in both views; (B, 1) all True for single-frame sources."""
     if src in ("s2", "s1"):
         return a[f"valid_{src}"] & b[f"valid_{src}"]
-    return torch.ones(a["hr"].shape[0], 1, dtype=torch.bool, device=a["hr"].device)
+    return torch.ones(a["latlon"].shape[0], 1, dtype=torch.bool, device=a["latlon"].device)
 
 
 def _image_level(student: SkySensePretrainer, teacher: SkySensePretrainer, S: Tensor, Tt: Tensor, ok: Tensor,
@@ -224,14 +231,18 @@ def _series_mean(x: Tensor, valid: Tensor) -> Tensor:
 
 def cross_modal_loss(student: SkySensePretrainer, out: dict[str, Tensor], view: dict[str, Tensor], cfg: LossSection,
                      generator: torch.Generator | None) -> Tensor:
-    """InfoNCE over the three modality pairs at up to ``cma_max_pixels`` pixels of each image."""
-    maps = {"hr": out["hr"], "s2": _series_mean(out["s2"], view["valid_s2"]),
-            "s1": _series_mean(out["s1"], view["valid_s1"])}
-    h, w = maps["hr"].shape[-2:]
+    """InfoNCE over the pairs of the trained modalities at up to ``cma_max_pixels`` pixels of
+    each image; 0 with a single modality (there is nothing to align)."""
+    present = tuple(student.cma.keys())
+    if len(present) < 2:
+        return out["fused"].new_zeros(())
+    maps = {m: out["hr"] if m == "hr" else _series_mean(out[m], view[f"valid_{m}"]) for m in present}
+    first = maps[present[0]]
+    h, w = first.shape[-2:]
     n = min(h * w, cfg.cma_max_pixels)
-    pick = torch.randperm(h * w, generator=generator)[:n].to(maps["hr"].device)
+    pick = torch.randperm(h * w, generator=generator)[:n].to(first.device)
     z = {k: student.cma[k](v.flatten(2)[:, :, pick].transpose(1, 2)) for k, v in maps.items()}
-    pairs = (("hr", "s2"), ("hr", "s1"), ("s2", "s1"))
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
     return cast(Tensor, sum(info_nce(z[a], z[b], cfg.cma_temp) for a, b in pairs)) / len(pairs)   # a sum of tensors
 
 
@@ -253,10 +264,10 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
     centers = _Centers()
     parts: dict[str, Tensor] = {}
     pairs = [(0, 1), (1, 0)]
-    B = views[0]["hr"].shape[0]
+    B = views[0]["latlon"].shape[0]
     index = views[0].get("index", torch.arange(B))          # global sample ids (step_views sets them)
     salt = float(torch.rand((), generator=generator)) if cfg.pixel_samples else 0.0
-    for n_src, src in enumerate(SOURCES):
+    for n_src, src in enumerate(student.sources):
         acc: dict[str, Tensor | float] = {level: 0.0 for level in LEVELS}   # tensors once the pairs are added
         for i, j in pairs:
             res = _pair_losses(student, teacher, s_out[i][src], t_out[j][src], geoms[i], geoms[j],
@@ -276,7 +287,7 @@ def pretrain_losses(student: SkySensePretrainer, teacher: SkySensePretrainer, vi
             parts[f"{src}_{level}"] = cast(Tensor, acc[level]) / (n_img if level == "image" else len(pairs))
     weights = {"pixel": cfg.pixel_weight, "object": cfg.object_weight, "image": cfg.image_weight}
     mgcl = cast(Tensor, sum((cfg.fused_weight if src == "fused" else 1.0) * weights[level] * parts[f"{src}_{level}"]
-                            for src in SOURCES for level in LEVELS))   # sums of tensors, as below
+                            for src in student.sources for level in LEVELS))   # sums of tensors, as below
     cma = cast(Tensor, sum(cross_modal_loss(student, s_out[i], views[i], cfg, generator)
                            for i in range(len(views)))) / len(views)
     parts["mgcl"], parts["cma"] = mgcl, cma

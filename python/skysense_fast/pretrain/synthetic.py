@@ -25,8 +25,9 @@ HR_SCALE = 32
 
 class SyntheticMultimodal(torch.utils.data.Dataset):
     def __init__(self, samples: int = 4096, grid: int = 6, s2_frames: int = 4, s1_frames: int = 4, classes: int = 6,
-                 seed: int = 0, cloud_prob: float = 0.1):
+                 seed: int = 0, cloud_prob: float = 0.1, modalities: tuple[str, ...] = ("hr", "s2", "s1")):
         self.samples, self.grid, self.t2, self.t1, self.classes = samples, grid, s2_frames, s1_frames, classes
+        self.modalities = tuple(modalities)   # the keys of the others are left out of each sample
         self.seed, self.cloud_prob = seed, cloud_prob
         g = torch.Generator().manual_seed(seed)
         # per-class signatures, shared by the whole dataset: what makes the modalities agree
@@ -69,5 +70,12 @@ class SyntheticMultimodal(torch.utils.data.Dataset):
                                                                                      generator=g)
         lat = torch.rand((), generator=g) * 130 - 60
         lon = torch.rand((), generator=g) * 360 - 180
-        return {"hr": hr, "s2": s2, "s1": s1, "doy_s2": doy_s2, "doy_s1": doy_s1, "valid_s2": valid_s2,
-                "valid_s1": torch.ones(self.t1, dtype=torch.bool), "latlon": torch.stack([lat, lon])}
+        out = {"hr": hr, "s2": s2, "s1": s1, "doy_s2": doy_s2, "doy_s1": doy_s1, "valid_s2": valid_s2,
+               "valid_s1": torch.ones(self.t1, dtype=torch.bool), "latlon": torch.stack([lat, lon])}
+        return only(out, self.modalities)
+
+
+def only(sample: dict[str, Tensor], modalities) -> dict[str, Tensor]:
+    """A sample's entries of these modalities (each series with its dates and validity) and latlon."""
+    keep = {"latlon", *(k for m in modalities for k in ((m,) if m == "hr" else (m, f"doy_{m}", f"valid_{m}")))}
+    return {k: v for k, v in sample.items() if k in keep}

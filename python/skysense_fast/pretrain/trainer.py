@@ -27,7 +27,8 @@ from .objective import SkySensePretrainer, ema_update, make_teacher
 from .synthetic import SyntheticMultimodal
 
 # config fields that fix the shapes of what a checkpoint holds: resuming with others cannot work
-SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim")}
+SHAPE_FIELDS = {"model": ("name", "overrides"), "loss": ("out_dim", "head_hidden", "head_bottleneck", "cma_dim"),
+                "data": ("modalities",)}   # the modalities decide which parameters have optimiser state
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ def build_model(cfg: PretrainConfig, device: torch.device) -> SkySensePretrainer
         load_any(backbone, cfg.model.weights)
     if cfg.train.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
+    for name in backbone.unreached(cfg.data.modalities):   # never trained: no gradients, no optimiser state
+        getattr(backbone, name).requires_grad_(False)
     with device:
-        return SkySensePretrainer(backbone, cfg.loss).to(device)
+        return SkySensePretrainer(backbone, cfg.loss, cfg.data.modalities).to(device)
 
 
 def make_dataset(cfg: PretrainConfig):
@@ -59,15 +62,16 @@ def make_dataset(cfg: PretrainConfig):
         from .scenes import SceneDataset
 
         if d.manifest:
-            scenes = scene_list(d.manifest)
+            scenes = scene_list(d.manifest, d.modalities)
         else:
-            assert d.hr is not None and d.s2 is not None and d.s1 is not None   # validate() requires them
+            assert d.hr is not None   # validate() requires it, and the series of the trained modalities
             scenes = [{"hr": d.hr, "s2": d.s2, "s1": d.s1}]
-        parts = [SceneDataset(sc["hr"], sc["s2"], sc["s1"], d.grid, d.s2_frames, d.s1_frames, d.stride or None,
-                              d.hr_scale)
+        parts = [SceneDataset(sc["hr"], sc.get("s2"), sc.get("s1"), d.grid, d.s2_frames, d.s1_frames,
+                              d.stride or None, d.hr_scale, latlon=sc.get("latlon", d.latlon))
                  for sc in scenes]
         return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    return SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed)
+    return SyntheticMultimodal(d.samples, d.grid, d.s2_frames, d.s1_frames, d.classes, d.seed,
+                              modalities=d.modalities)
 
 
 def seed_of(*numbers: int) -> int:

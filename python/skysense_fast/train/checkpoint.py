@@ -177,8 +177,10 @@ def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, 
     if not saved:
         return
     config = json.loads(json.dumps(config))   # as the checkpoint stored it: tuples read back as lists
+    # a field the checkpoint's config lacks is newer than the checkpoint: it held the default then
     diff = [f"{sec}.{f}: checkpoint {saved.get(sec, {}).get(f)!r}, config {config[sec][f]!r}"
-            for sec, fields in shape_fields.items() for f in fields if saved.get(sec, {}).get(f) != config[sec].get(f)]
+            for sec, fields in shape_fields.items() for f in fields
+            if f in saved.get(sec, {}) and saved[sec][f] != config[sec].get(f)]
     if diff:
         raise InputError(f"{path} was written by a run with another model: " + "; ".join(diff)
                          + " (use another train.out_dir, or --no-resume)")
