@@ -255,3 +255,28 @@ def test_hr_stages_load_strict_with_the_earlier_norms_at_init():
     with pytest.raises(ValueError, match=r"missing \(2\): hr.norm3.weight, hr.norm3.bias"):  # the file's own
         load_official(dst, {"hr": {k: v for k, v in official_files(src)["hr"].items()
                                    if not k.startswith("backbone.norm3")}})
+
+
+def test_own_weights_start_a_dense_task_whose_hr_stages_differ(tmp_path):
+    """Pretraining writes the backbone with the fusion's HR output only; a segmentation task
+    returns HR stages 0-3. The shared weights load, the extra output norms stay at init and
+    are named (this was refused as 'another config')."""
+    from skysense_fast.finetune.task import TaskSpec, build_task_model
+
+    src = fresh(5)
+    save_weights(src, tmp_path / "pre.safetensors")
+    task = build_task_model(TaskSpec("segmentation", (1, 2), ("a", "b"), head_channels=8),
+                            weights=str(tmp_path / "pre.safetensors"))
+    assert "left at init (6): hr.norm0.weight" in task.load_report
+    for k, v in src.hr.state_dict().items():
+        assert torch.equal(task.backbone.hr.state_dict()[k], v), k
+    back = fresh(6)                                    # and the other way: a task's backbone into a plain model
+    save_weights(task.backbone, tmp_path / "task_backbone.safetensors")
+    load_weights(back, tmp_path / "task_backbone.safetensors")
+    mine = back.state_dict()
+    for k, v in task.backbone.state_dict().items():
+        if k in mine and not k.startswith("geo."):
+            assert torch.equal(mine[k], v), k
+    assert not any(k.startswith(("hr.norm0", "hr.norm1", "hr.norm2")) for k in mine)   # dropped: not outputs here
+    with pytest.raises(ValueError, match="another config"):
+        load_weights(models.create("skysense-tiny", vit_depth=1), tmp_path / "pre.safetensors")

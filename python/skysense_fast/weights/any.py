@@ -43,8 +43,9 @@ def load_any(model: nn.Module, sources: str | os.PathLike | list[str]) -> str:
     if not os.path.isfile(path) and (os.path.isdir(path) or looks_like_repo_id(path)):
         path = weights_file(path)   # a save_pretrained folder or a hub id: its model.safetensors
     if file_format(path) == "safetensors" and _is_ours(path):
-        load_weights(model, path)
-        return f"loaded {path}"
+        result = load_weights(model, path)
+        at_init = result.missing_keys
+        return f"loaded {path}" + (f"; left at init ({len(at_init)}): {', '.join(at_init)}" if at_init else "")
     return str(load_official(model, path))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -56,7 +57,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
-    """Load a file written by :func:`save_weights`; a file of another config is a ValueError."""
+    """Load a file written by :func:`save_weights`; a file of another config is a ValueError.
+
+    ``hr_stages`` may differ (it selects outputs, not weights): the output norms of HR stages
+    the file does not return are left at init (listed in the result's ``missing_keys``), and
+    those the model does not return are dropped."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -66,22 +71,33 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
         meta = f.metadata() or {}
     saved = json.loads(meta.get("skysense_config", "{}"))
     mine = json.loads(_config_json(model))
-    if saved and mine and saved != mine:
-        diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine) if saved.get(k) != mine.get(k)}
+    diff = {k: (saved.get(k), mine.get(k)) for k in set(saved) | set(mine)
+            if k != "hr_stages" and saved.get(k) != mine.get(k)}
+    if saved and mine and diff:
         raise InputError(f"{path} was saved for another config; differing fields (file, model): {diff}")
     state = load_file(path)
     own = model.state_dict()
+    last = len(mine.get("hr_depths", ())) - 1     # the last stage's norm feeds the fusion: always loaded
+    outputs = ({k for k in _output_norms(own) | _output_norms(state) if f"hr.norm{last}." not in k}
+               if saved.get("hr_stages") != mine.get("hr_stages") else set())
+    state = {k: v for k, v in state.items() if k in own or k not in outputs}
     for k, v in state.items():  # everything checked before anything is copied: all or nothing
         if k in own:
             try:
                 check_tensor(k, v, own[k])
             except ValueError as e:
                 raise InputError(f"{path}: {e}") from None
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state) - outputs)
+    unexpected = sorted(set(state) - set(own))
     if strict and (missing or unexpected):
         raise InputError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
                          " (strict=False loads what matches)")
-    result = model.load_state_dict(state, strict=strict)
+    result = model.load_state_dict(state, strict=False) if outputs else model.load_state_dict(state, strict=strict)
     if "skysense_normalisation" in meta:  # the input statistics the weights were trained with
         cast(_Normalised, model).normalisation = Normalisation.from_json(meta["skysense_normalisation"])
     return result
+
+
+def _output_norms(state) -> set[str]:
+    """The keys of the HR encoder's per-stage output norms (``hr.norm<i>.*``, any prefix)."""
+    return {k for k in state if re.search(r"(^|\.)hr\.norm\d+\.(weight|bias)$", k)}
