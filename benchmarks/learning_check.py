@@ -22,6 +22,11 @@ import statistics
 import sys
 import time
 
+import skysense_fast.finetune  # everything the runs import, loaded before they start
+import skysense_fast.infer
+import skysense_fast.pretrain
+import skysense_fast.weights  # noqa: F401
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("overall_accuracy", "kappa", "miou", "crown_iou")
 

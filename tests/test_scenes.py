@@ -118,6 +118,16 @@ def test_bad_lists_are_refused_before_any_work(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("# nothing\n")
     assert main(["embed", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "o")]) == 2
     assert "lists no scenes" in capsys.readouterr().err
+    for bad in ("/etc/evil", "../../outside", "a b"):       # STAC ids become file names: plain ones only
+        item = {"type": "Feature", "stac_version": "1.0.0", "id": bad, "geometry": None, "links": [],
+                "properties": {"datetime": "2021-05-01T00:00:00Z"}, "assets": {"image": {"href": "x.tif"}}}
+        (tmp_path / "evil.json").write_text(json.dumps({"type": "FeatureCollection", "features": [item]}))
+        assert main(["embed", str(tmp_path / "evil.json"), "-o", str(tmp_path / "o")]) == 2
+        assert "not a plain file name" in capsys.readouterr().err
+    url = "https://example.org/tiles/a.tif?sv=2021&sig=secret"     # the query (a signing token) is no name
+    (tmp_path / "urls.txt").write_text(url + "\n")
+    assert [s.name for s in read_scene_list(tmp_path / "urls.txt")] == ["a"]
+    assert read_scene_list(tmp_path / "urls.txt")[0].src == url
     (tmp_path / "file.tif").write_text("x")
     (tmp_path / "one.txt").write_text("a.tif\n")
     assert main(["embed", str(tmp_path / "one.txt"), "-o", str(tmp_path / "file.tif")]) == 2

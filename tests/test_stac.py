@@ -16,7 +16,6 @@ from rasterio.transform import from_origin
 from skysense_fast import models
 from skysense_fast.cli import main
 from skysense_fast.data import find_series, read_on_grid
-from skysense_fast.data.series import S2_BANDS
 from skysense_fast.infer.embed import embed_scene
 
 CRS = "EPSG:32633"
@@ -141,17 +140,17 @@ def test_earth_search_and_planetary_computer_items_read_like_a_folder(tmp_path, 
                  "--overlap", "0", "--s2", stac]) == 0
 
 
-@pytest.mark.parametrize("meta, offset", [
-    ({"offset_applied": True, "baseline": "05.00"}, 0.0),      # Earth Search removed it
-    ({"offset_applied": False, "baseline": "03.01"}, 0.0),     # before 04.00 there is none
-    ({"baseline": "04.00"}, -1000.0),                         # ESA's files as they are
-    ({"baseline": None}, -1000.0),                            # raster:bands offset -0.1 at scale 1e-4
+@pytest.mark.parametrize("applied, baseline, offset", [
+    (True, "05.00", 0.0),          # Earth Search removed it
+    (True, None, 0.0),             # ... its word decides, whatever raster:bands publishes (-0.1)
+    (False, "03.01", 0.0),         # before 04.00 there is none
+    (None, "04.00", -1000.0),      # ESA's files as they are (Planetary Computer)
+    (None, None, -1000.0),         # only the published raster:bands offset, -0.1 at scale 1e-4
 ])
-def test_the_offset_comes_from_the_item(tmp_path, meta, offset):
+def test_the_offset_comes_from_the_item(tmp_path, applied, baseline, offset):
     dn, scl = _truth(3)
-    # without a baseline the files keep the offset, as their published raster offset (-0.1) says
-    item = _item(tmp_path, "x", "2023-05-01", dn, scl, offset_applied=meta.get("offset_applied"),
-                 baseline=meta["baseline"], served=1000 if meta["baseline"] is None else None)
+    served = 0 if offset == 0 else 1000     # what the catalogue's files hold on top of the truth
+    item = _item(tmp_path, "x", "2023-05-01", dn, scl, offset_applied=applied, baseline=baseline, served=served)
     path = tmp_path / "item.json"
     path.write_text(json.dumps(item))
     (acq,) = find_series([str(path)], band_count=10)
@@ -216,4 +215,12 @@ def test_bad_stac_is_refused_by_name(tmp_path):
     (tmp_path / "cat.json").write_text(json.dumps({"type": "Catalog", "id": "c"}))
     with pytest.raises(ValueError, match="neither a STAC ItemCollection nor a STAC Item"):
         find_series(str(tmp_path / "cat.json"), band_count=10)
-    assert S2_BANDS[7] == "B8A"
+    for flag, message in (("false", "must be true or false"), (False, "no s2:processing_baseline")):
+        item = _item(tmp_path, "f", "2022-01-01", dn, scl, baseline=None)
+        item["properties"]["earthsearch:boa_offset_applied"] = flag
+        with pytest.raises(ValueError, match=message):
+            find_series(_collection(tmp_path / "f.json", [item]), band_count=10)
+    broken = _item(tmp_path, "e", "2022-01-01", dn, scl)
+    broken["assets"] = []
+    with pytest.raises(ValueError, match="not a valid STAC item"):
+        find_series(_collection(tmp_path / "e.json", [broken]), band_count=10)

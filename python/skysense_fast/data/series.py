@@ -85,6 +85,14 @@ class Acquisition:
         return [p.bands[0] for p in self.parts] if self.parts else [self.path]
 
     @property
+    def every_file(self) -> list[str]:
+        """Every file read for it (each band and SCL file of STAC items): what an output must
+        never replace, and what a resumed run's pieces must have been made from."""
+        if not self.parts:
+            return [self.path]
+        return [f for p in self.parts for f in (*p.bands, *((p.scl,) if p.scl else ()))]
+
+    @property
     def doy(self) -> int:
         return self.date.timetuple().tm_yday
 
@@ -158,6 +166,11 @@ def find_series(source: str | os.PathLike | list, dates: Sequence | None = None,
 
 
 BAND_COUNT = {"s2": len(S2_BANDS), "s1": len(S1_BANDS)}
+
+
+def series_files(series: dict) -> dict[str, list[str]]:
+    """{kind: every file its acquisitions read} for the given series (None ones left out)."""
+    return {k: [f for a in acq for f in a.every_file] for k, acq in series.items() if acq}
 
 
 def series_input(source, dates: Sequence | None = None, kind: str = "s2", band_order: str = "model"

@@ -74,15 +74,17 @@ def load_items(source) -> list:
                 found = [pystac.Item.from_dict(raw, preserve_dict=False)]
             else:
                 raise InputError(f"{path} is neither a STAC ItemCollection nor a STAC Item (its type is {kind!r})")
-        except (KeyError, TypeError, ValueError, pystac.STACError) as e:
+            base = os.path.dirname(os.path.abspath(path))
+            for item in found:
+                if not isinstance(item.properties, dict) or not isinstance(item.assets, dict):
+                    raise InputError(f"{path}: STAC item {item.id} needs properties and assets mappings")
+                for asset in item.assets.values():   # relative hrefs are relative to the file that holds them
+                    if "://" not in asset.href and not os.path.isabs(asset.href):
+                        asset.href = os.path.normpath(os.path.join(base, asset.href))
+        except (AttributeError, KeyError, TypeError, ValueError, pystac.STACError) as e:
             if isinstance(e, InputError):
                 raise
             raise InputError(f"{path}: not a valid STAC item or collection ({type(e).__name__}: {e})") from None
-        base = os.path.dirname(os.path.abspath(path))
-        for item in found:
-            for asset in item.assets.values():   # relative hrefs are relative to the file that holds them
-                if "://" not in asset.href and not os.path.isabs(asset.href):
-                    asset.href = os.path.normpath(os.path.join(base, asset.href))
         items += found
     if not items:
         raise InputError(f"no STAC items in {', '.join(files)}")
@@ -134,8 +136,16 @@ def s2_offset(item, band_assets: Sequence) -> float:
     ``raster:bands`` offset and scale. An item that says none of these is refused."""
     applied = item.properties.get("earthsearch:boa_offset_applied")
     baseline = _baseline(item)
-    if applied is not None and baseline is not None:
-        return 0.0 if applied or baseline < 4.0 else S2_OFFSET
+    if applied is not None:   # Earth Search's word decides; its published raster offset does not
+        if not isinstance(applied, bool):
+            raise InputError(f"STAC item {item.id}: earthsearch:boa_offset_applied must be true or false, got "
+                             f"{applied!r}")
+        if applied:
+            return 0.0
+        if baseline is None:
+            raise InputError(f"STAC item {item.id}: earthsearch:boa_offset_applied is false but there is no "
+                             "s2:processing_baseline to tell whether the files carry the +1000 offset")
+        return S2_OFFSET if baseline >= 4.0 else 0.0
     if baseline is not None:
         return S2_OFFSET if baseline >= 4.0 else 0.0
     offsets = set()
@@ -145,7 +155,11 @@ def s2_offset(item, band_assets: Sequence) -> float:
         offset = band.get("offset", band.get("raster:offset", asset.extra_fields.get("raster:offset")))
         scale = band.get("scale", band.get("raster:scale", asset.extra_fields.get("raster:scale")))
         if offset is not None and scale:
-            offsets.add(round(float(offset) / float(scale)))
+            try:
+                offsets.add(round(float(offset) / float(scale)))
+            except (TypeError, ValueError):
+                raise InputError(f"STAC item {item.id}: its raster offset / scale {offset!r} / {scale!r} are not "
+                                 "numbers") from None
     if len(offsets) == 1:
         return float(offsets.pop())
     raise InputError(f"STAC item {item.id}: cannot tell whether its Sentinel-2 values carry the +1000 offset of "

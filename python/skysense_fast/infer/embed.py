@@ -19,7 +19,7 @@ import torch
 
 from .. import distributed
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
-from ..data.series import check_coverage, series_input
+from ..data.series import check_coverage, series_files, series_input
 from ..errors import InputError
 from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .sinks import FileSink
@@ -84,7 +84,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
     rank, world = distributed.init() if distribute else (0, 1)
     model = model.eval().to(device)
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order), "s1": series_input(s1, s1_dates, "s1")}
-    refuse_to_overwrite_an_input(dst, [src] + [a.path for acq in series.values() if acq for a in acq])
+    refuse_to_overwrite_an_input(dst, [src] + [f for files in series_files(series).values() for f in files])
     with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb * 2**20), open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         for kind, acq in series.items():
@@ -106,7 +106,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             C = run_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,
                                  manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                            "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
-                                           "series": {k: [a.path for a in v] for k, v in series.items() if v},
+                                           "series": series_files(series),
                                            "model": model_fingerprint(model), "dtype": str(dtype),
                                            "hr_scale": hr_scale})
     return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..data.geotiff import hr_scaler, open_raster
-from ..data.series import check_coverage, series_input
+from ..data.series import check_coverage, series_files, series_input
 from ..errors import InputError
 from .class_map import ClassMapSink
 from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
@@ -65,7 +65,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         raise InputError(f"predict: the task was trained on {', '.join(spec.inputs)}: "
                          + (f"give {', '.join('--' + k for k in missing)}" if missing else
                             f"it takes no {', '.join('--' + k for k in extra)}"))
-    inputs = [src, *task.source_files] + [a.path for acq in series.values() if acq for a in acq]
+    inputs = [src, *task.source_files] + [f for files in series_files(series).values() for f in files]
     for out in filter(None, (dst, probabilities)):
         refuse_to_overwrite_an_input(out, inputs)
     rank, world = distributed.init() if distribute else (0, 1)
@@ -92,6 +92,6 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                           manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
                                     "model": model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
-                                    "series": {k: [a.path for a in v] for k, v in series.items() if v}},
+                                    "series": series_files(series)},
                           final_sink=sink)
     return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}

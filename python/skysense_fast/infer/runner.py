@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed
+from .. import atomic, distributed
 from ..data.geotiff import scene_latlon
 from ..errors import InputError
 from ..progress import bar
@@ -137,9 +137,7 @@ def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows
     elif rank == 0:
         shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder)
-        with open(mpath + ".tmp", "w") as f:
-            json.dump(manifest, f)
-        os.replace(mpath + ".tmp", mpath)
+        atomic.write_text(mpath, json.dumps(manifest))
     if world > 1:
         distributed.barrier()
     mine = pieces[rank * len(pieces) // world:(rank + 1) * len(pieces) // world]

@@ -7,13 +7,17 @@ Each scene gets its own output, resumable; one that fails is recorded and the ot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import atomic
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -44,14 +48,16 @@ def read_scene_list(path: str | os.PathLike, asset: str | None = None) -> list[S
         scenes = []
         with open(path) as f:
             for line in f:
-                text = line.split("#", 1)[0].strip()
-                if text:
+                text = line.strip()
+                if text and not text.startswith("#"):   # whole-line comments: a URL may hold '#'
                     src = text if "://" in text or os.path.isabs(text) else os.path.join(base, text)
-                    scenes.append(Scene(src, os.path.splitext(os.path.basename(text.rstrip("/")))[0]))
+                    stem = os.path.splitext(os.path.basename(urllib.parse.urlsplit(text).path.rstrip("/")))[0]
+                    scenes.append(Scene(src, _safe_name(stem, text, path)))
     else:
         from ..data.stac import load_items
 
-        scenes = [Scene(_hr_asset(item, asset), item.id) for item in load_items(path)]
+        scenes = [Scene(_hr_asset(item, asset), _safe_name(str(item.id), f"item {item.id!r}", path))
+                  for item in load_items(path)]
     if not scenes:
         raise InputError(f"{path} lists no scenes")
     seen: dict[str, str] = {}
@@ -60,6 +66,19 @@ def read_scene_list(path: str | os.PathLike, asset: str | None = None) -> list[S
             raise InputError(f"{path}: {seen[s.name]} and {s.src} would both write {s.name}.tif (rename one)")
         seen[s.name] = s.src
     return scenes
+
+
+_NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+
+
+def _safe_name(name: str, what: str, path: str) -> str:
+    """An output file name from a scene: letters, digits, '.', '-', '_' only (a STAC id or a
+    file name holding a path, '..' or a URL query would write outside the output folder or leak
+    a signing token into it)."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"{path}: {what} gives the output name {name!r}, which is not a plain file name "
+                         "(letters, digits, '.', '-', '_'): rename the scene or the item")
+    return name
 
 
 def _hr_asset(item, asset: str | None) -> str:
@@ -75,6 +94,14 @@ def _hr_asset(item, asset: str | None) -> str:
         return data[0].href
     raise InputError(f"STAC item {item.id}: which asset is the HR image? (assets: {', '.join(sorted(item.assets))}); "
                      "name it with --asset")
+
+
+def job_id(scenes: list[Scene]) -> str:
+    """What tells this job's summary parts from an earlier job's in the same folder: torchrun's
+    run id (unique with --standalone or --rdzv-id), the scenes and the rank count."""
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    digest = hashlib.sha256("\n".join(f"{s.src}\t{s.name}" for s in scenes).encode()).hexdigest()[:16]
+    return f"{run}:{digest}:{ranks()[1]}"
 
 
 def ranks() -> tuple[int, int]:
@@ -93,12 +120,13 @@ def run_scenes(scenes: list[Scene], out_dir: str | os.PathLike, work: Callable[[
     rank, world = ranks()
     os.makedirs(os.path.join(out_dir, _PARTS), exist_ok=True)
     part = os.path.join(out_dir, _PARTS, f"rank{rank:05d}.json")
+    job = job_id(scenes)
     if os.path.exists(part):
         os.unlink(part)   # an earlier job's: never merged into this one's summary
     mine = scenes[rank::world]
     records = []
     for i, scene in enumerate(mine):
-        dst = os.path.join(out_dir, scene.name + ".tif")
+        dst = os.path.join(out_dir, scene.name + ".tif")   # a plain name (read_scene_list): inside out_dir
         record = {"scene": scene.src, "output": dst, "rank": rank}
         if resume and os.path.exists(dst):
             records.append(record | {"status": "skipped", "reason": "output exists (--resume)"})
@@ -117,8 +145,8 @@ def run_scenes(scenes: list[Scene], out_dir: str | os.PathLike, work: Callable[[
             continue
         records.append(record | {"status": "done", "seconds": round(time.perf_counter() - t0, 2),
                                  **{k: _plain(v) for k, v in info.items()}})
-    _write_json(part, {"world": world, "scenes": len(scenes), "records": records})
-    summary = _merge(out_dir, world, len(scenes))
+    _write_json(part, {"job": job, "world": world, "scenes": len(scenes), "records": records})
+    summary = _merge(out_dir, world, len(scenes), job)
     return {"records": records, "summary": summary}
 
 
@@ -132,9 +160,11 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def _merge(out_dir: str, world: int, total: int) -> dict | None:
-    """The job's summary once every rank's part is there (written by whichever rank sees
-    them all last; two ranks doing so write the same file)."""
+def _merge(out_dir: str, world: int, total: int, job: str) -> dict | None:
+    """The job's summary once every rank's part of this job is there (written by whichever
+    rank sees them all last; two ranks doing so write the same file). Without a unique run
+    id (plain torchrun without --standalone / --rdzv-id) a rerun of the same list can meet an
+    earlier run's part of a rank that has not started yet; the last rank's merge is right."""
     parts = []
     for r in range(world):
         path = os.path.join(out_dir, _PARTS, f"rank{r:05d}.json")
@@ -143,21 +173,18 @@ def _merge(out_dir: str, world: int, total: int) -> dict | None:
                 part = json.load(f)
         except (OSError, ValueError):
             return None      # another rank is still at work
-        if part.get("world") != world or part.get("scenes") != total:
+        if part.get("job") != job or part.get("world") != world or part.get("scenes") != total:
             return None      # a part of another job in this folder
         parts.append(part)
     records = sorted((r for p in parts for r in p["records"]), key=lambda r: r["output"])
     counts = {s: sum(r["status"] == s for r in records) for s in ("done", "failed", "skipped")}
-    summary = {"scenes": total, "ranks": world, **counts, "records": records}
+    summary = {"job": job, "scenes": total, "ranks": world, **counts, "records": records}
     _write_json(os.path.join(out_dir, SUMMARY), summary)
     return summary
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=1))
 
 
 __all__ = ["SUMMARY", "Scene", "is_scene_list", "read_scene_list", "run_scenes"]

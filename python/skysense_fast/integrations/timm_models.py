@@ -11,14 +11,16 @@ four stages at strides 4, 8, 16, 32) and ``skysense_vit_{large,base,tiny}_{s2,s1
 Sentinel-2 / Sentinel-1 encoders, one image per call; every layer at stride 4). No weights
 are hosted: load a file with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (the
 official HR / S2 / S1 backbone files, this package's safetensors, or a save_pretrained
-folder through ``dict(file=FOLDER + "/model.safetensors")``): timm reads it (weights only)
-and :func:`checkpoint_filter_fn` maps its keys.
+folder through ``dict(file=FOLDER + "/model.safetensors")``): timm reads it and
+:func:`checkpoint_filter_fn` maps its keys. timm >= 1.0.31 is required: earlier releases read
+such files with ``torch.load(weights_only=False)``, which runs whatever a pickle holds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import timm
 import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
@@ -30,6 +32,11 @@ from ..models.config import get_config
 from ..models.swinv2 import SwinV2Encoder
 from ..models.vit import ViTEncoder
 from ..weights.official import encoder_state
+
+_TIMM = tuple(int(x) for x in timm.__version__.split(".")[:3] if x.isdigit())
+if _TIMM < (1, 0, 31):
+    raise ImportError(f"skysense_fast.integrations.timm_models needs timm >= 1.0.31 (found {timm.__version__}): "
+                      "earlier releases load weight files with torch.load(weights_only=False)")
 
 _SWIN = {"huge": "skysense-2b", "base": "skysense-base", "tiny": "skysense-tiny"}
 _VIT = {"large": "skysense-2b", "base": "skysense-base", "tiny": "skysense-tiny"}
@@ -205,7 +212,9 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dic
     return out
 
 
-def _cfg(mean: Sequence[float], std: Sequence[float], chans: int, size: int, first_conv: str, **kw) -> dict:
+def _cfg(mean: Sequence[float], std: Sequence[float], chans: int, size: int, first_conv: str | None, **kw) -> dict:
+    """``first_conv``: what timm may adapt to another in_chans (the HR patch embedding; the
+    Sentinel encoders' bands are fixed, so None: timm must not touch their first layer)."""
     return {"num_classes": 0, "input_size": (chans, size, size), "fixed_input_size": False, "mean": tuple(mean),
             "std": tuple(std), "interpolation": "bicubic", "crop_pct": 1.0, "first_conv": first_conv,
             "classifier": "head", "license": "other",
@@ -216,17 +225,17 @@ def _cfg(mean: Sequence[float], std: Sequence[float], chans: int, size: int, fir
 def _s2_cfg() -> dict:
     # Sentinel-2 L2A digital numbers, not 0-1 images: timm's transforms do not apply; the
     # statistics are recorded for a pipeline that normalises itself
-    return _cfg(DEFAULT.s2_mean, DEFAULT.s2_std, len(S2_BANDS), 64, "patch_embed.projection",
+    return _cfg(DEFAULT.s2_mean, DEFAULT.s2_std, len(S2_BANDS), 64, None,
                 description="Sentinel-2 L2A (bands " + ", ".join(S2_BANDS) + "), digital numbers")
 
 
 def _s1_cfg() -> dict:
-    return _cfg(DEFAULT.s1_mean, DEFAULT.s1_std, len(S1_BANDS), 64, "patch_embed.projection",
+    return _cfg(DEFAULT.s1_mean, DEFAULT.s1_std, len(S1_BANDS), 64, None,
                 description="Sentinel-1 (VV, VH) backscatter in dB")
 
 
 default_cfgs = generate_default_cfgs({
-    **{f"skysense_swinv2_{size}": _cfg(_HR_MEAN, _HR_STD, 3, 256, "patch_embed.projection",
+    **{f"skysense_swinv2_{size}": _cfg(_HR_MEAN, _HR_STD, 3, 256, "encoder.patch_embed.projection",
                                        description=f"SkySense HR encoder ({name}), RGB on 0-1")
        for size, name in _SWIN.items()},
     **{f"skysense_vit_{size}_s2": _s2_cfg() for size in _VIT},

@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from .. import distributed
+from .. import atomic, distributed
 from ..errors import InputError
 from .checkpoint_reader import SafeLoadPlanner, SafeReader
 
@@ -95,15 +95,6 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _state(modules: Mapping[str, nn.Module], optimizer) -> dict:
     """The distributed state dicts of the modules (the first with the optimiser's state)."""
     (trained, model), *others = modules.items()
@@ -126,15 +117,15 @@ def save_checkpoint(directory: str, step: int, modules: Mapping[str, nn.Module],
     state = _state(modules, optimizer)
     with _quiet():
         dcp.save(state, checkpoint_id=partial)
-    _write_text_atomic(os.path.join(partial, f"rng_rank{rank}.json"), json.dumps(rng_state()))
+    atomic.write_text(os.path.join(partial, f"rng_rank{rank}.json"), json.dumps(rng_state()))
     if rank == 0:
         trainer = {"step": step, "world_size": world, "scheduler": scheduler.state_dict(), **(extra or {})}
-        _write_text_atomic(os.path.join(partial, TRAINER_FILE), json.dumps(trainer))
+        atomic.write_text(os.path.join(partial, TRAINER_FILE), json.dumps(trainer))
     distributed.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
-        _write_text_atomic(os.path.join(directory, "latest"), os.path.basename(final) + "\n")
+        atomic.write_text(os.path.join(directory, "latest"), os.path.basename(final) + "\n")
         done = sorted(d for d in os.listdir(directory) if d.startswith("step_") and not d.endswith(".partial"))
         for old in done[:-keep]:
             shutil.rmtree(os.path.join(directory, old), ignore_errors=True)

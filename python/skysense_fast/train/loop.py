@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .. import distributed
+from .. import atomic, distributed
 from ..backends import use_backend
 from ..config import TrainSection
 from ..errors import InputError
@@ -173,10 +173,7 @@ def trim_metrics(path: str, start: int) -> None:
 
 
 def write_json_atomic(path: str, data, text: str | None = None) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=1) if text is None else text)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=1) if text is None else text)
 
 
 def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: dict, rank: int, world: int,

@@ -12,11 +12,11 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 
+from .. import atomic
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
 
@@ -126,8 +126,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, name: str | 
 
     ``license``: the licence of these weights (not of this code): an SPDX id or a short text;
     for weights converted from the official release, the terms under which they were released.
-    None writes "other" and says that the licence was not stated. Each file is written
-    atomically, so an interrupted save leaves the folder's previous files as they were.
+    None writes "other" and says that the licence was not stated. Each file is replaced
+    atomically (never a partial file); an interrupted save can leave some files of the
+    previous save beside new ones: save again.
     """
     from ..weights import save_weights
 
@@ -147,9 +148,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, name: str | 
     }
     extra = {"skysense_task": spec.to_json()} if spec is not None else None
     save_weights(model, os.path.join(folder, WEIGHTS), metadata=extra)
-    _write_atomic(os.path.join(folder, CONFIG), json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    atomic.write_text(os.path.join(folder, CONFIG), json.dumps(meta, indent=1, sort_keys=True) + "\n")
     params = sum(p.numel() for p in model.parameters())
-    _write_atomic(os.path.join(folder, CARD), model_card(meta, params))
+    atomic.write_text(os.path.join(folder, CARD), model_card(meta, params))
     return folder
 
 
@@ -202,18 +203,6 @@ def check_shapes(path: str, build, what: str = "the model its config describes",
 def block_count(cfg) -> int:
     """Transformer blocks of a model config: Swin blocks, two ViTs' layers, fusion layers."""
     return sum(cfg.hr_depths) + 2 * cfg.vit_depth + cfg.fusion_layers
-
-
-def _write_atomic(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _stats_table(norm: dict, bands: dict) -> str:

@@ -8,12 +8,12 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from typing import TYPE_CHECKING, Protocol, cast
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import atomic
 from ..data.normalisation import Normalisation
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
@@ -43,17 +43,10 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
     string entries, e.g. a task's classes), atomically."""
     path = os.fspath(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        meta = {"format": "pt", "skysense_config": _config_json(model),
-                "skysense_normalisation": normalisation_of(model).to_json(), **(metadata or {})}
+    meta = {"format": "pt", "skysense_config": _config_json(model),
+            "skysense_normalisation": normalisation_of(model).to_json(), **(metadata or {})}
+    with atomic.replacing(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True):
