@@ -7,7 +7,10 @@ Deterministic (seeded), georeferenced (EPSG:32633, 0.5 m pixels), written atomic
 
 writes ``scene.tif`` (RGB, 8-bit), ``labels.tif`` (classes 1..6 as below, 0 = no label: a
 strip along the top edge is left unlabelled, as real label rasters have gaps) and
-``chips/<class>/*.png`` (64 x 64 chips whose pixels are mostly one class).
+``chips/<class>/*.png`` (64 x 64 chips whose pixels are mostly one class); for change detection
+``scene_t2.tif`` (the same area at a second date: other light and noise, and new buildings,
+bright roofs with shadows, on some fields) and ``change.tif`` (1 = no change, 2 = change, 0 =
+no label along the same top strip).
 """
 
 from __future__ import annotations
@@ -57,6 +60,30 @@ def write_scene(path: str, size: int = 512, labels: str | None = None) -> None:
         _write(labels, lab[None], nodata=0)
 
 
+CHANGE_NAMES = ("no_change", "change")   # change label values 1, 2
+
+
+def write_second_date(path: str, change: str, size: int = 512, buildings: int = 24) -> None:
+    """The scene at a second date: another illumination and sensor noise everywhere (not a
+    change), and ``buildings`` new rectangular roofs with a shadow (the change)."""
+    cls = scene_classes(size)
+    img = _PALETTE[cls - 1].transpose(2, 0, 1) * 0.92 + 6.0
+    img += np.random.default_rng(11).normal(0, 6, img.shape).astype(np.float32)
+    changed = np.zeros((size, size), bool)
+    rng = np.random.default_rng(12)
+    for _ in range(buildings):
+        h, w = (int(v) for v in rng.integers(10, 28, 2))
+        r, c = (int(v) for v in rng.integers(UNLABELLED_ROWS, size - 32, 2))
+        roof = np.array([205.0, 120.0, 95.0]) if rng.random() < 0.5 else np.array([225.0, 225.0, 215.0])
+        img[:, r:r + h, c:c + w] = roof[:, None, None] + rng.normal(0, 4, (3, h, w))
+        img[:, r + h:r + h + 4, c + 2:c + w + 2] *= 0.55           # its shadow
+        changed[r:r + h + 4, c:c + w + 2] = True
+    _write(path, np.clip(img, 0, 255).astype(np.uint8))
+    lab = np.where(changed, 2, 1).astype(np.uint8)
+    lab[:UNLABELLED_ROWS] = 0
+    _write(change, lab[None], nodata=0)
+
+
 def write_chips(folder: str, size: int = 512, chip: int = 64) -> int:
     """Chips of the generated scene, one folder per class (the majority class, where it holds
     at least 70% of the chip; mixed chips are skipped). Returns the number written."""
@@ -83,9 +110,11 @@ def write_chips(folder: str, size: int = 512, chip: int = 64) -> int:
 def write_demo_data(folder: str, size: int = 512) -> dict[str, str]:
     os.makedirs(folder, exist_ok=True)
     paths = {"image": os.path.join(folder, "scene.tif"), "labels": os.path.join(folder, "labels.tif"),
-             "chips": os.path.join(folder, "chips")}
+             "chips": os.path.join(folder, "chips"), "image2": os.path.join(folder, "scene_t2.tif"),
+             "change": os.path.join(folder, "change.tif")}
     write_scene(paths["image"], size, paths["labels"])
     write_chips(paths["chips"], size)
+    write_second_date(paths["image2"], paths["change"], size)
     return paths
 
 

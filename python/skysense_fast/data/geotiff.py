@@ -123,3 +123,29 @@ def hr_scaler(ds, spec: str | None) -> HRScale | None:
 def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
     """(3, h, w) 0-255 values -> normalised float32 (``stats``: a Normalisation, default the spec's)."""
     return (stats or DEFAULT).apply(tile[:3], "hr")
+
+
+def read_onto(ds, crs, transform, height: int, width: int) -> np.ndarray:
+    """Bands 1-3 of ``ds`` (another image of the scene: a second date) resampled (bilinear)
+    onto a grid (``crs``, ``transform``, ``height`` x ``width``): (3, h, w) float32, NaN where
+    it holds no data (its nodata, or beyond its footprint)."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear,
+                   src_nodata=ds.nodata, nodata=np.nan, dtype="float32") as v:
+        return v.read([1, 2, 3])
+
+
+def check_same_scene(ds, other, what: str = "the second image") -> None:
+    """Errors before any work: ``other`` lacks three bands or a CRS, or misses ``ds``'s area."""
+    from rasterio.warp import transform_bounds
+
+    if other.count < 3:
+        raise InputError(f"{other.name}: {what} has {other.count} band(s); it needs 3 (R, G, B) as the first")
+    if other.crs is None:
+        raise InputError(f"{other.name}: {what} has no CRS: it cannot be put onto {ds.name}'s grid")
+    left, bottom, right, top = transform_bounds(other.crs, ds.crs, *other.bounds, densify_pts=21)
+    a = ds.bounds
+    if not (left < a.right and right > a.left and bottom < a.top and top > a.bottom):
+        raise InputError(f"{other.name}: {what} does not overlap {ds.name}")

@@ -21,13 +21,15 @@ from ..config import (
     validate_common,
 )
 
-KINDS = ("segmentation", "classification")
 MODES = ("full", "frozen", "linear_probe")   # fine-tune everything / train the head on a frozen backbone / linear head
+
+
+from .task import DENSE, KINDS  # noqa: E402 - the kinds a task file can hold
 
 
 @dataclass
 class TaskSection:
-    kind: str = "segmentation"              # segmentation | classification
+    kind: str = "segmentation"              # segmentation | classification | change (two dates of a scene)
     name: str = "task"                      # the weights file: <out_dir>/<name>.safetensors
     mode: str = "full"                      # full | frozen | linear_probe
     classes: tuple[int, ...] | None = None  # segmentation: the label raster's class values (default: all it holds)
@@ -42,7 +44,8 @@ class TaskSection:
 
 @dataclass
 class FinetuneDataSection:
-    image: str | None = None         # segmentation: the HR GeoTIFF (RGB)
+    image: str | None = None         # segmentation: the HR GeoTIFF (RGB); change: the first date
+    image2: str | None = None        # change: the second date (any CRS / resolution: put onto image's grid)
     labels: str | None = None        # segmentation: a class raster (any CRS) or a vector layer
     label_field: str = "class"       # vector labels: the integer class attribute
     hr_scale: str | None = None      # "max=VALUE" or "percentile=LO,HI" for an image that is not 8-bit
@@ -96,7 +99,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Finet
 def _relative_to(raw, root: str):
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict):
-        for k in ("image", "labels", "chips", "val_chips", "s2", "s1"):
+        for k in ("image", "image2", "labels", "chips", "val_chips", "s2", "s1"):
             v = data.get(k)
             if isinstance(v, str) and not os.path.isabs(v) and not os.path.exists(v) and \
                     os.path.exists(os.path.join(root, v)):
@@ -122,13 +125,21 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
     if t.class_names is not None and t.classes is not None:
         require(len(t.class_names) == len(t.classes),
                 f"task.class_names has {len(t.class_names)} names for {len(t.classes)} task.classes")
-    if t.kind == "segmentation":
+    if t.kind in DENSE:
         require(t.extra in ("none", "fused", "geo"), f"task.extra must be none, fused or geo, got {t.extra!r}")
         require(not t.multi_label, "task.multi_label is for classification")
-        for name in ("image", "labels"):
+        needed = ("image", "labels") if t.kind == "segmentation" else ("image", "image2", "labels")
+        for name in needed:
             path = getattr(d, name)
-            require(path is not None, f"data.{name} is required for segmentation (an HR GeoTIFF and its labels)")
+            require(path is not None, f"data.{name} is required for {t.kind} (" + (
+                "an HR GeoTIFF and its labels)" if t.kind == "segmentation" else
+                "two dates of a scene, data.image and data.image2, and their change labels)"))
             require(os.path.exists(path), f"data.{name}: no such file: {path}")
+        if t.kind == "change":
+            require(t.extra == "none" and d.s2 is None and d.s1 is None,
+                    "a change task compares two HR dates: task.extra none, no data.s2 / data.s1")
+        else:
+            require(d.image2 is None, "data.image2 is the second date of a change task (task.kind: change)")
         require(d.chips is None, "data.chips is for classification; segmentation reads data.image and data.labels")
         for name in ("s2", "s1"):
             path = getattr(d, name)
@@ -156,6 +167,7 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
         require(t.classes is None, "task.classes is for segmentation; classification takes task.class_names")
         require(d.s2 is None and d.s1 is None, "data.s2 / data.s1 are for segmentation (chips are HR images)")
+        require(d.image2 is None, "data.image2 is the second date of a change task (task.kind: change)")
     require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     require(cfg.train.evaluate_every >= 0, f"train.evaluate_every must be >= 0, got {cfg.train.evaluate_every}")
 

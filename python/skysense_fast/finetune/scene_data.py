@@ -15,7 +15,15 @@ import numpy as np
 import torch
 from rasterio.transform import Affine
 
-from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import (
+    check_same_scene,
+    hr_scaler,
+    nodata_mask,
+    normalise_hr,
+    open_raster,
+    read_onto,
+    scene_latlon,
+)
 from ..data.labels import (
     IGNORE_INDEX,
     ClassMap,
@@ -34,13 +42,15 @@ from .split import spatial_split
 
 class SceneSegmentationData:
     """Samples are dicts: ``hr`` (3, crop, crop) normalised, ``target`` (crop, crop) class
-    indices, and per series given (``series``: {"s2": acquisitions, "s1": ...}) ``<kind>`` (T,
-    bands, crop / 32, crop / 32) on the crop's fusion grid, ``valid_<kind>`` (T,), ``doy_<kind>`` (T,)."""
+    indices; with ``image2`` (the second date of a change task) ``hr2`` on the same pixels; per
+    series given (``series``: {"s2": acquisitions, "s1": ...}) ``<kind>`` (T, bands, crop / 32,
+    crop / 32) on the crop's fusion grid, ``valid_<kind>`` (T,), ``doy_<kind>`` (T,)."""
 
     def __init__(self, image: str, labels: str, *, classes: ClassMap | None = None, class_names=None,
                  label_field: str = "class", hr_scale: str | None = None, crop: int = 256, block: int = 512,
-                 val_fraction: float = 0.2, seed: int = 0, stats=None, series: dict | None = None):
-        self.image, self.crop, self.stats = image, crop, stats
+                 val_fraction: float = 0.2, seed: int = 0, stats=None, series: dict | None = None,
+                 image2: str | None = None):
+        self.image, self.image2, self.crop, self.stats = image, image2, crop, stats
         self.series = {k: v for k, v in (series or {}).items() if v}
         vector = is_vector(labels)
         if classes is None:
@@ -55,6 +65,10 @@ class SceneSegmentationData:
             self.crs, self.transform = ds.crs, ds.transform
             for kind, acq in self.series.items():
                 check_coverage(acq, ds.crs, ds.bounds, kind)
+            if image2 is not None:   # a second date (change): read onto this grid, window by window
+                with open_raster(image2, bands=3, what="data.image2") as ds2:
+                    check_same_scene(ds, ds2)
+                    self.hr_scale2 = hr_scaler(ds2, hr_scale)
         if self.height < crop or self.width < crop:
             raise InputError(f"{image} is {self.height} x {self.width} pixels, smaller than data.crop ({crop})")
         self.labels: np.ndarray = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)
@@ -91,7 +105,18 @@ class SceneSegmentationData:
         if hole is not None:
             x[:, :h, :w][:, hole] = 0.0
             y[:h, :w][hole] = IGNORE_INDEX
+        if self.image2 is not None:   # the second date on this window's pixels; its holes: no input, no label
+            with open_raster(self.image2, bands=3) as ds2:
+                b = read_onto(ds2, self.crs, self.transform @ Affine.translation(c, r), h, w)
+            x2 = np.zeros((3, size, size), np.float32)
+            gap = ~np.isfinite(b).all(0)
+            b = np.nan_to_num(b)
+            x2[:, :h, :w] = normalise_hr(b if self.hr_scale2 is None else self.hr_scale2(b), self.stats)
+            x2[:, :h, :w][:, gap] = 0.0
+            y[:h, :w][gap] = IGNORE_INDEX
         sample = {"hr": torch.from_numpy(x), "target": torch.from_numpy(y)}
+        if self.image2 is not None:
+            sample["hr2"] = torch.from_numpy(x2)
         grid = self.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
         for kind, acq in self.series.items():
             xs, ok = read_on_grid(acq, BAND_COUNT[kind], self.crs, grid, (size // SCALE, size // SCALE), kind,

@@ -27,6 +27,8 @@ from ..errors import InputError
 from ..heads import LinearSegmentationHead, SceneClassifier, UPerNetHead
 
 FORMAT_VERSION = 1
+KINDS = ("segmentation", "classification", "change")
+DENSE = ("segmentation", "change")   # a class per pixel: UPerNet over the HR stages
 SEG_STAGES = (0, 1, 2, 3)          # strides 4 / 8 / 16 / 32, the UPerNet setting
 HR_BANDS = ("red", "green", "blue")
 
@@ -70,14 +72,17 @@ class TaskSpec:
                              f"this version reads format {FORMAT_VERSION}")
         spec = parse_section(cls, raw, "task metadata")
         spec.classes  # noqa: B018 - checks the classes (distinct, sorted, names matching)
-        choices = {"kind": ("segmentation", "classification"), "mode": ("full", "frozen", "linear_probe"),
+        choices = {"kind": KINDS, "mode": ("full", "frozen", "linear_probe"),
                    "extra": ("none", "fused", "geo"), "features": ("hr", "fused", "geo"),
                    "s2_band_order": ("model", "official")}
         for name, allowed in choices.items():
             if getattr(spec, name) not in allowed:
                 raise InputError(f"{where}: task metadata {name} must be one of {', '.join(allowed)}, got "
                                  f"{getattr(spec, name)!r}")
-        if spec.inputs[:1] != ("hr",) or not set(spec.inputs) <= {"hr", "s2", "s1"}:
+        if spec.kind == "change" and (spec.inputs != ("hr", "hr2") or spec.extra != "none"):
+            raise InputError(f"{where}: a change task reads hr and hr2 (two dates) and no extra map, got "
+                             f"inputs {spec.inputs}, extra {spec.extra!r}")
+        if spec.kind != "change" and (spec.inputs[:1] != ("hr",) or not set(spec.inputs) <= {"hr", "s2", "s1"}):
             raise InputError(f"{where}: task metadata inputs must be hr, then s2 / s1, got {spec.inputs}")
         from ..models import list_configs
         from ..models.config import SkySenseConfig
@@ -105,9 +110,9 @@ class TaskModel(nn.Module):
         C = len(spec.class_values)
         cfg = backbone.config
         extra = {"none": 0, "fused": cfg.fusion_dim, "geo": 2 * cfg.fusion_dim}
-        if spec.kind == "segmentation":
+        if spec.kind in DENSE:   # change: the same head over the two dates' stage maps differenced
             if tuple(cfg.hr_stages) != SEG_STAGES:
-                raise InputError(f"TaskModel: segmentation needs the backbone's hr_stages {SEG_STAGES}, got "
+                raise InputError(f"TaskModel: {spec.kind} needs the backbone's hr_stages {SEG_STAGES}, got "
                                  f"{cfg.hr_stages}")
             widths = [f["num_chs"] for f in backbone.hr_feature_info()]
             if spec.mode == "linear_probe":
@@ -163,23 +168,37 @@ class TaskModel(nn.Module):
         modalities in ``spec.inputs``."""
         if self.needs_latlon and latlon is None:
             raise InputError("TaskModel: this task uses the geo-context map: latlon (B, 2) is required")
-        given = {"hr", *(k for k in ("s2", "s1") if series.get(k) is not None)}
+        given = {"hr", *(k for k in ("s2", "s1", "hr2") if series.get(k) is not None)}
         if given != set(self.spec.inputs):
             raise InputError(f"TaskModel: the task was trained on {', '.join(self.spec.inputs)}; got "
                              f"{', '.join(sorted(given))}")
         s = self.spec
         h, w = hr.shape[-2:]
-        if s.kind == "segmentation":
+        if s.kind in DENSE:
             # zero-padded to whole 32-pixel cells (the fusion grid), as training crops beyond a
             # scene's edge are: the stage maps then line up with the image, and the logits are cut
             # back to it (an edge tile of predict is the case)
             hr = F.pad(hr, (0, -w % 32, 0, -h % 32))
+        if s.kind == "change":
+            return self._change(hr, F.pad(series["hr2"], (0, -w % 32, 0, -h % 32)))[..., :h, :w]
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
             out = self.backbone(hr=hr, latlon=latlon if self.needs_latlon else None, **series)
         if s.kind == "classification":
             return self.head(out[s.features])
         logits = self.head(out["hr_stages"], out[s.extra] if s.extra != "none" else None)
         return F.interpolate(logits, size=hr.shape[-2:], mode="bilinear", align_corners=False)[..., :h, :w]
+
+    def _change(self, a: Tensor, b: Tensor) -> Tensor:
+        """Change logits of two co-registered dates: one siamese pass of the backbone over both
+        (shared weights, one batch), the stage maps differenced (|A - B|, symmetric in the dates),
+        the dense head on the differences."""
+        if a.shape != b.shape:
+            raise InputError(f"TaskModel: the two dates differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            stages = self.backbone(hr=torch.cat([a, b]))["hr_stages"]
+        n = a.shape[0]
+        logits = self.head([(x[:n] - x[n:]).abs() for x in stages], None)
+        return F.interpolate(logits, size=a.shape[-2:], mode="bilinear", align_corners=False)
 
     def loss_terms(self, logits: Tensor, target: Tensor, weight: Tensor | None = None,
                    ignore_index: int = -1) -> tuple[Tensor, Tensor]:
@@ -206,7 +225,7 @@ class TaskModel(nn.Module):
 def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights: str | None = None) -> TaskModel:
     """A fresh task model (backbone from ``weights`` where given, head at init)."""
     overrides = dict(spec.model_overrides)
-    if spec.kind == "segmentation":
+    if spec.kind in DENSE:
         overrides["hr_stages"] = SEG_STAGES
     with torch.device(device):
         backbone = models.create(spec.model_name, **overrides)

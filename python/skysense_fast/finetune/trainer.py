@@ -33,7 +33,7 @@ from .augment import d4_transform
 from .chips import ChipDataset
 from .config import SHAPE_FIELDS, FinetuneConfig, validate
 from .scene_data import SceneSegmentationData
-from .task import TaskModel, TaskSpec, build_task_model, save_task
+from .task import DENSE, TaskModel, TaskSpec, build_task_model, save_task
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _seed(*numbers: int) -> int:
 def open_data(cfg: FinetuneConfig):
     """(train data, val data or None, ClassMap) of the config, every input checked."""
     t, d = cfg.task, cfg.data
-    if t.kind == "segmentation":
+    if t.kind in DENSE:
         assert d.image is not None and d.labels is not None   # validate() requires them
         classes = None
         if t.classes:   # values sorted, each name kept with its value
@@ -55,7 +55,7 @@ def open_data(cfg: FinetuneConfig):
                   "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
                                      label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
-                                     val_fraction=d.val_fraction, seed=d.seed, series=series)
+                                     val_fraction=d.val_fraction, seed=d.seed, series=series, image2=d.image2)
         return data, None, data.classes
     assert d.chips is not None   # validate() requires it
     train: ChipDataset | _ChipSubset = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
@@ -117,18 +117,19 @@ class _Finetuning:
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
                              multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
                              features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale,
-                             inputs=("hr", *getattr(self.data, "series", {})), s2_band_order=cfg.data.s2_band_order)
+                             inputs=("hr", "hr2") if t.kind == "change" else ("hr", *getattr(self.data, "series", {})),
+                             s2_band_order=cfg.data.s2_band_order)
         torch.manual_seed(cfg.train.seed)                    # same initial head on every rank
         self.model: TaskModel = build_task_model(self.spec, device, cfg.model.weights)
         if cfg.train.grad_checkpointing:
             self.model.backbone.set_grad_checkpointing(True)
         stats = self.model.normalisation
-        if t.kind == "segmentation":
+        if t.kind in DENSE:
             self.data.stats = stats
         else:
             for ds in (self.data, self.val):
                 getattr(ds, "dataset", ds).stats = stats
-        self.latlon = torch.tensor([self.data.latlon if t.kind == "segmentation" else (0.0, 0.0)])
+        self.latlon = torch.tensor([self.data.latlon if t.kind in DENSE else (0.0, 0.0)])
         self.weight = class_weights(self.data.counts()).to(device) if t.class_weights == "balanced" else None
         if world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # mmseg's SyncBN
@@ -146,7 +147,7 @@ class _Finetuning:
         out = []
         for i in range(self.rank * local, (self.rank + 1) * local):
             g = torch.Generator().manual_seed(_seed(d.seed, t.seed, step, i))
-            if self.spec.kind == "segmentation":
+            if self.spec.kind in DENSE:
                 out.append(self.data.train_sample(g, d.augment))
             else:
                 n = len(self.data)
@@ -182,7 +183,7 @@ class _Finetuning:
         B, spec = self.cfg.train.batch_size, self.spec
         names = list(spec.class_names)
         metrics: SegmentationMetrics | ClassificationMetrics
-        if spec.kind == "segmentation":
+        if spec.kind in DENSE:
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()
             for i in range(0, len(windows), B):

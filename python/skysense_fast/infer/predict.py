@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import distributed
-from ..data.geotiff import hr_scaler, open_raster
+from ..data.geotiff import check_same_scene, hr_scaler, open_raster
 from ..data.series import check_coverage, series_files, series_input
 from ..errors import InputError
+from ..finetune.task import DENSE
 from .class_map import ClassMapSink
 from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .tiler import SCALE
@@ -34,10 +35,13 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                   batch_size: int = 4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
                   probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16, s2=None, s1=None,
-                  s2_dates=None, s1_dates=None, s2_band_order: str | None = None, distribute: bool = True) -> dict:
-    """Write the class map of an HR GeoTIFF (``task``: a segmentation
+                  s2_dates=None, s1_dates=None, s2_band_order: str | None = None, distribute: bool = True,
+                  image2: str | os.PathLike | None = None) -> dict:
+    """Write the class map of an HR GeoTIFF (``task``: a segmentation or change
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
-    class values (nodata where the input is nodata), with colours and class names.
+    class values (nodata where the input is nodata), with colours and class names. A change
+    task compares ``src`` with ``image2``, the scene's second date (any CRS / resolution: it is
+    read onto ``src``'s grid; pixels it does not cover are no change input).
 
     Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` and ``s2_band_order``
     default to the task's own; ``s2`` / ``s1``: the series of the scene, required exactly when
@@ -47,8 +51,11 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     import rasterio
 
     spec = task.spec
-    if spec.kind != "segmentation":
-        raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation task")
+    if spec.kind not in DENSE:
+        raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation or change task")
+    if (image2 is None) != (spec.kind != "change"):
+        raise InputError("predict: a change task compares two dates: give --image2" if image2 is None else
+                         "predict: --image2 is the second date of a change task; this task is " + spec.kind)
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
         raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
     if chunk_rows < 1:
@@ -59,13 +66,14 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         raise InputError("predict: the probabilities and the class map need two different paths")
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order or spec.s2_band_order),
               "s1": series_input(s1, s1_dates, "s1")}
-    given = {"hr", *(k for k, v in series.items() if v)}
+    given = {"hr", *(k for k, v in series.items() if v), *(("hr2",) if image2 is not None else ())}
     if given != set(spec.inputs):
         missing, extra = sorted(set(spec.inputs) - given), sorted(given - set(spec.inputs))
         raise InputError(f"predict: the task was trained on {', '.join(spec.inputs)}: "
                          + (f"give {', '.join('--' + k for k in missing)}" if missing else
                             f"it takes no {', '.join('--' + k for k in extra)}"))
-    inputs = [src, *task.source_files] + [f for files in series_files(series).values() for f in files]
+    inputs = [src, *task.source_files, *((image2,) if image2 is not None else ())] + [
+        f for files in series_files(series).values() for f in files]
     for out in filter(None, (dst, probabilities)):
         refuse_to_overwrite_an_input(out, inputs)
     rank, world = distributed.init() if distribute else (0, 1)
@@ -76,10 +84,16 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
         for kind, acq in series.items():
             if acq:
                 check_coverage(acq, ds.crs, ds.bounds, kind)
+        tiled: dict = dict(series)
+        if image2 is not None:
+            image2 = os.fspath(image2)
+            with open_raster(image2, bands=3, what="--image2") as ds2:
+                check_same_scene(ds, ds2)
+                tiled["hr2"] = (image2, hr_scaler(ds2, hr_scale))
         profile = dict(driver="GTiff", height=H, width=W, crs=ds.crs, transform=ds.transform, tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
         run = TileRun(model, ds, tile, overlap, batch_size, device, dtype, "probs", H, prefetch=True,
-                      series=series, progress=progress, scale=hr_scaler(ds, hr_scale), out_scale=1)
+                      series=tiled, progress=progress, scale=hr_scaler(ds, hr_scale), out_scale=1)
 
         def sink(path: str) -> ClassMapSink:
             return ClassMapSink(path, profile, spec.classes, probabilities)
@@ -92,6 +106,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                           manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
                                     "model": model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
-                                    "series": series_files(series)},
+                                    "series": series_files(series),
+                                    "image2": None if image2 is None else os.path.abspath(image2)},
                           final_sink=sink)
     return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..data.geotiff import nodata_mask, normalise_hr
+from ..data.geotiff import nodata_mask, normalise_hr, open_raster, read_onto
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
 
@@ -72,10 +72,12 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
                for i in range(0, len(group), batch_size)]
 
     series = {k: v for k, v in (series or {}).items() if v}
+    second = series.pop("hr2", None)   # a change task's second date: (path, its HR scaling), read onto each tile
 
     def read(batch):
         h, w, chunk = batch
         arr, fracs, extra = [], [], {k: ([], []) for k in series}
+        dates = []
         grid = (math.ceil(h / SCALE), math.ceil(w / SCALE))
         for r, c in chunk:
             try:
@@ -91,12 +93,20 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
             else:
                 fracs.append(None)
             arr.append(x)
+            if second is not None:
+                path, scale2 = second
+                with open_raster(path, bands=3) as ds2:
+                    b = read_onto(ds2, ds.crs, ds.transform @ Affine.translation(c, r), h, w)
+                gap = ~np.isfinite(b).all(0)
+                b = np.nan_to_num(b)
+                x2 = normalise_hr(b if scale2 is None else scale2(b), stats)
+                dates.append(np.where(gap[None], 0.0, x2).astype(np.float32))
             tile_grid = ds.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
             for k, acq in series.items():
                 xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k, stats=stats)
                 extra[k][0].append(xs)
                 extra[k][1].append(ok)
-        kw = {}
+        kw = {"hr2": torch.from_numpy(np.stack(dates))} if dates else {}
         for k, acq in series.items():
             kw[k] = torch.from_numpy(np.stack(extra[k][0]))
             kw[f"valid_{k}"] = torch.from_numpy(np.stack(extra[k][1]))

@@ -46,9 +46,14 @@ def is_pretrained_folder(path: str | os.PathLike) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG))
 
 
+_FILE_ENDINGS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tif", ".tiff", ".json", ".yaml", ".yml")
+
+
 def looks_like_repo_id(text: str) -> bool:
-    """``owner/name`` that is no local path: what the hub is asked for."""
-    return _REPO_ID.fullmatch(text) is not None and not os.path.exists(text)
+    """``owner/name`` that is no local path and does not end like a file (``runs/seg.safetensors``
+    mistyped is a missing file, not a hub request): what the hub is asked for."""
+    return (_REPO_ID.fullmatch(text) is not None and not os.path.exists(text)
+            and not text.lower().endswith(_FILE_ENDINGS))
 
 
 def resolve(source: str | os.PathLike, revision: str | None = None) -> str:
@@ -62,15 +67,29 @@ def resolve(source: str | os.PathLike, revision: str | None = None) -> str:
     if not looks_like_repo_id(text):
         raise FileNotFoundError(f"weights not found: {text} (a file, a save_pretrained folder, or a hub id owner/name)")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
-        return snapshot_download(text, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD])
+        folder = snapshot_download(text, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD])
     except LocalEntryNotFoundError:
         raise InputError(f"{text}: not a local path, and the hub repository is not in the local cache "
                          "(offline: HF_HUB_OFFLINE is set or the hub is out of reach)") from None
+    except GatedRepoError:   # before RepositoryNotFoundError: it is one
+        raise InputError(f"{text}: the hub repository is gated: accept its terms on the hub and log in "
+                         "(huggingface-cli login / HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise InputError(f"{text}: the hub repository has no revision {revision!r}") from None
     except (RepositoryNotFoundError, HFValidationError) as e:
         raise InputError(f"{text}: no such local path or hub repository ({' '.join(str(e).split())[:200]})") from None
+    if not is_pretrained_folder(folder):
+        raise InputError(f"{text}: the hub repository has no {CONFIG}: not a skysense_fast model")
+    return folder
 
 
 def read_config(folder: str) -> dict:

@@ -1,0 +1,110 @@
+"""Change detection between two dates of a scene: a siamese backbone, stage maps differenced,
+the dense head on the differences; trained from a config, a change map from predict with two
+scenes, bad input refused before training or prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import torch.nn.functional as F
+
+from skysense_fast.cli import main
+from skysense_fast.data.demo_data import write_scene, write_second_date
+from skysense_fast.finetune import finetune, load_task
+from skysense_fast.finetune.config import ConfigError, from_dict
+from skysense_fast.finetune.task import TaskSpec, build_task_model
+from skysense_fast.infer.predict import predict_scene
+
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("change")
+    write_scene(str(root / "t1.tif"), SIZE)
+    write_second_date(str(root / "t2.tif"), str(root / "change.tif"), SIZE, buildings=10)
+    return root
+
+
+def _raw(pair, out, **data):
+    return {"model": {"name": "skysense-tiny"},
+            "task": {"kind": "change", "name": "chg", "head_channels": 16, "class_names": ["same", "changed"]},
+            "data": {"image": str(pair / "t1.tif"), "image2": str(pair / "t2.tif"), "labels": str(pair / "change.tif"),
+                     "crop": 64, "block": 64, "val_fraction": 0.25, **data},
+            "optim": {"lr": 0.001, "warmup_steps": 2},
+            "train": {"steps": 6, "batch_size": 2, "checkpoint_every": 0, "out_dir": str(out), "progress": False}}
+
+
+@pytest.fixture(scope="module")
+def trained(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("chg_run")
+    return finetune(from_dict(_raw(pair, out)))
+
+
+def test_the_change_head_reads_the_differenced_stages():
+    """The model is its definition: one backbone on both dates, |A - B| per stage, the head."""
+    torch.manual_seed(0)
+    task = build_task_model(TaskSpec("change", (1, 2), ("same", "changed"), head_channels=8,
+                                     inputs=("hr", "hr2"))).eval()
+    a, b = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        sa, sb = task.backbone(hr=a)["hr_stages"], task.backbone(hr=b)["hr_stages"]
+        want = F.interpolate(task.head([(x - y).abs() for x, y in zip(sa, sb, strict=True)], None), size=(64, 96),
+                             mode="bilinear", align_corners=False)
+        got = task(a, hr2=b)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(task(b, hr2=a), got, rtol=1e-5, atol=1e-5)     # symmetric in the dates
+    with pytest.raises(ValueError, match="trained on hr, hr2"):
+        task(a)
+    with pytest.raises(ValueError, match="differ in shape"):
+        task(a, hr2=b[:, :, :32])
+
+
+def test_train_then_predict_a_change_map_from_two_scenes(pair, trained, tmp_path):
+    assert trained["status"] == "done" and trained["validation"]["pixels"] > 0
+    task = load_task(trained["weights"])
+    assert task.spec.kind == "change" and task.spec.inputs == ("hr", "hr2")
+    info = predict_scene(task, pair / "t1.tif", tmp_path / "map.tif", tile=128, overlap=32, image2=pair / "t2.tif")
+    assert info["classes"] == [1, 2]
+    with rasterio.open(tmp_path / "map.tif") as m, rasterio.open(pair / "t1.tif") as src:
+        labels = m.read(1)
+        assert m.crs == src.crs and m.transform == src.transform and set(np.unique(labels)) <= {1, 2}
+        assert m.tags(1)["CLASS_2"] == "changed"
+    # the same through the CLI, and dates swapped give the same map (|A - B|)
+    assert main(["predict", str(pair / "t2.tif"), "--image2", str(pair / "t1.tif"), "-o", str(tmp_path / "swap.tif"),
+                 "--task", trained["weights"], "--tile", "128", "--overlap", "32"]) == 0
+    with rasterio.open(tmp_path / "swap.tif") as m:
+        assert (m.read(1) == labels).mean() > 0.999
+    assert main(["evaluate", "--task", trained["weights"], "--image", str(pair / "t1.tif"), "--image2",
+                 str(pair / "t2.tif"), "--labels", str(pair / "change.tif"), "--tile", "128"]) == 0
+
+
+def test_change_input_is_checked_before_any_work(pair, trained, tmp_path, capsys):
+    for data, message in [({"image2": None}, r"data\.image2 is required for change"),
+                          ({"image2": str(tmp_path / "none.tif")}, r"data\.image2: no such file")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(_raw(pair, tmp_path, **data))
+    raw = _raw(pair, tmp_path)
+    raw["task"]["extra"] = "fused"
+    with pytest.raises(ConfigError, match="compares two HR dates"):
+        from_dict(raw)
+    raw = _raw(pair, tmp_path)
+    raw["task"]["kind"] = "segmentation"
+    with pytest.raises(ConfigError, match=r"data\.image2 is the second date of a change task"):
+        from_dict(raw)
+    far = tmp_path / "far.tif"
+    with rasterio.open(pair / "t2.tif") as d:
+        profile, img = d.profile, d.read()
+    profile["transform"] = rasterio.transform.from_origin(600000, 4000000, 0.5, 0.5)
+    with rasterio.open(far, "w", **profile) as d:
+        d.write(img)
+    with pytest.raises(ValueError, match="does not overlap"):
+        finetune(from_dict(_raw(pair, tmp_path / "run", image2=str(far))))
+    task = trained["weights"]
+    base = ["predict", str(pair / "t1.tif"), "-o", str(tmp_path / "o.tif"), "--task", task]
+    assert main(base) == 2 and "give --image2" in capsys.readouterr().err
+    assert main([*base, "--image2", str(far)]) == 2 and "does not overlap" in capsys.readouterr().err
+    assert main([*base, "--image2", str(pair / "t1.tif"), "-o", str(pair / "t1.tif")]) == 2
+    assert "is an input of this run" in capsys.readouterr().err
