@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from skysense_fast.data import sample
 
 @pytest.fixture(scope="module")
 def crowns(tmp_path_factory):
-    if sample.CROWNS_RASTER.exists() and sample.CROWNS_VECTOR.exists():
+    if sample.CROWNS_RASTER.exists() and sample.CROWNS_VECTOR.exists() and sample.PRETRAIN_MANIFEST.exists():
         return sample.HR_SAMPLE, sample.CROWNS_RASTER, sample.CROWNS_VECTOR
     wheels = tmp_path_factory.mktemp("wheel")
     try:
@@ -30,6 +31,30 @@ def crowns(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample")
     sample.prepare_from_wheel(next(wheels.glob("*.whl")), out)
     return out / sample.HR_SAMPLE.name, out / sample.CROWNS_RASTER.name, out / sample.CROWNS_VECTOR.name
+
+
+def test_hr_only_pretraining_on_the_real_neon_images(crowns, tmp_path):
+    """The shipped HR-only config on its real, unlabelled NEON PNGs (no CRS; located by the
+    manifest): a few steps run, the loss stays finite, and the weights start a crown task."""
+    from skysense_fast.finetune import finetune, from_dict
+    from skysense_fast.pretrain import load_config, pretrain
+
+    manifest = crowns[0].parent / "neon" / "manifest.yaml"
+    config = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "neon-hr-tiny.yaml"
+    cfg = load_config(config,
+                      {"data.manifest": str(manifest), "train.steps": 4, "train.batch_size": 4,
+                       "train.out_dir": str(tmp_path / "pre"), "train.checkpoint_every": 0, "train.progress": False})
+    res = pretrain(cfg, resume=False)
+    assert res["status"] == "done" and all(np.isfinite(r["total"]) for r in res["losses"])
+    assert set(res["losses"][0]) >= {"hr_pixel", "fused_image"} and "s2_pixel" not in res["losses"][0]
+    image, raster, _ = crowns
+    probe = {"model": {"name": "skysense-tiny", "weights": res["weights"]},
+             "task": {"kind": "segmentation", "name": "probe", "mode": "linear_probe"},
+             "data": {"image": str(image), "labels": str(raster), "crop": 128, "block": 128},
+             "train": {"steps": 2, "batch_size": 2, "out_dir": str(tmp_path / "probe"), "checkpoint_every": 0,
+                       "progress": False}}
+    out = finetune(from_dict(probe))
+    assert out["status"] == "done" and out["validation"]["pixels"] > 0
 
 
 def test_crowns_raster_and_vector_agree(crowns):
