@@ -53,6 +53,8 @@ def _pretrain(seed: int, steps: int, out_dir: str) -> tuple[str, float, float]:
                       {"train.seed": seed, "train.steps": steps, "train.out_dir": out_dir,
                        "train.checkpoint_every": 0, "train.progress": False})
     res = pretrain(cfg, resume=False)
+    if res["status"] != "done" or not res["weights"]:   # never probe random weights as "pretrained"
+        raise RuntimeError(f"pretraining seed {seed} ended {res['status']} at step {res['step']} without weights")
     first = statistics.mean(r["total"] for r in res["losses"][:10])
     last = statistics.mean(r["total"] for r in res["losses"][-10:])
     return res["weights"], first, last

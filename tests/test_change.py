@@ -108,3 +108,33 @@ def test_change_input_is_checked_before_any_work(pair, trained, tmp_path, capsys
     assert main([*base, "--image2", str(far)]) == 2 and "does not overlap" in capsys.readouterr().err
     assert main([*base, "--image2", str(pair / "t1.tif"), "-o", str(pair / "t1.tif")]) == 2
     assert "is an input of this run" in capsys.readouterr().err
+
+
+def test_a_second_date_of_another_grid_and_part_of_the_scene(pair, trained, tmp_path):
+    """The second date at 1 m (the first is 0.5 m) covering only the east of the scene: it is
+    resampled onto the first's grid, and where it has no data the change map has none either."""
+    from rasterio.enums import Resampling
+    from rasterio.warp import reproject
+
+    with rasterio.open(pair / "t2.tif") as src:
+        east = src.bounds.left + 0.4 * (src.bounds.right - src.bounds.left)
+        transform = rasterio.transform.from_origin(east, src.bounds.top, 1.0, 1.0)
+        width, height = int((src.bounds.right - east) // 1.0), int((src.bounds.top - src.bounds.bottom) // 1.0)
+        coarse = np.zeros((3, height, width), np.uint8)
+        reproject(rasterio.band(src, [1, 2, 3]), coarse, dst_transform=transform, dst_crs=src.crs,
+                  resampling=Resampling.average)
+        profile = dict(driver="GTiff", height=height, width=width, count=3, dtype="uint8", crs=src.crs,
+                       transform=transform, nodata=0)
+    with rasterio.open(tmp_path / "t2_1m.tif", "w", **profile) as d:
+        d.write(coarse)
+    out = tmp_path / "map.tif"
+    predict_scene(load_task(trained["weights"]), pair / "t1.tif", out, tile=128, overlap=32,
+                  image2=tmp_path / "t2_1m.tif")
+    with rasterio.open(out) as m:
+        labels, nodata = m.read(1), m.nodata
+    west = int(0.4 * SIZE) - 2                      # columns the second date does not reach
+    assert (labels[:, :west] == nodata).all()       # no change input: no answer
+    assert (labels[:, west + 8:-4] != nodata).all() and set(np.unique(labels[:, west + 8:-4])) <= {1, 2}
+    # and training on that pair learns from the covered part only
+    res = finetune(from_dict(_raw(pair, tmp_path / "run", image2=str(tmp_path / "t2_1m.tif"))))
+    assert res["status"] == "done" and 0 < res["validation"]["pixels"]

@@ -124,6 +124,16 @@ def test_pretraining_on_a_subset_of_the_modalities(tmp_path, modalities):
     reached = "hr" if "hr" in modalities else "s2"
     assert not all(torch.equal(a, b) for a, b in zip(getattr(trained, reached).parameters(),
                                                     getattr(init, reached).parameters(), strict=True))
+    # frozen, not merely gradient-free: no optimiser state, whatever the optimiser does with None grads
+    from skysense_fast.pretrain.trainer import build_model
+    from skysense_fast.train.optim import build_optimizer
+
+    cfg = from_dict(_raw(tmp_path / "again", kind="synthetic", samples=8, modalities=modalities))
+    student = build_model(cfg, torch.device("cpu"))
+    optimised = {id(p) for g in build_optimizer(student, cfg.optim).param_groups for p in g["params"]}
+    for name in student.backbone.unreached(modalities):
+        for p in getattr(student.backbone, name).parameters():
+            assert not p.requires_grad and id(p) not in optimised, name
 
 
 def test_hr_only_pretraining_on_plain_images_without_a_crs(tmp_path):
@@ -150,6 +160,22 @@ def test_hr_only_pretraining_on_plain_images_without_a_crs(tmp_path):
     pretrain(from_dict(raw), stop_after=1)
     raw["data"]["modalities"] = ["hr", "s2"]
     with pytest.raises(ValueError, match="data.modalities"):
+        pretrain(from_dict(raw))
+    raw["data"]["modalities"] = ["hr"]
+    assert pretrain(from_dict(raw))["status"] == "done"                 # the same subset resumes
+    # a checkpoint from before data.modalities existed trained all three: it held the default
+    import glob
+    import json as _json
+
+    raw = _raw(tmp_path / "run3", kind="synthetic", samples=8)
+    raw["train"]["checkpoint_every"] = 1
+    pretrain(from_dict(raw), stop_after=1)
+    for state in glob.glob(str(tmp_path / "run3" / "checkpoints" / "step_*" / "trainer.json")):
+        saved = _json.loads(open(state).read())
+        del saved["config"]["data"]["modalities"]
+        open(state, "w").write(_json.dumps(saved))
+    raw["data"]["modalities"] = ["hr"]
+    with pytest.raises(ValueError, match=r"data\.modalities: checkpoint \['hr', 's2', 's1'\]"):
         pretrain(from_dict(raw))
 
 

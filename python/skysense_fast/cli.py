@@ -130,6 +130,9 @@ def _scene_list(args: argparse.Namespace):
         return None
     if getattr(args, "probabilities", None):
         raise InputError("--probabilities with a list of scenes: run such scenes one at a time")
+    if getattr(args, "image2", None):
+        raise InputError("--image2 with a list of scenes: a change task's two dates are one scene; run them one at "
+                         "a time")
     return read_scene_list(args.input, args.asset)
 
 

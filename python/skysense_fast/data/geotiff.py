@@ -128,7 +128,9 @@ def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
 def read_onto(ds, crs, transform, height: int, width: int) -> np.ndarray:
     """Bands 1-3 of ``ds`` (another image of the scene: a second date) resampled (bilinear)
     onto a grid (``crs``, ``transform``, ``height`` x ``width``): (3, h, w) float32, NaN where
-    it holds no data (its nodata, or beyond its footprint)."""
+    it holds no data: beyond its footprint, or where GDAL's warp finds its nodata (in every
+    band; :func:`nodata_mask`, which reads the first date, takes a pixel with the nodata
+    value in any band as a hole: a pixel so in one band only counts on the first date alone)."""
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 

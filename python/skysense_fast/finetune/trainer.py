@@ -211,6 +211,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None
     if report is not None and rank == 0:
         logger.info(f"backbone weights: {report}")
     result = loop.run(run, cfg.train, config=cfg.to_dict(), shape_fields=SHAPE_FIELDS, rank=rank, world=world,
+                      config_defaults=type(cfg)().to_dict(),
                       resume=resume, stop_after=stop_after, evaluate_every=cfg.train.evaluate_every,
                       what="finetune")
     result["weights"] = None

@@ -87,13 +87,7 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
                                  "is the file truncated or damaged?") from None
             x = normalise_hr(a if scale is None else scale(a), stats)
             hole = nodata_mask(a, nodata)
-            if hole is not None:  # nodata pixels become zero input, like padding
-                x = np.where(hole[None], 0.0, x).astype(np.float32)
-                fracs.append(cell_fraction(~hole, out_scale))
-            else:
-                fracs.append(None)
-            arr.append(x)
-            if second is not None:
+            if second is not None:   # the second date's gaps are holes too: no change input there
                 path, scale2 = second
                 with open_raster(path, bands=3) as ds2:
                     b = read_onto(ds2, ds.crs, ds.transform @ Affine.translation(c, r), h, w)
@@ -101,6 +95,13 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
                 b = np.nan_to_num(b)
                 x2 = normalise_hr(b if scale2 is None else scale2(b), stats)
                 dates.append(np.where(gap[None], 0.0, x2).astype(np.float32))
+                hole = gap if hole is None else hole | gap
+            if hole is not None:  # nodata pixels become zero input, like padding
+                x = np.where(hole[None], 0.0, x).astype(np.float32)
+                fracs.append(cell_fraction(~hole, out_scale))
+            else:
+                fracs.append(None)
+            arr.append(x)
             tile_grid = ds.transform @ Affine.translation(c, r) @ Affine.scale(SCALE, SCALE)
             for k, acq in series.items():
                 xs, ok = read_on_grid(acq, 10 if k == "s2" else 2, ds.crs, tile_grid, grid, k, stats=stats)

@@ -147,6 +147,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     mods = d.modalities
     require(len(mods) >= 1 and len(set(mods)) == len(mods) and set(mods) <= {"hr", "s2", "s1"},
             f"data.modalities must be distinct names among hr, s2, s1, got {list(mods)}")
+    mods = d.modalities = tuple(m for m in ("hr", "s2", "s1") if m in mods)   # one order: [s2, hr] is [hr, s2]
     if d.kind == "scenes":
         require("hr" in mods, "data.modalities: pretraining on scenes needs hr (the windows are cut from the HR "
                               f"image); got {list(mods)}")

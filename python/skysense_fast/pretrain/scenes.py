@@ -44,6 +44,9 @@ class SceneDataset(torch.utils.data.Dataset):
                 if s2 is not None or s1 is not None:
                     raise InputError(f"{hr} has no CRS: Sentinel series cannot be put onto it (pretrain it on hr "
                                      "alone, or use a georeferenced image)")
+            elif latlon is not None:
+                raise InputError(f"{hr} has a CRS, which gives each window's location: data.latlon (or a manifest "
+                                 "latlon) is for images without one")
             self.latlon = latlon if ds.crs is None else None
             # PNG / JPEG have no random access (each window would decode the whole file): such an
             # image is read once, on first use, and windows are cut from memory

@@ -194,6 +194,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = True, stop_after: int | None
     validate(cfg, world)
     run = _Pretraining(cfg, device, rank, world)
     result = loop.run(run, cfg.train, config=cfg.to_dict(), shape_fields=SHAPE_FIELDS, rank=rank, world=world,
+                      config_defaults=type(cfg)().to_dict(),
                       resume=resume, stop_after=stop_after, what="pretrain")
     status, step, out_dir = result["status"], result["step"], cfg.train.out_dir
     student, teacher, t = run.student, run.teacher, cfg.train

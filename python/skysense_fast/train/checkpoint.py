@@ -160,7 +160,8 @@ def complete_checkpoints(directory: str) -> list[str]:
             if _STEP_DIR.fullmatch(d) and os.path.exists(os.path.join(directory, d, TRAINER_FILE))]
 
 
-def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, ...]]) -> None:
+def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, ...]],
+                    defaults: dict | None = None) -> None:
     """A checkpoint written under another model or head sizes (``shape_fields``: the config
     fields, by section, that fix the shapes of what it holds) is refused with the fields that
     differ, instead of a shape error deep inside the loader."""
@@ -168,10 +169,18 @@ def check_resumable(path: str, config: dict, shape_fields: dict[str, tuple[str, 
     if not saved:
         return
     config = json.loads(json.dumps(config))   # as the checkpoint stored it: tuples read back as lists
-    # a field the checkpoint's config lacks is newer than the checkpoint: it held the default then
-    diff = [f"{sec}.{f}: checkpoint {saved.get(sec, {}).get(f)!r}, config {config[sec][f]!r}"
+    # a field the checkpoint's config lacks is newer than the checkpoint: it held the default
+    # then (``defaults``: the config class's defaults, as JSON; without them such a field is
+    # not compared)
+    defaults = json.loads(json.dumps(defaults or {}))
+    missing = object()
+
+    def held(sec: str, f: str):
+        return saved.get(sec, {}).get(f, defaults.get(sec, {}).get(f, missing))
+
+    diff = [f"{sec}.{f}: checkpoint {held(sec, f)!r}, config {config[sec][f]!r}"
             for sec, fields in shape_fields.items() for f in fields
-            if f in saved.get(sec, {}) and saved[sec][f] != config[sec].get(f)]
+            if held(sec, f) is not missing and held(sec, f) != config[sec].get(f)]
     if diff:
         raise InputError(f"{path} was written by a run with another model: " + "; ".join(diff)
                          + " (use another train.out_dir, or --no-resume)")

@@ -133,7 +133,8 @@ class Trainee(Protocol):
         """Validation metrics (plain JSON values), or None where a run has none."""
 
 
-def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Trainee, rank: int = 0) -> tuple[int, str]:
+def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Trainee, rank: int = 0,
+                defaults: dict | None = None) -> tuple[int, str]:
     """(step, path) from the newest checkpoint that loads; one that does not (a damaged file)
     is reported and the one before it tried, down to the oldest kept."""
     newest = latest_checkpoint(ckpt_dir)
@@ -143,7 +144,7 @@ def resume_from(ckpt_dir: str, config: dict, shape_fields: dict, trainee: Traine
     for path in candidates:
         try:
             try:
-                check_resumable(path, config, shape_fields)  # another model: an error, never a fall-back
+                check_resumable(path, config, shape_fields, defaults)  # another model: an error, never a fall-back
             except json.JSONDecodeError as e:
                 raise RuntimeError(f"damaged trainer state ({e})") from None
             return load_checkpoint(path, trainee.modules, trainee.optimizer, trainee.scheduler)["step"], path
@@ -177,6 +178,7 @@ def write_json_atomic(path: str, data, text: str | None = None) -> None:
 
 
 def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: dict, rank: int, world: int,
+        config_defaults: dict | None = None,
         resume: bool = True, stop_after: int | None = None, evaluate_every: int = 0,
         what: str = "train") -> dict:
     """Run (or continue) ``train.steps`` steps of ``trainee``.
@@ -193,7 +195,7 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
     out_dir, ckpt_dir = t.out_dir, os.path.join(t.out_dir, "checkpoints")
     start = 0
     if resume and latest_checkpoint(ckpt_dir) is not None:
-        start, path = resume_from(ckpt_dir, config, shape_fields, trainee, rank)
+        start, path = resume_from(ckpt_dir, config, shape_fields, trainee, rank, config_defaults)
         if rank == 0:
             logger.info("resumed from %s at step %d", path, start)
     jsonl = os.path.join(out_dir, "metrics.jsonl")

@@ -72,7 +72,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
     own = model.state_dict()
     last = len(mine.get("hr_depths", ())) - 1     # the last stage's norm feeds the fusion: always loaded
     outputs = ({k for k in _output_norms(own) | _output_norms(state) if f"hr.norm{last}." not in k}
-               if saved.get("hr_stages") != mine.get("hr_stages") else set())
+               if saved and mine and saved.get("hr_stages") != mine.get("hr_stages") else set())
     state = {k: v for k, v in state.items() if k in own or k not in outputs}
     for k, v in state.items():  # everything checked before anything is copied: all or nothing
         if k in own:
