@@ -138,3 +138,13 @@ def test_a_second_date_of_another_grid_and_part_of_the_scene(pair, trained, tmp_
     # and training on that pair learns from the covered part only
     res = finetune(from_dict(_raw(pair, tmp_path / "run", image2=str(tmp_path / "t2_1m.tif"))))
     assert res["status"] == "done" and 0 < res["validation"]["pixels"]
+
+
+def test_export_a_change_task(trained, tmp_path):
+    """Both dates as positional inputs; the exported program gives the task's logits."""
+    out = tmp_path / "chg.pt2"
+    assert main(["export", "--task", trained["weights"], "-o", str(out), "--size", "64"]) == 0
+    task = load_task(trained["weights"])
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(out)).module()(a, b), task(a, hr2=b), rtol=1e-4, atol=1e-4)

@@ -226,9 +226,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positional(model, names: tuple[str, ...]):
-    """SkySense with positional inputs ``names`` and a (fused, geo) output: what export and
-    trace want."""
+def _positional(model, names: tuple[str, ...], outputs: tuple[str, ...] | None = ("fused", "geo")):
+    """A model with positional inputs ``names`` (and, for a dict output, those ``outputs`` as a
+    tuple; None: its output as it is): what export and trace want."""
     import torch
 
     class Path(torch.nn.Module):
@@ -238,7 +238,7 @@ def _positional(model, names: tuple[str, ...]):
 
         def forward(self, *inputs):
             out = self.m(**dict(zip(names, inputs, strict=True)))
-            return out["fused"], out["geo"]
+            return out if outputs is None else tuple(out[k] for k in outputs)
 
     return Path(model)
 
@@ -307,14 +307,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from skysense_fast.infer.runner import refuse_to_overwrite_an_input
 
         refuse_to_overwrite_an_input(args.output, [args.task])
-        module = _load_task(args)
-        if module.spec.inputs != ("hr",):
-            raise InputError(f"export --task: {args.task} reads {', '.join(module.spec.inputs)}; exporting tasks "
+        task = _load_task(args)
+        module = task
+        hr = torch.randn(1, task.config.hr_in_chans, size, size)
+        example: tuple[torch.Tensor, ...] = (hr,)
+        if task.spec.kind == "change":   # two dates -> change logits
+            module, example = _positional(task, ("hr", "hr2"), None), (hr, torch.randn_like(hr))
+        elif task.spec.inputs != ("hr",):
+            raise InputError(f"export --task: {args.task} reads {', '.join(task.spec.inputs)}; exporting tasks "
                              "with Sentinel series is not supported yet")
-        example: tuple[torch.Tensor, ...] = (torch.randn(1, module.config.hr_in_chans, size, size),)
-        if module.needs_latlon:
+        elif task.needs_latlon:
             example += (torch.tensor([[45.0, 7.0]]),)
-        args.part, args.config = f"{module.spec.kind} task", args.task
+        args.part, args.config = f"{task.spec.kind} task", args.task
     else:
         module, example = _export_module(_load_model(args).eval(), args.part, size, args.frames)
     root, ext = os.path.splitext(args.output)
