@@ -358,7 +358,9 @@ def test_two_ranks_finetune_and_predict(demo, trained, tmp_path):
     two = load_task(tmp_path / "run" / "seg.safetensors")
     one = load_task(trained[0] / "seg.safetensors")
     assert two.state_dict().keys() == one.state_dict().keys()
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 2
+    scores = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert scores["step"] == 2
+    assert scores["pixels"] == trained[1]["validation"]["pixels"]   # each window scored once, not once per rank
     _torchrun("predict", demo / "scene.tif", "-o", tmp_path / "two.tif", "--task", trained[0] / "seg.safetensors",
               "--tile", "128", "--overlap", "32", "--chunk-rows", "64")
     predict_scene(one, demo / "scene.tif", tmp_path / "one.tif", tile=128, overlap=32)

@@ -180,23 +180,37 @@ class _Finetuning:
         return {}
 
     def evaluate(self, step: int) -> dict:
+        """The validation metrics; under torchrun each rank scores its share of the windows (or
+        chips) and torchmetrics sums the ranks' counts when computing."""
         B, spec = self.cfg.train.batch_size, self.spec
         names = list(spec.class_names)
         metrics: SegmentationMetrics | ClassificationMetrics
         if spec.kind in DENSE:
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()
-            for i in range(0, len(windows), B):
-                batch = collate([self.data.val_sample(w) for w in windows[i:i + B]], "validation")
+            for chunk in self._share(len(windows), B):
+                use = chunk or [0]   # a rank without windows left still runs the (collective) forward
+                batch = collate([self.data.val_sample(windows[j]) for j in use], "validation")
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                metrics.update(self._logits(batch).argmax(1), batch["target"])
+                pred = self._logits(batch).argmax(1)
+                if chunk:
+                    metrics.update(pred, batch["target"])
         else:
             metrics = ClassificationMetrics(len(names), spec.multi_label, names, self.device)
-            for i in range(0, len(self.val), B):
-                items = [self.val[j] for j in range(i, min(i + B, len(self.val)))]
+            for chunk in self._share(len(self.val), B):
+                items = [self.val[j] for j in (chunk or [0])]
                 batch = collate([{"hr": x, "target": y} for x, y in items], "validation chips")
-                metrics.update(self.model(batch["hr"].to(self.device)), batch["target"].to(self.device))
+                logits = self.model(batch["hr"].to(self.device))
+                if chunk:
+                    metrics.update(logits, batch["target"].to(self.device))
         return metrics.compute()
+
+    def _share(self, n: int, batch: int) -> list[list[int]]:
+        """This rank's items of ``n`` (every world-th) in batches, as many batches on every rank
+        (FSDP's forward is collective): the last ones may be empty."""
+        mine = list(range(self.rank, n, self.world))
+        per_rank = -(-n // self.world)
+        return [mine[i:i + batch] for i in range(0, per_rank, batch)]
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:
