@@ -433,7 +433,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     listed = _scene_list(args)
     if listed is None:
-        with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
+        with open_raster(args.input) as ds:  # a missing or unusable input fails before the model loads
             H, W = ds.height, ds.width
         _announce_tiles(H, W, args.tile, args.overlap, "predicting")
     task = _load_task(args)
@@ -473,8 +473,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError(f"evaluate: --chips scores a classification task; {args.task} is {task.spec.kind}")
         result = evaluate_chips(task, args.chips, args.batch_size, args.device)
     else:
-        if task.spec.kind not in ("segmentation", "change"):
-            raise InputError(f"evaluate: --image scores a segmentation or change task; {args.task} is "
+        if task.spec.kind not in ("segmentation", "change", "temporal"):
+            raise InputError(f"evaluate: --image scores a segmentation, change or temporal task; {args.task} is "
                              f"{task.spec.kind}")
         result = evaluate_scene(task, args.image, args.labels, label_field=args.label_field, tile=args.tile,
                                 overlap=args.overlap, batch_size=args.batch_size, device=args.device,
@@ -636,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.set_defaults(fn=_cmd_predict)
     ev = sub.add_parser("evaluate", help="score a fine-tuned task on labelled data; prints the metrics as JSON")
     ev.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
-    ev.add_argument("--image", help="segmentation: an HR GeoTIFF")
+    ev.add_argument("--image", help="segmentation / change: an HR GeoTIFF; temporal: the grid raster (e.g. the labels)")
     ev.add_argument("--labels", help="segmentation: its labels (class raster in any CRS, or a vector layer)")
     ev.add_argument("--image2", help="change tasks: the second date of --image")
     ev.add_argument("--label-field", default="class", help="vector labels: the integer class attribute")

@@ -10,7 +10,9 @@ strip along the top edge is left unlabelled, as real label rasters have gaps) an
 ``chips/<class>/*.png`` (64 x 64 chips whose pixels are mostly one class); for change detection
 ``scene_t2.tif`` (the same area at a second date: other light and noise, and new buildings,
 bright roofs with shadows, on some fields) and ``change.tif`` (1 = no change, 2 = change, 0 =
-no label along the same top strip).
+no label along the same top strip); for temporal crop mapping ``s2/S2_<date>.tif`` (a
+Sentinel-2 series of six dates over 96 x 96 pixels at 10 m, a cloud-mask band last) and
+``crops.tif`` (four crops, 1..4, told apart by when they green up, not by their mean colour).
 """
 
 from __future__ import annotations
@@ -37,15 +39,7 @@ def scene_classes(size: int) -> np.ndarray:
 
 
 def _write(path: str, array: np.ndarray, **profile) -> None:
-    import rasterio
-    from rasterio.transform import from_origin
-
-    tmp = path + ".partial.tif"
-    with rasterio.open(tmp, "w", driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
-                       dtype=array.dtype.name, crs=CRS, transform=from_origin(500000, 5000000, PIXEL, PIXEL),
-                       **profile) as d:
-        d.write(array)
-    os.replace(tmp, path)
+    _write_grid(path, array, PIXEL, **profile)
 
 
 def write_scene(path: str, size: int = 512, labels: str | None = None) -> None:
@@ -84,6 +78,45 @@ def write_second_date(path: str, change: str, size: int = 512, buildings: int = 
     _write(change, lab[None], nodata=0)
 
 
+CROP_NAMES = ("winter_wheat", "maize", "sunflower", "grassland")   # crop label values 1..4
+CROP_DATES = ("2021-03-15", "2021-04-30", "2021-06-10", "2021-07-20", "2021-08-30", "2021-10-10")
+
+
+def write_crop_series(folder: str, labels: str, size: int = 96, field: int = 12) -> None:
+    """Fields of four crops whose spectra peak at different days of the year (one phenology
+    each, the same yearly mean), seen by Sentinel-2 on six dates, one partly cloudy."""
+    import datetime as dt
+
+    rng = np.random.default_rng(21)
+    cls = rng.integers(1, 5, (size // field + 1, size // field + 1)).repeat(field, 0).repeat(field, 1)[:size, :size]
+    peak = np.array([0, 130, 200, 230, 170], np.float32)        # day of the year each crop is greenest
+    base = np.array([880, 1140, 1300, 1620, 2190, 2420, 2520, 2580, 2370, 1800], np.float32)
+    green = np.array([-300, -200, -500, 300, 900, 1100, 1200, 1200, 200, -300], np.float32)   # NIR up, red down
+    os.makedirs(folder, exist_ok=True)
+    for date in CROP_DATES:
+        doy = dt.date.fromisoformat(date).timetuple().tm_yday
+        season = np.cos(2 * np.pi * (doy - peak[cls]) / 365).astype(np.float32)       # (h, w) in [-1, 1]
+        x = base[:, None, None] + green[:, None, None] * season[None] + rng.normal(0, 120, (10, size, size))
+        cloud = np.zeros((1, size, size), np.float32)
+        if date == "2021-06-10":
+            cloud[:, : size // 3] = 1
+        _write_grid(os.path.join(folder, f"S2_{date.replace('-', '')}.tif"),
+                    np.concatenate([np.clip(x, 1, 10000), cloud]).astype(np.float32), 10.0)
+    _write_grid(labels, cls.astype(np.uint8)[None], 10.0, nodata=0)
+
+
+def _write_grid(path: str, array: np.ndarray, pixel: float, **profile) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tmp = path + ".partial.tif"
+    with rasterio.open(tmp, "w", driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
+                       dtype=array.dtype.name, crs=CRS, transform=from_origin(500000, 5000000, pixel, pixel),
+                       **profile) as d:
+        d.write(array)
+    os.replace(tmp, path)
+
+
 def write_chips(folder: str, size: int = 512, chip: int = 64) -> int:
     """Chips of the generated scene, one folder per class (the majority class, where it holds
     at least 70% of the chip; mixed chips are skipped). Returns the number written."""
@@ -111,10 +144,12 @@ def write_demo_data(folder: str, size: int = 512) -> dict[str, str]:
     os.makedirs(folder, exist_ok=True)
     paths = {"image": os.path.join(folder, "scene.tif"), "labels": os.path.join(folder, "labels.tif"),
              "chips": os.path.join(folder, "chips"), "image2": os.path.join(folder, "scene_t2.tif"),
-             "change": os.path.join(folder, "change.tif")}
+             "change": os.path.join(folder, "change.tif"), "s2": os.path.join(folder, "s2"),
+             "crops": os.path.join(folder, "crops.tif")}
     write_scene(paths["image"], size, paths["labels"])
     write_chips(paths["chips"], size)
     write_second_date(paths["image2"], paths["change"], size)
+    write_crop_series(paths["s2"], paths["crops"])
     return paths
 
 

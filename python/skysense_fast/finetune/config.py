@@ -29,7 +29,7 @@ from .task import DENSE, KINDS  # noqa: E402 - the kinds a task file can hold
 
 @dataclass
 class TaskSection:
-    kind: str = "segmentation"              # segmentation | classification | change (two dates of a scene)
+    kind: str = "segmentation"   # segmentation | classification | change (two dates) | temporal (series alone)
     name: str = "task"                      # the weights file: <out_dir>/<name>.safetensors
     mode: str = "full"                      # full | frozen | linear_probe
     classes: tuple[int, ...] | None = None  # segmentation: the label raster's class values (default: all it holds)
@@ -125,7 +125,24 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
     if t.class_names is not None and t.classes is not None:
         require(len(t.class_names) == len(t.classes),
                 f"task.class_names has {len(t.class_names)} names for {len(t.classes)} task.classes")
-    if t.kind in DENSE:
+    if t.kind == "temporal":   # Sentinel series alone, on the label raster's grid
+        require(t.extra == "none", "task.extra: a temporal task reads the fused map of its series (no extra map)")
+        require(not t.multi_label, "task.multi_label is for classification")
+        require(d.labels is not None and os.path.exists(d.labels),
+                f"data.labels is required for a temporal task (a class raster on the Sentinel grid): {d.labels}")
+        require(d.s2 is not None or d.s1 is not None, "data.s2 and / or data.s1 are required for a temporal task")
+        for name in ("s2", "s1"):
+            path = getattr(d, name)
+            require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
+            require(path is not None or getattr(d, f"{name}_dates") is None, f"data.{name}_dates without data.{name}")
+        require(d.image is None and d.image2 is None and d.chips is None,
+                "a temporal task reads data.labels and the series: no data.image, data.image2 or data.chips")
+        require(d.crop >= 8, f"data.crop must be >= 8 label pixels, got {d.crop}")
+        require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
+        if t.mode != "linear_probe":
+            require(cfg.train.batch_size // world_size >= 2,
+                    f"train.batch_size must be >= 2 per rank for the head's BatchNorm, got {cfg.train.batch_size}")
+    elif t.kind in DENSE:
         require(t.extra in ("none", "fused", "geo"), f"task.extra must be none, fused or geo, got {t.extra!r}")
         require(not t.multi_label, "task.multi_label is for classification")
         needed = ("image", "labels") if t.kind == "segmentation" else ("image", "image2", "labels")

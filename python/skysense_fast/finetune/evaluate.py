@@ -31,7 +31,7 @@ def evaluate_scene(task: TaskModel, image: str, labels: str, *, label_field: str
     with tempfile.TemporaryDirectory() as tmp:
         pred_path = os.path.join(tmp, "class_map.tif")
         predict_scene(task, image, pred_path, **predict_kw)
-        with open_raster(image, bands=3) as ds, open_raster(pred_path, what="class map") as pred:
+        with open_raster(image) as ds, open_raster(pred_path, what="class map") as pred:
             for y in range(0, ds.height, rows):
                 window = Window(0, y, ds.width, min(rows, ds.height - y))
                 # windows the labels do not reach score nothing (a scene labelled in part)

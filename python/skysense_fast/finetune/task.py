@@ -24,11 +24,12 @@ from ..config import parse_section
 from ..data.labels import ClassMap
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
-from ..heads import LinearSegmentationHead, SceneClassifier, UPerNetHead
+from ..heads import FCNHead, LinearSegmentationHead, SceneClassifier, UPerNetHead
 
 FORMAT_VERSION = 1
-KINDS = ("segmentation", "classification", "change")
-DENSE = ("segmentation", "change")   # a class per pixel: UPerNet over the HR stages
+KINDS = ("segmentation", "classification", "change", "temporal")
+DENSE = ("segmentation", "change", "temporal")   # a class per pixel
+HR_DENSE = ("segmentation", "change")   # ... from UPerNet over the HR stages (temporal: the fused map, FCN)
 SEG_STAGES = (0, 1, 2, 3)          # strides 4 / 8 / 16 / 32, the UPerNet setting
 HR_BANDS = ("red", "green", "blue")
 
@@ -82,7 +83,12 @@ class TaskSpec:
         if spec.kind == "change" and (spec.inputs != ("hr", "hr2") or spec.extra != "none"):
             raise InputError(f"{where}: a change task reads hr and hr2 (two dates) and no extra map, got "
                              f"inputs {spec.inputs}, extra {spec.extra!r}")
-        if spec.kind != "change" and (spec.inputs[:1] != ("hr",) or not set(spec.inputs) <= {"hr", "s2", "s1"}):
+        if spec.kind == "temporal" and (not spec.inputs or not set(spec.inputs) <= {"s2", "s1"}
+                                        or spec.extra != "none"):
+            raise InputError(f"{where}: a temporal task reads Sentinel series (s2 and / or s1) and no extra map, "
+                             f"got inputs {spec.inputs}, extra {spec.extra!r}")
+        if spec.kind not in ("change", "temporal") and (spec.inputs[:1] != ("hr",)
+                                                        or not set(spec.inputs) <= {"hr", "s2", "s1"}):
             raise InputError(f"{where}: task metadata inputs must be hr, then s2 / s1, got {spec.inputs}")
         from ..models import list_configs
         from ..models.config import SkySenseConfig
@@ -110,7 +116,10 @@ class TaskModel(nn.Module):
         C = len(spec.class_values)
         cfg = backbone.config
         extra = {"none": 0, "fused": cfg.fusion_dim, "geo": 2 * cfg.fusion_dim}
-        if spec.kind in DENSE:   # change: the same head over the two dates' stage maps differenced
+        if spec.kind == "temporal":   # the fused map of the series alone, on their grid
+            self.head = (LinearSegmentationHead([cfg.fusion_dim], C) if spec.mode == "linear_probe" else
+                         FCNHead(cfg.fusion_dim, C, spec.head_channels, dropout=spec.dropout))
+        elif spec.kind in HR_DENSE:   # change: the same head over the two dates' stage maps differenced
             if tuple(cfg.hr_stages) != SEG_STAGES:
                 raise InputError(f"TaskModel: {spec.kind} needs the backbone's hr_stages {SEG_STAGES}, got "
                                  f"{cfg.hr_stages}")
@@ -149,7 +158,9 @@ class TaskModel(nn.Module):
         """The backbone's submodules this task's outputs do not depend on: the Sentinel branches
         it has no series for, the date table without a dated series, the fusion unless the fused
         / geo map is read, the geo-context unless the geo map is."""
-        reads = {self.spec.extra, self.spec.features if self.spec.kind == "classification" else "hr"}
+        kind = self.spec.kind
+        reads = {self.spec.extra, self.spec.features if kind == "classification" else "fused" if kind == "temporal"
+                 else "hr"}
         out = self.backbone.unreached(self.spec.inputs)
         if not reads & {"fused", "geo"}:
             out.append("fusion")
@@ -163,18 +174,23 @@ class TaskModel(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, hr: Tensor, latlon: Tensor | None = None, **series: Tensor) -> Tensor:
+    def forward(self, hr: Tensor | None = None, latlon: Tensor | None = None, **series: Tensor) -> Tensor:
         """``series``: s2 / s1 with doy_* and valid_* (see :meth:`SkySense.forward`), exactly the
         modalities in ``spec.inputs``."""
         if self.needs_latlon and latlon is None:
             raise InputError("TaskModel: this task uses the geo-context map: latlon (B, 2) is required")
-        given = {"hr", *(k for k in ("s2", "s1", "hr2") if series.get(k) is not None)}
+        given = {k for k in ("hr", "s2", "s1", "hr2") if (hr if k == "hr" else series.get(k)) is not None}
         if given != set(self.spec.inputs):
             raise InputError(f"TaskModel: the task was trained on {', '.join(self.spec.inputs)}; got "
                              f"{', '.join(sorted(given))}")
         s = self.spec
+        if s.kind == "temporal":   # (B, T, bands, h, w) series -> (B, classes, h, w) on their grid
+            with torch.no_grad() if self.frozen else contextlib.nullcontext():
+                out = self.backbone(**series)
+            return self.head(out["fused"])
+        assert hr is not None   # every other kind reads hr (checked above)
         h, w = hr.shape[-2:]
-        if s.kind in DENSE:
+        if s.kind in HR_DENSE:
             # zero-padded to whole 32-pixel cells (the fusion grid), as training crops beyond a
             # scene's edge are: the stage maps then line up with the image, and the logits are cut
             # back to it (an edge tile of predict is the case)
@@ -225,7 +241,7 @@ class TaskModel(nn.Module):
 def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights: str | None = None) -> TaskModel:
     """A fresh task model (backbone from ``weights`` where given, head at init)."""
     overrides = dict(spec.model_overrides)
-    if spec.kind in DENSE:
+    if spec.kind in HR_DENSE:
         overrides["hr_stages"] = SEG_STAGES
     with torch.device(device):
         backbone = models.create(spec.model_name, **overrides)

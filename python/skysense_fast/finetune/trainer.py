@@ -33,6 +33,7 @@ from .augment import d4_transform
 from .chips import ChipDataset
 from .config import SHAPE_FIELDS, FinetuneConfig, validate
 from .scene_data import SceneSegmentationData
+from .series_data import SeriesSegmentationData
 from .task import DENSE, TaskModel, TaskSpec, build_task_model, save_task
 
 logger = logging.getLogger(__name__)
@@ -42,15 +43,27 @@ def _seed(*numbers: int) -> int:
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def _task_classes(t) -> ClassMap | None:
+    """task.classes as a ClassMap (values sorted, each name kept with its value), or None."""
+    if not t.classes:
+        return None
+    pairs = sorted(zip(t.classes, t.class_names or [""] * len(t.classes), strict=True))
+    return ClassMap(tuple(v for v, _ in pairs), tuple(n for _, n in pairs) if t.class_names else ())
+
+
 def open_data(cfg: FinetuneConfig):
     """(train data, val data or None, ClassMap) of the config, every input checked."""
     t, d = cfg.task, cfg.data
+    if t.kind == "temporal":
+        assert d.labels is not None   # validate() requires it
+        temporal = SeriesSegmentationData(d.labels, {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
+                                                     "s1": series_input(d.s1, d.s1_dates, "s1")},
+                                          classes=_task_classes(t), class_names=t.class_names, crop=d.crop,
+                                          block=d.block, val_fraction=d.val_fraction, seed=d.seed)
+        return temporal, None, temporal.classes
     if t.kind in DENSE:
         assert d.image is not None and d.labels is not None   # validate() requires them
-        classes = None
-        if t.classes:   # values sorted, each name kept with its value
-            pairs = sorted(zip(t.classes, t.class_names or [""] * len(t.classes), strict=True))
-            classes = ClassMap(tuple(v for v, _ in pairs), tuple(n for _, n in pairs) if t.class_names else ())
+        classes = _task_classes(t)
         series = {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
                   "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
@@ -100,7 +113,7 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
 
 def collate(samples: list[dict], what: str) -> dict[str, torch.Tensor]:
     """Samples (dicts of tensors: hr, target, series) stacked into a batch."""
-    shapes = {tuple(s["hr"].shape) for s in samples}
+    shapes = {tuple(s["target"].shape[-2:] if "hr" not in s else s["hr"].shape) for s in samples}
     if len(shapes) > 1:
         raise InputError(f"{what}: a batch holds images of several sizes {sorted(shapes)}; chips must share one size")
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
@@ -117,7 +130,9 @@ class _Finetuning:
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
                              multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
                              features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale,
-                             inputs=("hr", "hr2") if t.kind == "change" else ("hr", *getattr(self.data, "series", {})),
+                             inputs=("hr", "hr2") if t.kind == "change" else
+                             tuple(self.data.series) if t.kind == "temporal" else
+                             ("hr", *getattr(self.data, "series", {})),
                              s2_band_order=cfg.data.s2_band_order)
         torch.manual_seed(cfg.train.seed)                    # same initial head on every rank
         self.model: TaskModel = build_task_model(self.spec, device, cfg.model.weights)
@@ -166,7 +181,7 @@ class _Finetuning:
 
     def _logits(self, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "target"}
-        return self.model(latlon=self.latlon.expand(len(batch["hr"]), 2).to(self.device), **inputs)
+        return self.model(latlon=self.latlon.expand(len(batch["target"]), 2).to(self.device), **inputs)
 
     def losses(self, step: int, batch):
         total, count = self.model.loss_terms(self._logits(batch), batch["target"], self.weight, IGNORE_INDEX)

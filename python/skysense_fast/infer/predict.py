@@ -41,7 +41,9 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
     class values (nodata where the input is nodata), with colours and class names. A change
     task compares ``src`` with ``image2``, the scene's second date (any CRS / resolution: it is
-    read onto ``src``'s grid; pixels it does not cover are no change input).
+    read onto ``src``'s grid; pixels it does not cover are no change input). For a temporal task
+    (Sentinel series alone) ``src`` is the grid whose pixels are predicted (e.g. its label
+    raster), ``tile`` and ``overlap`` in those pixels (:mod:`.predict_series`).
 
     Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` and ``s2_band_order``
     default to the task's own; ``s2`` / ``s1``: the series of the scene, required exactly when
@@ -52,7 +54,19 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
 
     spec = task.spec
     if spec.kind not in DENSE:
-        raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation or change task")
+        raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation, change or temporal "
+                         "task")
+    if spec.kind == "temporal":   # Sentinel series alone: src is the grid whose pixels are predicted
+        if image2 is not None:
+            raise InputError("predict: --image2 is the second date of a change task; this task is temporal")
+        from .predict_series import predict_series_scene
+
+        return predict_series_scene(
+            task, src, dst, series={"s2": series_input(s2, s2_dates, "s2", s2_band_order or spec.s2_band_order),
+                                    "s1": series_input(s1, s1_dates, "s1")},
+            tile=tile, overlap=overlap, batch_size=batch_size,
+            device=device, dtype=dtype, progress=progress,
+            probabilities=None if probabilities is None else os.fspath(probabilities))
     if (image2 is None) != (spec.kind != "change"):
         raise InputError("predict: a change task compares two dates: give --image2" if image2 is None else
                          "predict: --image2 is the second date of a change task; this task is " + spec.kind)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -104,7 +104,13 @@ class TileRun:
             progress.update(len(tiles))
 
 
-def stream(run: TileRun, sink, y0: int, y1: int, final: str | None = None) -> None:
+class Rows(Protocol):
+    """What streams into a sink: the finished output rows [y0, y1), in order."""
+
+    def rows(self, y0: int, y1: int, sink) -> None: ...
+
+
+def stream(run: Rows, sink, y0: int, y1: int, final: str | None = None) -> None:
     """Rows [y0, y1) of ``run`` into ``sink``, finished as ``final`` (if given); on any failure
     the sink is aborted, so nothing partial is left behind."""
     try:

@@ -1,0 +1,98 @@
+"""Temporal crop mapping: a task on Sentinel-2 / Sentinel-1 series alone, through the fusion
+transformer and its date encoding to a class per pixel of the Sentinel grid; trained from a
+config, a crop map from predict over a grid, bad input refused before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from skysense_fast.cli import main
+from skysense_fast.data.demo_data import write_crop_series
+from skysense_fast.finetune import finetune, load_task
+from skysense_fast.finetune.config import ConfigError, from_dict
+from skysense_fast.finetune.task import TaskSpec, build_task_model
+from skysense_fast.infer.predict import predict_scene
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crops")
+    write_crop_series(str(root / "s2"), str(root / "crops.tif"), size=48)
+    return root
+
+
+def _raw(crops, out, **data):
+    return {"model": {"name": "skysense-tiny"},
+            "task": {"kind": "temporal", "name": "crops", "head_channels": 16,
+                     "class_names": ["wheat", "maize", "sunflower", "grass"]},
+            "data": {"labels": str(crops / "crops.tif"), "s2": str(crops / "s2"), "crop": 16, "block": 16,
+                     "val_fraction": 0.25, **data},
+            "optim": {"lr": 0.001, "warmup_steps": 2},
+            "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 0, "out_dir": str(out), "progress": False}}
+
+
+@pytest.fixture(scope="module")
+def trained(crops, tmp_path_factory):
+    return finetune(from_dict(_raw(crops, tmp_path_factory.mktemp("crops_run"))))
+
+
+def _series(T=3, B=2, h=12, w=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"s2": torch.randn(B, T, 10, h, w, generator=g), "doy_s2": torch.tensor([[40, 150, 260]] * B),
+            "valid_s2": torch.ones(B, T, dtype=torch.bool)}
+
+
+def test_the_temporal_head_reads_the_fused_map_of_the_dated_series():
+    torch.manual_seed(0)
+    task = build_task_model(TaskSpec("temporal", (1, 2, 3), ("a", "b", "c"), head_channels=8, inputs=("s2",))).eval()
+    x = _series()
+    with torch.no_grad():
+        got = task(**x)
+        torch.testing.assert_close(got, task.head(task.backbone(**x)["fused"]), rtol=0, atol=0)
+        assert got.shape == (2, 3, 12, 10)                          # one logit map per class, on the series' grid
+        later = task(**{**x, "doy_s2": x["doy_s2"] + 60})            # the same images on other days
+    assert not torch.allclose(got, later, atol=1e-4)                # the dates matter (date encoding in the fusion)
+    with pytest.raises(ValueError, match="trained on s2"):
+        task(hr=torch.randn(2, 3, 64, 64))
+    assert {"hr", "s1", "head_s1"} <= set(task.unused())            # no optimiser state for what it never reads
+
+
+def test_train_then_map_the_grid(crops, trained, tmp_path):
+    assert trained["status"] == "done" and trained["validation"]["pixels"] > 0
+    task = load_task(trained["weights"])
+    assert task.spec.kind == "temporal" and task.spec.inputs == ("s2",)
+    info = predict_scene(task, crops / "crops.tif", tmp_path / "map.tif", tile=24, overlap=8, s2=crops / "s2")
+    assert info["shape"] == (1, 48, 48)
+    with rasterio.open(tmp_path / "map.tif") as m, rasterio.open(crops / "crops.tif") as g:
+        values = m.read(1)
+        assert (m.crs, m.transform, m.shape) == (g.crs, g.transform, g.shape)
+        assert set(np.unique(values)) <= {1, 2, 3, 4}
+    # one window over the whole grid through the CLI: mostly the same classes as overlapping ones
+    assert main(["predict", str(crops / "crops.tif"), "--s2", str(crops / "s2"), "-o", str(tmp_path / "one.tif"),
+                 "--task", trained["weights"], "--tile", "48", "--overlap", "0"]) == 0
+    with rasterio.open(tmp_path / "one.tif") as m:
+        assert (m.read(1) == values).mean() > 0.9
+    assert main(["evaluate", "--task", trained["weights"], "--image", str(crops / "crops.tif"), "--labels",
+                 str(crops / "crops.tif"), "--s2", str(crops / "s2"), "--tile", "24", "--overlap", "8"]) == 0
+
+
+def test_temporal_input_is_checked_before_any_work(crops, trained, tmp_path, capsys):
+    for data, message in [({"s2": None}, r"data\.s2 and / or data\.s1 are required"),
+                          ({"image": str(crops / "crops.tif")}, "no data.image"),
+                          ({"crop": 4}, r"data\.crop must be >= 8")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(_raw(crops, tmp_path, **data))
+    raw = _raw(crops, tmp_path)
+    raw["task"]["extra"] = "fused"
+    with pytest.raises(ConfigError, match="no extra map"):
+        from_dict(raw)
+    (tmp_path / "labels.geojson").write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(ValueError, match="takes a class raster on the Sentinel grid"):
+        finetune(from_dict(_raw(crops, tmp_path / "r", labels=str(tmp_path / "labels.geojson"))))
+    base = ["predict", str(crops / "crops.tif"), "-o", str(tmp_path / "o.tif"), "--task", trained["weights"]]
+    assert main(base) == 2 and "give exactly --s2" in capsys.readouterr().err
+    assert main([*base, "--s2", str(crops / "s2"), "--image2", str(crops / "crops.tif")]) == 2
+    assert "--image2 is the second date of a change task" in capsys.readouterr().err
