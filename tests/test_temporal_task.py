@@ -57,7 +57,8 @@ def test_the_temporal_head_reads_the_fused_map_of_the_dated_series():
     assert not torch.allclose(got, later, atol=1e-4)                # the dates matter (date encoding in the fusion)
     with pytest.raises(ValueError, match="trained on s2"):
         task(hr=torch.randn(2, 3, 64, 64))
-    assert {"hr", "s1", "head_s1"} <= set(task.unused())            # no optimiser state for what it never reads
+    assert {"hr", "s1", "head_s1", "geo"} <= set(task.unused())     # no optimiser state for what it never reads
+    assert not {"s2", "head_s2", "ctpe", "fusion"} & set(task.unused())   # ... and all it does read trains
 
 
 def test_train_then_map_the_grid(crops, trained, tmp_path):
@@ -75,6 +76,12 @@ def test_train_then_map_the_grid(crops, trained, tmp_path):
                  "--task", trained["weights"], "--tile", "48", "--overlap", "0"]) == 0
     with rasterio.open(tmp_path / "one.tif") as m:
         assert (m.read(1) == values).mean() > 0.9
+    from skysense_fast.finetune.evaluate import evaluate_scene
+
+    scores = evaluate_scene(task, str(crops / "crops.tif"), str(crops / "crops.tif"), tile=24, overlap=8,
+                            s2=crops / "s2")
+    labelled = int((rasterio.open(crops / "crops.tif").read(1) > 0).sum())
+    assert scores["pixels"] == labelled and 0 <= scores["overall_accuracy"] <= 1   # every labelled pixel, once
     assert main(["evaluate", "--task", trained["weights"], "--image", str(crops / "crops.tif"), "--labels",
                  str(crops / "crops.tif"), "--s2", str(crops / "s2"), "--tile", "24", "--overlap", "8"]) == 0
 
@@ -96,3 +103,36 @@ def test_temporal_input_is_checked_before_any_work(crops, trained, tmp_path, cap
     assert main(base) == 2 and "give exactly --s2" in capsys.readouterr().err
     assert main([*base, "--s2", str(crops / "s2"), "--image2", str(crops / "crops.tif")]) == 2
     assert "--image2 is the second date of a change task" in capsys.readouterr().err
+
+
+class _PixelTask(torch.nn.Module):
+    """A stand-in task whose logits at a pixel are that pixel's first three S2 bands of its
+    first acquisition: the map predict writes must then be that, wherever the windows fall."""
+
+    def __init__(self):
+        super().__init__()
+        from skysense_fast.data.normalisation import DEFAULT
+
+        self.spec = TaskSpec("temporal", (5, 6, 7), ("a", "b", "c"), inputs=("s2",))
+        self.normalisation, self.source_files = DEFAULT, ()
+
+    def forward(self, s2, doy_s2, valid_s2):
+        return s2[:, 0, :3] * 10
+
+
+def test_windows_blend_into_the_map_of_one_read(crops, tmp_path):
+    from skysense_fast.data.series import find_series, read_on_grid
+
+    with rasterio.open(crops / "crops.tif") as g:   # a 37 x 29 subset grid: odd sizes, an offset origin
+        profile = dict(g.profile, width=29, height=37, transform=g.transform * rasterio.Affine.translation(3, 5))
+        grid = g.read(1)[5:42, 3:32]
+    with rasterio.open(tmp_path / "grid.tif", "w", **profile) as d:
+        d.write(grid[None])
+        crs, transform = d.crs, d.transform
+    x, _ = read_on_grid(find_series(crops / "s2"), 10, crs, transform, (37, 29), "s2")
+    want = np.array([5, 6, 7])[x[0, :3].argmax(0)]
+    for tile, overlap in ((16, 4), (10, 3), (8, 7), (29, 0), (64, 0)):
+        predict_scene(_PixelTask(), tmp_path / "grid.tif", tmp_path / "m.tif", tile=tile, overlap=overlap,
+                      s2=crops / "s2")
+        with rasterio.open(tmp_path / "m.tif") as m:
+            np.testing.assert_array_equal(m.read(1), want, err_msg=f"tile {tile}, overlap {overlap}")

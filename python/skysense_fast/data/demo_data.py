@@ -84,7 +84,8 @@ CROP_DATES = ("2021-03-15", "2021-04-30", "2021-06-10", "2021-07-20", "2021-08-3
 
 def write_crop_series(folder: str, labels: str, size: int = 96, field: int = 12) -> None:
     """Fields of four crops whose spectra peak at different days of the year (one phenology
-    each, the same yearly mean), seen by Sentinel-2 on six dates, one partly cloudy."""
+    each; over the six dates every crop has the same mean, so a time average cannot tell them
+    apart), seen by Sentinel-2 on six dates, one partly cloudy."""
     import datetime as dt
 
     rng = np.random.default_rng(21)
@@ -93,10 +94,11 @@ def write_crop_series(folder: str, labels: str, size: int = 96, field: int = 12)
     base = np.array([880, 1140, 1300, 1620, 2190, 2420, 2520, 2580, 2370, 1800], np.float32)
     green = np.array([-300, -200, -500, 300, 900, 1100, 1200, 1200, 200, -300], np.float32)   # NIR up, red down
     os.makedirs(folder, exist_ok=True)
-    for date in CROP_DATES:
-        doy = dt.date.fromisoformat(date).timetuple().tm_yday
-        season = np.cos(2 * np.pi * (doy - peak[cls]) / 365).astype(np.float32)       # (h, w) in [-1, 1]
-        x = base[:, None, None] + green[:, None, None] * season[None] + rng.normal(0, 120, (10, size, size))
+    doys = np.array([dt.date.fromisoformat(d).timetuple().tm_yday for d in CROP_DATES], np.float32)
+    season = np.cos(2 * np.pi * (doys[:, None] - peak[None]) / 365)       # (dates, crops)
+    season -= season.mean(0)      # over the sampled dates: every crop has the same mean, only the timing differs
+    for t, date in enumerate(CROP_DATES):
+        x = base[:, None, None] + green[:, None, None] * season[t, cls][None] + rng.normal(0, 120, (10, size, size))
         cloud = np.zeros((1, size, size), np.float32)
         if date == "2021-06-10":
             cloud[:, : size // 3] = 1

@@ -312,8 +312,16 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
     counts as valid on this grid when at least half its pixels hold data (nodata, clouds of
     its mask band, and the area outside its footprint do not).
     """
+    x, valid, _ = read_pixels_on_grid(acq, bands, crs, transform, shape, kind, s1_scale, stats)
+    return x, valid
+
+
+def read_pixels_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tuple[int, int], kind: str,
+                        s1_scale: str = "auto", stats=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_on_grid` and, third, which pixels of each acquisition hold data (T, h, w)."""
     out = np.zeros((len(acq), bands, *shape), np.float32)
     valid = np.zeros(len(acq), bool)
+    pixel_ok = np.zeros((len(acq), *shape), bool)
     grid = dict(crs=crs, transform=transform, width=shape[1], height=shape[0])
     for i, a in enumerate(acq):
         x = _read_parts(a, grid) if a.parts else _read_file(a, bands, grid, kind)
@@ -326,4 +334,5 @@ def read_on_grid(acq: list[Acquisition], bands: int, crs, transform, shape: tupl
         x = (stats or DEFAULT).apply(x, kind)
         out[i] = np.where(ok, x, 0.0)
         valid[i] = ok.mean() >= 0.5
-    return out, valid
+        pixel_ok[i] = ok
+    return out, valid, pixel_ok

@@ -15,7 +15,7 @@ from rasterio.transform import Affine
 
 from ..data.geotiff import open_raster, scene_latlon
 from ..data.labels import IGNORE_INDEX, ClassMap, class_map_of, is_vector, labels_on_grid
-from ..data.series import BAND_COUNT, check_coverage, read_on_grid
+from ..data.series import BAND_COUNT, check_coverage, read_pixels_on_grid
 from ..errors import InputError
 from .scene_data import SceneSegmentationData
 from .split import spatial_split
@@ -53,10 +53,15 @@ class SeriesSegmentationData(SceneSegmentationData):
         h, w = min(size, self.height - r), min(size, self.width - c)
         y = np.full((size, size), IGNORE_INDEX, np.int64)
         y[:h, :w] = self.labels[r:r + h, c:c + w]
-        sample: dict[str, torch.Tensor] = {"target": torch.from_numpy(y)}
+        sample: dict[str, torch.Tensor] = {}
         grid = self.transform @ Affine.translation(c, r)
+        seen = np.zeros((size, size), bool)
         for kind, acq in self.series.items():
-            xs, ok = read_on_grid(acq, BAND_COUNT[kind], self.crs, grid, (size, size), kind, stats=self.stats)
+            xs, ok, px = read_pixels_on_grid(acq, BAND_COUNT[kind], self.crs, grid, (size, size), kind,
+                                             stats=self.stats)
+            seen |= px[ok].any(0) if ok.any() else False
             sample |= {kind: torch.from_numpy(xs), f"valid_{kind}": torch.from_numpy(ok),
                        f"doy_{kind}": torch.tensor([a.doy for a in acq])}
+        y[~seen] = IGNORE_INDEX   # no valid acquisition holds data there: no input, no label (as predict)
+        sample["target"] = torch.from_numpy(y)
         return sample

@@ -1,5 +1,6 @@
-"""A single-scale dense head: mmseg's FCNHead layout (convs of ``ConvBNReLU`` then a 1 x 1
-classifier named ``conv_seg``), for a map that has no pyramid: the fused map of a task on
+"""A single-scale dense head in the manner of mmseg's FCNHead (3 x 3 ``ConvBNReLU`` convs, then
+a 1 x 1 classifier named ``conv_seg``; without mmseg's default concatenation of the input), for
+a map that has no pyramid: the fused map of a task on
 Sentinel series alone (temporal crop mapping), one logit map per class on its grid."""
 
 from __future__ import annotations

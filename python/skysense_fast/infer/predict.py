@@ -56,9 +56,16 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     if spec.kind not in DENSE:
         raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation, change or temporal "
                          "task")
+    dst = os.fspath(dst)
+    probabilities = None if probabilities is None else os.fspath(probabilities)
+    if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(dst):
+        raise InputError("predict: the probabilities and the class map need two different paths")
     if spec.kind == "temporal":   # Sentinel series alone: src is the grid whose pixels are predicted
         if image2 is not None:
             raise InputError("predict: --image2 is the second date of a change task; this task is temporal")
+        if resume or (distribute and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            raise InputError("predict: a temporal task's map is made in one process and one go (no --resume, no "
+                             "torchrun over one grid yet); a list of grids spreads whole grids over the ranks")
         from .predict_series import predict_series_scene
 
         return predict_series_scene(
@@ -67,17 +74,14 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
             tile=tile, overlap=overlap, batch_size=batch_size,
             device=device, dtype=dtype, progress=progress,
             probabilities=None if probabilities is None else os.fspath(probabilities))
-    if (image2 is None) != (spec.kind != "change"):
-        raise InputError("predict: a change task compares two dates: give --image2" if image2 is None else
-                         "predict: --image2 is the second date of a change task; this task is " + spec.kind)
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
         raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
     if chunk_rows < 1:
         raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    dst = os.fspath(dst)
-    probabilities = None if probabilities is None else os.fspath(probabilities)
-    if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(dst):
-        raise InputError("predict: the probabilities and the class map need two different paths")
+    if (image2 is None) != (spec.kind != "change"):
+        raise InputError("predict: a change task compares two dates: give --image2" if image2 is None else
+                         "predict: --image2 is the second date of a change task; this task is " + spec.kind)
+
     series = {"s2": series_input(s2, s2_dates, "s2", s2_band_order or spec.s2_band_order),
               "s1": series_input(s1, s1_dates, "s1")}
     given = {"hr", *(k for k, v in series.items() if v), *(("hr2",) if image2 is not None else ())}

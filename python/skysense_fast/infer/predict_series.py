@@ -12,12 +12,23 @@ import numpy as np
 import torch
 
 from ..data.geotiff import open_raster
-from ..data.series import BAND_COUNT, check_coverage, read_on_grid, series_files
+from ..data.series import BAND_COUNT, check_coverage, read_pixels_on_grid, series_files
 from ..errors import InputError
 from ..progress import bar
 from .class_map import ClassMapSink
 from .runner import refuse_to_overwrite_an_input, stream
-from .tiler import blend_weight, tile_starts
+from .tiler import blend_weight
+
+
+def _starts(n: int, tile: int, stride: int) -> list[int]:
+    """Window origins over n pixels: every ``stride``, the last one ending at the edge (a full
+    window where the grid allows it: no sliver deciding the last pixels with little context)."""
+    if n <= tile:
+        return [0]
+    starts = list(range(0, n - tile + 1, stride))
+    if starts[-1] + tile < n:
+        starts.append(n - tile)
+    return starts
 
 
 class _SeriesRows:
@@ -28,12 +39,13 @@ class _SeriesRows:
         self.task, self.grid, self.series = task, grid, series
         self.tile, self.stride, self.batch_size = tile, tile - overlap, batch_size
         self.device, self.dtype, self.progress = device, dtype, progress
-        self.rows_all = tile_starts(grid.height, tile, self.stride)
-        self.cols = tile_starts(grid.width, tile, self.stride)
+        self.rows_all = _starts(grid.height, tile, self.stride)
+        self.cols = _starts(grid.width, tile, self.stride)
         self.tiles_run = 0
 
-    def _probs(self, windows: list[tuple[int, int, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(probabilities (C, h, w), valid (h, w)) of each window (r, c, h, w)."""
+    def _probs(self, windows: list[tuple[int, int, int, int]]) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """(probabilities (C, h, w), pixels some valid acquisition holds (h, w), whether any
+        acquisition is valid on the window) of each window (r, c, h, w)."""
         from rasterio.transform import Affine
 
         stats = self.task.normalisation
@@ -42,22 +54,26 @@ class _SeriesRows:
             chunk = windows[i:i + self.batch_size]
             h, w = chunk[0][2], chunk[0][3]
             kw: dict[str, list] = {}
-            valid = []
+            valid, usable = [], []
             for r, c, _, _ in chunk:
                 cells = self.grid.transform @ Affine.translation(c, r)
                 seen = np.zeros((h, w), bool)
+                any_ok = False
                 for kind, acq in self.series.items():
-                    xs, ok = read_on_grid(acq, BAND_COUNT[kind], self.grid.crs, cells, (h, w), kind, stats=stats)
+                    xs, ok, px = read_pixels_on_grid(acq, BAND_COUNT[kind], self.grid.crs, cells, (h, w), kind,
+                                                     stats=stats)
                     kw.setdefault(kind, []).append(torch.from_numpy(xs))
                     kw.setdefault(f"valid_{kind}", []).append(torch.from_numpy(ok))
                     kw.setdefault(f"doy_{kind}", []).append(torch.tensor([a.doy for a in acq]))
-                    seen |= (np.abs(xs[ok]).sum((0, 1)) > 0) if ok.any() else False
+                    seen |= px[ok].any(0) if ok.any() else False
+                    any_ok |= bool(ok.any())
                 valid.append(seen)
+                usable.append(any_ok)
             batch = {k: torch.stack(v).to(self.device) for k, v in kw.items()}
             dev = torch.device(self.device).type
             with torch.no_grad(), torch.autocast(dev, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 p = self.task(**batch).float().softmax(1).cpu().numpy()
-            out += list(zip(p, valid, strict=True))
+            out += list(zip(p, valid, usable, strict=True))
             self.tiles_run += len(chunk)
         return out
 
@@ -77,7 +93,9 @@ class _SeriesRows:
                 for c in self.cols:
                     by_width.setdefault(min(t, W - c), []).append((r, c, h, min(t, W - c)))
                 for group in by_width.values():
-                    for (_, c, gh, gw), (p, ok) in zip(group, self._probs(group), strict=True):
+                    for (_, c, gh, gw), (p, ok, usable) in zip(group, self._probs(group), strict=True):
+                        if not usable:   # no acquisition valid on this window: its guess counts nowhere
+                            continue
                         wgt = np.outer(blend_weight(gh), blend_weight(gw))
                         yy = r - top
                         acc[:, yy:yy + gh, c:c + gw] += p[:, :gh, :gw] * wgt
