@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 
 from .errors import InputError
 
@@ -226,42 +225,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positional(model, names: tuple[str, ...], outputs: tuple[str, ...] | None = ("fused", "geo")):
-    """A model with positional inputs ``names`` (and, for a dict output, those ``outputs`` as a
-    tuple; None: its output as it is): what export and trace want."""
-    import torch
-
-    class Path(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, *inputs):
-            out = self.m(**dict(zip(names, inputs, strict=True)))
-            return out if outputs is None else tuple(out[k] for k in outputs)
-
-    return Path(model)
-
-
-def _export_module(model, part: str, size: int, frames: int):
-    """(module, example inputs) for --part hr (the SwinV2 encoder), model (HR -> fused, geo)
-    or multimodal (HR + S2 + S1 series with dates and validity -> fused, geo)."""
-    import torch
-
-    hr = torch.randn(1, model.config.hr_in_chans, size, size)
-    latlon = torch.tensor([[45.0, 7.0]])
-    if part == "hr":
-        return model.hr, (hr,)
-    if part == "model":
-        return _positional(model, ("hr", "latlon")), (hr, latlon)
-    g, T = size // 32, frames
-    names = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1", "latlon")
-    example = (hr, torch.randn(1, T, model.config.s2_in_chans, g, g), torch.randn(1, T, model.config.s1_in_chans, g, g),
-               torch.randint(1, 366, (1, T)), torch.randint(1, 366, (1, T)), torch.ones(1, T, dtype=torch.bool),
-               torch.ones(1, T, dtype=torch.bool), latlon)
-    return _positional(model, names), example
-
-
 def _cmd_save_pretrained(args: argparse.Namespace) -> int:
     from skysense_fast.infer.runner import refuse_to_overwrite_an_input
     from skysense_fast.weights import save_pretrained
@@ -293,53 +256,24 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    """torch.export (.pt2) or TorchScript (trace) file of the HR encoder or the HR model path."""
-    import os
-
-    import torch
+    """torch.export (.pt2) or TorchScript (trace) file of the HR encoder, the model or a task."""
+    from skysense_fast.deploy import model_program, task_program, write_program
 
     size = args.size
     if size % 32:
         raise InputError(f"--size must be a multiple of 32, got {size}")
     if args.frames < 1:
         raise InputError(f"--frames must be >= 1, got {args.frames}")
-    if args.task:  # a fine-tuned task model: HR (+ latlon) -> logits
+    if args.task:  # a fine-tuned task model
         from skysense_fast.infer.runner import refuse_to_overwrite_an_input
 
         refuse_to_overwrite_an_input(args.output, [args.task])
         task = _load_task(args)
-        module = task
-        hr = torch.randn(1, task.config.hr_in_chans, size, size)
-        example: tuple[torch.Tensor, ...] = (hr,)
-        if task.spec.kind == "change":   # two dates -> change logits
-            module, example = _positional(task, ("hr", "hr2"), None), (hr, torch.randn_like(hr))
-        elif task.spec.inputs != ("hr",):
-            raise InputError(f"export --task: {args.task} reads {', '.join(task.spec.inputs)}; exporting tasks "
-                             "with Sentinel series is not supported yet")
-        elif task.needs_latlon:
-            example += (torch.tensor([[45.0, 7.0]]),)
+        module, example = task_program(task, size, args.task)
         args.part, args.config = f"{task.spec.kind} task", args.task
     else:
-        module, example = _export_module(_load_model(args).eval(), args.part, size, args.frames)
-    root, ext = os.path.splitext(args.output)
-    tmp = f"{root}.partial{ext}"          # torch.export.save wants its archive to end in .pt2
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # the archive writer says "No complete tensor found in the group" for weights that
-            # share storage, which matters only for weights off the CPU; they are on the CPU here
-            warnings.filterwarnings("ignore", message="No complete tensor found", category=UserWarning)
-            # the trace is of one input size, which the report below states; torch's notes on
-            # each shape test it froze, and on TorchScript's deprecation, are not the user's to act on
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
-            if args.format == "export":
-                torch.export.save(torch.export.export(module, example), tmp)
-            else:
-                torch.jit.trace(module, example, check_trace=False).save(tmp)
-        os.replace(tmp, args.output)
-    finally:  # a failed export leaves nothing behind (and the previous output as it was)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        module, example = model_program(_load_model(args).eval(), args.part, size, args.frames)
+    write_program(module, example, args.output, args.format)
     shapes = ", ".join(str(tuple(x.shape)) for x in example)
     fixed = " (TorchScript traces are of these input sizes only)" if args.format == "torchscript" else ""
     print(f"wrote {args.output}: {args.part} of {args.config} as {args.format} (example inputs {shapes}){fixed}")

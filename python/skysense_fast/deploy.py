@@ -1,0 +1,78 @@
+"""Deployable files of a model or a fine-tuned task: ``torch.export`` programs (.pt2) and
+TorchScript traces, with positional inputs and example inputs of a given size, written
+atomically. The command line's ``export`` is a thin layer over these."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from . import atomic
+from .errors import InputError
+
+
+def positional(model: nn.Module, names: tuple[str, ...], outputs: tuple[str, ...] | None = ("fused", "geo")):
+    """``model`` with positional inputs ``names`` (and, for a dict output, those ``outputs`` as a
+    tuple; None: its output as it is): what export and trace want."""
+
+    class Path(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *inputs):
+            out = self.m(**dict(zip(names, inputs, strict=True)))
+            return out if outputs is None else tuple(out[k] for k in outputs)
+
+    return Path(model)
+
+
+def model_program(model, part: str, size: int, frames: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """(module, example inputs) of a SkySense: ``hr`` (the SwinV2 encoder), ``model`` (HR ->
+    fused, geo) or ``multimodal`` (HR + S2 + S1 series with dates and validity -> fused, geo)."""
+    hr = torch.randn(1, model.config.hr_in_chans, size, size)
+    latlon = torch.tensor([[45.0, 7.0]])
+    if part == "hr":
+        return model.hr, (hr,)
+    if part == "model":
+        return positional(model, ("hr", "latlon")), (hr, latlon)
+    g, T = size // 32, frames
+    names = ("hr", "s2", "s1", "doy_s2", "doy_s1", "valid_s2", "valid_s1", "latlon")
+    example = (hr, torch.randn(1, T, model.config.s2_in_chans, g, g), torch.randn(1, T, model.config.s1_in_chans, g, g),
+               torch.randint(1, 366, (1, T)), torch.randint(1, 366, (1, T)), torch.ones(1, T, dtype=torch.bool),
+               torch.ones(1, T, dtype=torch.bool), latlon)
+    return positional(model, names), example
+
+
+def task_program(task, size: int, where: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """(module, example inputs) of a task model: HR (+ latlon) -> logits; a change task's two
+    dates -> change logits. Tasks on Sentinel series are not exported yet."""
+    hr = torch.randn(1, task.config.hr_in_chans, size, size)
+    if task.spec.kind == "change":
+        return positional(task, ("hr", "hr2"), None), (hr, torch.randn_like(hr))
+    if task.spec.inputs != ("hr",):
+        raise InputError(f"export --task: {where} reads {', '.join(task.spec.inputs)}; exporting tasks with Sentinel "
+                         "series is not supported yet")
+    return task, ((hr, torch.tensor([[45.0, 7.0]])) if task.needs_latlon else (hr,))
+
+
+def write_program(module: nn.Module, example: tuple[torch.Tensor, ...], path: str, format: str) -> None:
+    """``module`` traced on ``example`` into ``path``: ``export`` (torch.export, .pt2) or
+    ``torchscript``; atomically (a failed export leaves the previous file as it was)."""
+    if format not in ("export", "torchscript"):
+        raise InputError(f"format must be export or torchscript, got {format!r}")
+    # torch.export.save wants its archive's name to end in .pt2, the temporary one too
+    with atomic.replacing(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # the archive writer says "No complete tensor found in the group" for weights that
+        # share storage, which matters only for weights off the CPU; they are on the CPU here
+        warnings.filterwarnings("ignore", message="No complete tensor found", category=UserWarning)
+        # a trace is of one input size (the caller says so); torch's notes on each shape test
+        # it froze, and on TorchScript's deprecation, are not the user's to act on
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
+        if format == "export":
+            torch.export.save(torch.export.export(module, example), tmp)
+        else:
+            torch.jit.trace(module, example, check_trace=False).save(tmp)
