@@ -148,3 +148,26 @@ def test_export_a_change_task(trained, tmp_path):
     a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.export.load(str(out)).module()(a, b), task(a, hr2=b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_second_date_of_another_dtype_takes_its_own_scaling(pair, trained, tmp_path, capsys):
+    """A 16-bit second date (the 8-bit one x 40) beside an 8-bit first: refused until its own
+    scaling is given, then the map is the 8-bit pair's."""
+    with rasterio.open(pair / "t2.tif") as d:
+        profile, img = dict(d.profile, dtype="uint16"), d.read().astype(np.uint16) * 40
+    with rasterio.open(tmp_path / "t2_16bit.tif", "w", **profile) as d:
+        d.write(img)
+    base = ["predict", str(pair / "t1.tif"), "--task", trained["weights"], "--tile", "128", "--overlap", "32"]
+    assert main([*base, "--image2", str(tmp_path / "t2_16bit.tif"), "-o", str(tmp_path / "a.tif")]) == 2
+    assert "not 8-bit RGB: say how they map to 0-255 with --hr-scale2 max=VALUE" in capsys.readouterr().err
+    assert main([*base, "--image2", str(tmp_path / "t2_16bit.tif"), "--hr-scale2", "max=10200",
+                 "-o", str(tmp_path / "a.tif")]) == 0
+    assert main([*base, "--image2", str(pair / "t2.tif"), "-o", str(tmp_path / "b.tif")]) == 0
+    with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
+        assert (a.read(1) == b.read(1)).mean() > 0.999
+    raw = _raw(pair, tmp_path)
+    raw["task"]["kind"] = "segmentation"
+    raw["data"].pop("image2")
+    raw["data"]["hr_scale2"] = "max=10200"
+    with pytest.raises(ConfigError, match=r"data\.image2 / data\.hr_scale2 are the second date"):
+        from_dict(raw)

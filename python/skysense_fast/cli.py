@@ -379,7 +379,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                  dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
                                  progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
                                  hr_scale=args.hr_scale, probabilities=args.probabilities, distribute=distribute,
-                                 image2=args.image2, **_series_kw(args))
+                                 image2=args.image2, hr_scale2=args.hr_scale2, **_series_kw(args))
         except torch.OutOfMemoryError:
             raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size "
                              f"{args.batch_size}: lower --batch-size (then --tile), or use --dtype bfloat16") from None
@@ -412,7 +412,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              f"{task.spec.kind}")
         result = evaluate_scene(task, args.image, args.labels, label_field=args.label_field, tile=args.tile,
                                 overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-                                image2=args.image2, **_series_kw(args))
+                                image2=args.image2, hr_scale2=args.hr_scale2, **_series_kw(args))
     print(json.dumps(result, indent=1))
     return 0
 
@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           "a list, a folder")
     pr.add_argument("--asset", help="a STAC list's HR asset (default: visual, image, or its only GeoTIFF)")
     pr.add_argument("--image2", help="change tasks: the scene's second date (any CRS / resolution)")
+    pr.add_argument("--hr-scale2", metavar="max=VALUE|percentile=LO,HI",
+                    help="change tasks: the second date's scaling (default: the task's, else --hr-scale)")
     pr.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
     tile_args(pr)
     pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -573,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--image", help="segmentation / change: an HR GeoTIFF; temporal: the grid raster (e.g. the labels)")
     ev.add_argument("--labels", help="segmentation: its labels (class raster in any CRS, or a vector layer)")
     ev.add_argument("--image2", help="change tasks: the second date of --image")
+    ev.add_argument("--hr-scale2", metavar="max=VALUE|percentile=LO,HI", help="change tasks: the second date's scaling")
     ev.add_argument("--label-field", default="class", help="vector labels: the integer class attribute")
     ev.add_argument("--chips", help="classification: a folder per class or a CSV of file,label")
     tile_args(ev)

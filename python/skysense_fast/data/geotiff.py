@@ -84,17 +84,18 @@ class HRScale:
         return np.clip((a.astype(np.float32) - self.offset) * self.factor, 0, 255)
 
 
-def hr_scaler(ds, spec: str | None) -> HRScale | None:
+def hr_scaler(ds, spec: str | None, option: str = "--hr-scale") -> HRScale | None:
     """How an HR raster's values become the 0-255 range the model takes: None for an 8-bit
     raster given as is; otherwise from ``spec`` (``max=VALUE`` or ``percentile=LO,HI``, the
     percentiles measured once over the whole scene, nodata excluded). A raster that is not
-    8-bit without a ``spec`` is refused: its scale is not guessed."""
+    8-bit without a ``spec`` is refused: its scale is not guessed. ``option``: the flag the
+    errors name (``--hr-scale2`` for a change task's second date)."""
     dtypes = set(ds.dtypes[:3])
     if spec is None:
         if dtypes == {"uint8"}:
             return None
         raise InputError(f"{ds.name} holds {', '.join(sorted(dtypes))} values, not 8-bit RGB: say how they map to "
-                         f"0-255 with {HR_SCALE_HELP}")
+                         f"0-255 with {HR_SCALE_HELP.replace('--hr-scale', option)}")
     kind, _, value = spec.partition("=")
     try:
         numbers = [float(x) for x in value.split(",")]
@@ -117,7 +118,7 @@ def hr_scaler(ds, spec: str | None) -> HRScale | None:
         lo_a = np.array(lo, np.float32)[:, None, None]
         span = (np.array(hi, np.float32) - np.array(lo, np.float32))[:, None, None]
         return HRScale(lo_a, 255.0 / span)
-    raise InputError(f"--hr-scale {spec!r}: expected {HR_SCALE_HELP}")
+    raise InputError(f"{option} {spec!r}: expected {HR_SCALE_HELP.replace('--hr-scale', option)}")
 
 
 def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:

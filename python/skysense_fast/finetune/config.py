@@ -46,6 +46,7 @@ class TaskSection:
 class FinetuneDataSection:
     image: str | None = None         # segmentation: the HR GeoTIFF (RGB); change: the first date
     image2: str | None = None        # change: the second date (any CRS / resolution: put onto image's grid)
+    hr_scale2: str | None = None     # change: the second date's scaling, when its dtype differs (default: hr_scale)
     labels: str | None = None        # segmentation: a class raster (any CRS) or a vector layer
     label_field: str = "class"       # vector labels: the integer class attribute
     hr_scale: str | None = None      # "max=VALUE" or "percentile=LO,HI" for an image that is not 8-bit
@@ -156,7 +157,8 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             require(t.extra == "none" and d.s2 is None and d.s1 is None,
                     "a change task compares two HR dates: task.extra none, no data.s2 / data.s1")
         else:
-            require(d.image2 is None, "data.image2 is the second date of a change task (task.kind: change)")
+            require(d.image2 is None and d.hr_scale2 is None,
+                    "data.image2 / data.hr_scale2 are the second date of a change task (task.kind: change)")
         require(d.chips is None, "data.chips is for classification; segmentation reads data.image and data.labels")
         for name in ("s2", "s1"):
             path = getattr(d, name)

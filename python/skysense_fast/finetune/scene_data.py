@@ -49,7 +49,7 @@ class SceneSegmentationData:
     def __init__(self, image: str, labels: str, *, classes: ClassMap | None = None, class_names=None,
                  label_field: str = "class", hr_scale: str | None = None, crop: int = 256, block: int = 512,
                  val_fraction: float = 0.2, seed: int = 0, stats=None, series: dict | None = None,
-                 image2: str | None = None):
+                 image2: str | None = None, hr_scale2: str | None = None):
         self.image, self.image2, self.crop, self.stats = image, image2, crop, stats
         self.series = {k: v for k, v in (series or {}).items() if v}
         vector = is_vector(labels)
@@ -68,7 +68,7 @@ class SceneSegmentationData:
             if image2 is not None:   # a second date (change): read onto this grid, window by window
                 with open_raster(image2, bands=3, what="data.image2") as ds2:
                     check_same_scene(ds, ds2)
-                    self.hr_scale2 = hr_scaler(ds2, hr_scale)
+                    self.hr_scale2 = hr_scaler(ds2, hr_scale2 if hr_scale2 is not None else hr_scale, "data.hr_scale2")
         if self.height < crop or self.width < crop:
             raise InputError(f"{image} is {self.height} x {self.width} pixels, smaller than data.crop ({crop})")
         self.labels: np.ndarray = idx.astype(np.int16 if classes.num_classes < 2**15 else np.int32)

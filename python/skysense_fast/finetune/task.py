@@ -50,6 +50,7 @@ class TaskSpec:
     features: str = "hr"
     dropout: float = 0.1
     hr_scale: str | None = None
+    hr_scale2: str | None = None            # change: the second date's (None: hr_scale's)
     bands: tuple[str, ...] = HR_BANDS
     inputs: tuple[str, ...] = ("hr",)       # the modalities it reads: hr, + s2 / s1 series (through the fusion)
     s2_band_order: str = "model"

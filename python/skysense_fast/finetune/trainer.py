@@ -68,7 +68,8 @@ def open_data(cfg: FinetuneConfig):
                   "s1": series_input(d.s1, d.s1_dates, "s1")}
         data = SceneSegmentationData(d.image, d.labels, classes=classes, class_names=t.class_names,
                                      label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
-                                     val_fraction=d.val_fraction, seed=d.seed, series=series, image2=d.image2)
+                                     val_fraction=d.val_fraction, seed=d.seed, series=series, image2=d.image2,
+                                     hr_scale2=d.hr_scale2)
         return data, None, data.classes
     assert d.chips is not None   # validate() requires it
     train: ChipDataset | _ChipSubset = ChipDataset(d.chips, classes=t.class_names, multi_label=t.multi_label)
@@ -130,6 +131,7 @@ class _Finetuning:
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
                              multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
                              features=t.features, dropout=t.dropout, hr_scale=cfg.data.hr_scale,
+                             hr_scale2=cfg.data.hr_scale2,
                              inputs=("hr", "hr2") if t.kind == "change" else
                              tuple(self.data.series) if t.kind == "temporal" else
                              ("hr", *getattr(self.data, "series", {})),

@@ -36,12 +36,13 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                   progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
                   probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16, s2=None, s1=None,
                   s2_dates=None, s1_dates=None, s2_band_order: str | None = None, distribute: bool = True,
-                  image2: str | os.PathLike | None = None) -> dict:
+                  image2: str | os.PathLike | None = None, hr_scale2: str | None = None) -> dict:
     """Write the class map of an HR GeoTIFF (``task``: a segmentation or change
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
     class values (nodata where the input is nodata), with colours and class names. A change
     task compares ``src`` with ``image2``, the scene's second date (any CRS / resolution: it is
-    read onto ``src``'s grid; pixels it does not cover are no change input). For a temporal task
+    read onto ``src``'s grid; pixels it does not cover are no change input; ``hr_scale2``, default
+    the task's, else ``hr_scale``, scales it). For a temporal task
     (Sentinel series alone) ``src`` is the grid whose pixels are predicted (e.g. its label
     raster), ``tile`` and ``overlap`` in those pixels (:mod:`.predict_series`).
 
@@ -107,7 +108,9 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
             image2 = os.fspath(image2)
             with open_raster(image2, bands=3, what="--image2") as ds2:
                 check_same_scene(ds, ds2)
-                tiled["hr2"] = (image2, hr_scaler(ds2, hr_scale))
+                second = hr_scale2 if hr_scale2 is not None else spec.hr_scale2 if spec.hr_scale2 is not None \
+                    else hr_scale
+                tiled["hr2"] = (image2, hr_scaler(ds2, second, "--hr-scale2"))
         profile = dict(driver="GTiff", height=H, width=W, crs=ds.crs, transform=ds.transform, tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
         run = TileRun(model, ds, tile, overlap, batch_size, device, dtype, "probs", H, prefetch=True,
