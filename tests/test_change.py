@@ -92,7 +92,7 @@ def test_change_input_is_checked_before_any_work(pair, trained, tmp_path, capsys
         from_dict(raw)
     raw = _raw(pair, tmp_path)
     raw["task"]["kind"] = "segmentation"
-    with pytest.raises(ConfigError, match=r"data\.image2 is the second date of a change task"):
+    with pytest.raises(ConfigError, match=r"data\.image2 / data\.hr_scale2 are the second date of a change task"):
         from_dict(raw)
     far = tmp_path / "far.tif"
     with rasterio.open(pair / "t2.tif") as d:
