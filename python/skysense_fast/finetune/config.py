@@ -136,8 +136,9 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             path = getattr(d, name)
             require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
             require(path is not None or getattr(d, f"{name}_dates") is None, f"data.{name}_dates without data.{name}")
-        require(d.image is None and d.image2 is None and d.chips is None,
-                "a temporal task reads data.labels and the series: no data.image, data.image2 or data.chips")
+        require(d.image is None and d.image2 is None and d.hr_scale2 is None and d.chips is None,
+                "a temporal task reads data.labels and the series: no data.image, data.image2, data.hr_scale2 or "
+                "data.chips")
         require(d.crop >= 8, f"data.crop must be >= 8 label pixels, got {d.crop}")
         require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
         if t.mode != "linear_probe":
@@ -186,7 +187,8 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
             require(path is None or os.path.exists(path), f"data.{name}: no such file or folder: {path}")
         require(t.classes is None, "task.classes is for segmentation; classification takes task.class_names")
         require(d.s2 is None and d.s1 is None, "data.s2 / data.s1 are for segmentation (chips are HR images)")
-        require(d.image2 is None, "data.image2 is the second date of a change task (task.kind: change)")
+        require(d.image2 is None and d.hr_scale2 is None,
+                "data.image2 / data.hr_scale2 are the second date of a change task (task.kind: change)")
     require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     require(cfg.train.evaluate_every >= 0, f"train.evaluate_every must be >= 0, got {cfg.train.evaluate_every}")
 
