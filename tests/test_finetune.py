@@ -70,7 +70,8 @@ def test_configs_reject_unknown_fields_and_wrong_types_by_name(demo, tmp_path):
 def test_shipped_configs_parse_and_set_overrides():
     from skysense_fast.config import read_yaml
 
-    for name in ("segmentation-tiny", "classification-tiny", "crowns-tiny", "change-tiny", "isaid-2b"):
+    for name in ("segmentation-tiny", "classification-tiny", "crowns-tiny", "change-tiny", "crowns-detection-tiny",
+                 "dior-2b", "isaid-2b"):
         # field and type checks (the data need not exist here)
         cfg = parse(FinetuneConfig, read_yaml(f"configs/finetune/{name}.yaml", {"train.steps": 7}))
         assert cfg.train.steps == 7

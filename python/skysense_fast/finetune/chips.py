@@ -49,6 +49,27 @@ def read_chip_list(source: str | os.PathLike) -> tuple[list[str], list[list[str]
     return paths, labels
 
 
+def read_chip(path: str, stats=None) -> torch.Tensor:
+    """An 8-bit RGB chip (GeoTIFF, PNG or JPEG, read with rasterio) as (3, H, W) float32,
+    normalised with the model's HR statistics."""
+    import warnings
+
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():  # PNG / JPEG chips have no geotransform, and need none
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            f = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise InputError(f"{path} is not a readable image ({e})") from None
+    with f:
+        if f.count < 3:
+            raise InputError(f"{path} has {f.count} band(s); chips need 3 (R, G, B)")
+        if f.dtypes[0] != "uint8":
+            raise InputError(f"{path} is {f.dtypes[0]}; chips are 8-bit RGB")
+        return torch.from_numpy(normalise_hr(f.read([1, 2, 3]), stats))
+
+
 class ChipDataset(torch.utils.data.Dataset):
     """(image (3, H, W) float32 normalised, target) pairs; target is a class index, or a
     (num_classes,) 0/1 vector when ``multi_label``. ``classes`` fixes the class order (the one
@@ -71,19 +92,7 @@ class ChipDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        import warnings
-
-        import rasterio
-
-        with warnings.catch_warnings():  # PNG / JPEG chips have no geotransform, and need none
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            f = rasterio.open(self.paths[i])
-        with f:
-            if f.count < 3:
-                raise InputError(f"{self.paths[i]} has {f.count} band(s); chips need 3 (R, G, B)")
-            if f.dtypes[0] != "uint8":
-                raise InputError(f"{self.paths[i]} is {f.dtypes[0]}; chips are 8-bit RGB")
-            x = torch.from_numpy(normalise_hr(f.read([1, 2, 3]), self.stats))
+        x = read_chip(self.paths[i], self.stats)
         if self.multi_label:
             y = torch.zeros(len(self.classes))
             y[[self.index[c] for c in self.labels[i]]] = 1

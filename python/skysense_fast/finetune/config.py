@@ -30,9 +30,11 @@ from .task import DENSE, KINDS  # noqa: E402 - the kinds a task file can hold
 @dataclass
 class TaskSection:
     kind: str = "segmentation"   # segmentation | classification | change (two dates) | temporal (series alone)
+    #                              | detection (boxes: Faster R-CNN + FPN)
     name: str = "task"                      # the weights file: <out_dir>/<name>.safetensors
     mode: str = "full"                      # full | frozen | linear_probe
-    classes: tuple[int, ...] | None = None  # segmentation: the label raster's class values (default: all it holds)
+    classes: tuple[int, ...] | None = None  # segmentation: the label raster's class values (default: all it holds);
+    #                                         detection: the boxes' class values or COCO category ids
     class_names: tuple[str, ...] | None = None
     multi_label: bool = False               # classification: several labels per chip (BigEarthNet)
     class_weights: str = "none"             # none | balanced (inverse class frequency of the training labels)
@@ -55,8 +57,10 @@ class FinetuneDataSection:
     s2_dates: tuple[str, ...] | None = None   # explicit dates, one per file / acquisition
     s1_dates: tuple[str, ...] | None = None
     s2_band_order: str = "model"     # model | official (B8 stored fourth, as the official files)
-    chips: str | None = None         # classification: a folder per class or a CSV of file,label
-    val_chips: str | None = None     # classification: held-out chips (default: val_fraction of chips)
+    chips: str | None = None         # classification: a folder per class or a CSV of file,label; detection: a COCO JSON
+    val_chips: str | None = None     # held-out chips (default: val_fraction of chips)
+    chip_dir: str | None = None      # detection: the folder of data.chips' images (default: the JSON's folder)
+    val_chip_dir: str | None = None  # ... and of data.val_chips' (default: that JSON's folder)
     crop: int = 256                  # segmentation: training crop in pixels (multiple of 32)
     block: int = 512                 # segmentation: spatial-split block in pixels
     val_fraction: float = 0.2
@@ -100,7 +104,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Finet
 def _relative_to(raw, root: str):
     data = raw.get("data") if isinstance(raw, dict) else None
     if isinstance(data, dict):
-        for k in ("image", "image2", "labels", "chips", "val_chips", "s2", "s1"):
+        for k in ("image", "image2", "labels", "chips", "val_chips", "chip_dir", "val_chip_dir", "s2", "s1"):
             v = data.get(k)
             if isinstance(v, str) and not os.path.isabs(v) and not os.path.exists(v) and \
                     os.path.exists(os.path.join(root, v)):
@@ -121,12 +125,17 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
     require(t.name and os.path.basename(t.name) == t.name and t.name not in (".", ".."),
             f"task.name must be a plain file name (no folders), got {t.name!r}")
     if t.classes is not None:
-        require(len(set(t.classes)) == len(t.classes) >= 2, "task.classes must be >= 2 distinct values, got "
-                                                            f"{t.classes}")
+        least = 1 if t.kind == "detection" else 2
+        require(len(set(t.classes)) == len(t.classes) >= least, f"task.classes must be >= {least} distinct values, "
+                                                                f"got {t.classes}")
+    require(t.kind in ("detection", "classification") or (d.chip_dir is None and d.val_chip_dir is None),
+            "data.chip_dir / data.val_chip_dir are the image folders of a detection task's COCO chips")
     if t.class_names is not None and t.classes is not None:
         require(len(t.class_names) == len(t.classes),
                 f"task.class_names has {len(t.class_names)} names for {len(t.classes)} task.classes")
-    if t.kind == "temporal":   # Sentinel series alone, on the label raster's grid
+    if t.kind == "detection":
+        _validate_detection(cfg)
+    elif t.kind == "temporal":   # Sentinel series alone, on the label raster's grid
         require(t.extra == "none", "task.extra: a temporal task reads the fused map of its series (no extra map)")
         require(not t.multi_label, "task.multi_label is for classification")
         require(d.labels is not None and os.path.exists(d.labels),
@@ -191,6 +200,44 @@ def validate(cfg: FinetuneConfig, world_size: int = 1) -> None:
                 "data.image2 / data.hr_scale2 are the second date of a change task (task.kind: change)")
     require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     require(cfg.train.evaluate_every >= 0, f"train.evaluate_every must be >= 0, got {cfg.train.evaluate_every}")
+
+
+def _validate_detection(cfg: FinetuneConfig) -> None:
+    from ..data.labels import is_vector
+
+    t, d = cfg.task, cfg.data
+    require(t.mode in ("full", "frozen"), f"task.mode of a detection task must be full or frozen (a linear probe "
+                                          f"gives no boxes), got {t.mode!r}")
+    require(t.extra == "none" and d.s2 is None and d.s1 is None,
+            "a detection task reads the HR image alone: task.extra none, no data.s2 / data.s1")
+    require(t.class_weights == "none", "task.class_weights is for segmentation and classification (detection "
+                                       "samples its RoIs a quarter positive)")
+    require(not t.multi_label, "task.multi_label is for classification")
+    require(d.image2 is None and d.hr_scale2 is None,
+            "data.image2 / data.hr_scale2 are the second date of a change task (task.kind: change)")
+    scene = d.image is not None or d.labels is not None
+    require(scene != (d.chips is not None), "a detection task reads a scene (data.image and data.labels, a vector "
+                                            "layer of boxes) or COCO chips (data.chips): one of the two")
+    if scene:
+        for name in ("image", "labels"):
+            path = getattr(d, name)
+            require(path is not None, f"data.{name} is required for detection on a scene (an HR GeoTIFF and a "
+                                      "vector layer of its objects)")
+            require(os.path.exists(path), f"data.{name}: no such file: {path}")
+        require(is_vector(d.labels or ""), f"data.labels of a detection task is a vector layer (.gpkg, .geojson, .shp, "
+                                     f".fgb) whose features' bounding boxes are the objects, got {d.labels}")
+        require(d.val_chips is None and d.chip_dir is None and d.val_chip_dir is None,
+                "data.val_chips / chip_dir / val_chip_dir are for COCO chips (data.chips)")
+        require(d.crop >= 32 and d.crop % 32 == 0, f"data.crop must be a positive multiple of 32 pixels, got {d.crop}")
+        require(d.block >= d.crop, f"data.block ({d.block}) must be >= data.crop ({d.crop}): crops lie inside blocks")
+    else:
+        for name in ("chips", "val_chips"):
+            path = getattr(d, name)
+            require(path is None or os.path.isfile(path), f"data.{name}: no such COCO JSON file: {path}")
+        for name in ("chip_dir", "val_chip_dir"):
+            path = getattr(d, name)
+            require(path is None or os.path.isdir(path), f"data.{name}: no such folder: {path}")
+        require(d.val_chip_dir is None or d.val_chips is not None, "data.val_chip_dir without data.val_chips")
 
 
 __all__ = ["ConfigError", "FinetuneConfig", "FinetuneDataSection", "FinetuneTrainSection", "SHAPE_FIELDS",

@@ -1,5 +1,5 @@
 """Evaluation of a trained task on labelled data: a scene (through ``predict``, so what is
-scored is the class map a user gets, seams and all) or chips."""
+scored is the class map or the boxes a user gets, seams and all) or chips."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from ..data.geotiff import open_raster
 from ..data.labels import IGNORE_INDEX, is_vector, labels_on_grid, rasterize_labels
 from ..errors import InputError
-from ..metrics import ClassificationMetrics, SegmentationMetrics
+from ..metrics import ClassificationMetrics, DetectionMetrics, SegmentationMetrics
 from .chips import ChipDataset
 from .task import TaskModel
 
@@ -62,3 +62,50 @@ def evaluate_chips(task: TaskModel, chips: str, batch_size: int = 16, device: st
             x = torch.stack([x for x, _ in items]).to(device)
             metrics.update(task(x).cpu(), torch.stack([y for _, y in items]))
     return {**metrics.compute(), "chips": len(data)}
+
+
+def evaluate_boxes(task: TaskModel, image: str, labels: str, *, label_field: str = "class", cell: int = 512,
+                   **detect_kw) -> dict:
+    """COCO box AP of the task's detections of ``image`` (as ``predict`` writes them) against the
+    bounding boxes of ``labels``' features. The scene is scored in cells of ``cell`` pixels (a
+    box, found or true, in the cell of its centre) so that COCO's 100 detections per image bound
+    a cell, not the scene."""
+    from ..infer.predict_boxes import detect_scene
+    from .boxes import centres_in, vector_boxes
+
+    spec = task.spec
+    found = detect_scene(task, image, **detect_kw)
+    with open_raster(image) as ds:
+        boxes, index, _ = vector_boxes(labels, label_field, ds, spec.classes)
+        H, W = ds.height, ds.width
+    metrics = DetectionMetrics(spec.classes.class_names())
+    for r in range(0, H, cell):
+        for c in range(0, W, cell):
+            mine, truth = (centres_in(b, c, r, c + cell, r + cell) for b in (found["boxes"], boxes))
+            if not truth.any() and not mine.any():
+                continue   # a cell with neither says nothing
+            metrics.update([{"boxes": torch.from_numpy(found["boxes"][mine]).float(),
+                             "scores": torch.from_numpy(found["scores"][mine]).float(),
+                             "labels": torch.from_numpy(found["labels"][mine]).long()}],
+                           [{"boxes": torch.from_numpy(boxes[truth]).float(),
+                             "labels": torch.from_numpy(index[truth]).long()}])
+    return {**metrics.compute(), "detections": int(len(found["scores"]))}
+
+
+def evaluate_coco(task: TaskModel, annotations: str, images: str | None = None, batch_size: int = 4,
+                  device: str | torch.device = "cpu") -> dict:
+    """COCO box AP of a detection task on COCO-style chips (``images``: their folder)."""
+    from .detection_data import CocoChips
+
+    spec = task.spec
+    data = CocoChips(annotations, images, spec.classes, stats=task.normalisation, what="--chips")
+    metrics = DetectionMetrics(spec.classes.class_names())
+    task = task.eval().to(device)
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            items = [data[j] for j in range(i, min(i + batch_size, len(data)))]
+            if len({tuple(s["hr"].shape) for s in items}) > 1:
+                raise InputError(f"{annotations}: chips of several sizes in one batch; use --batch-size 1")
+            found = task(torch.stack([s["hr"] for s in items]).to(device))
+            metrics.update([{k: v.cpu() for k, v in f.items()} for f in found], items)
+    return metrics.compute()

@@ -24,12 +24,13 @@ from ..config import parse_section
 from ..data.labels import ClassMap
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
-from ..heads import FCNHead, LinearSegmentationHead, SceneClassifier, UPerNetHead
+from ..heads import FasterRCNNHead, FCNHead, LinearSegmentationHead, SceneClassifier, UPerNetHead
 
 FORMAT_VERSION = 1
-KINDS = ("segmentation", "classification", "change", "temporal")
+KINDS = ("segmentation", "classification", "change", "temporal", "detection")
 DENSE = ("segmentation", "change", "temporal")   # a class per pixel
 HR_DENSE = ("segmentation", "change")   # ... from UPerNet over the HR stages (temporal: the fused map, FCN)
+HR_PYRAMID = (*HR_DENSE, "detection")   # the kinds whose head reads the four HR stage maps
 SEG_STAGES = (0, 1, 2, 3)          # strides 4 / 8 / 16 / 32, the UPerNet setting
 HR_BANDS = ("red", "green", "blue")
 
@@ -38,7 +39,7 @@ HR_BANDS = ("red", "green", "blue")
 class TaskSpec:
     """Everything besides the tensors that a task model needs to be rebuilt and used."""
 
-    kind: str                               # segmentation | classification
+    kind: str                               # one of KINDS
     class_values: tuple[int, ...]           # segmentation: label raster values; classification: 0..C-1
     class_names: tuple[str, ...]
     model_name: str = "skysense-tiny"
@@ -58,7 +59,7 @@ class TaskSpec:
 
     @property
     def classes(self) -> ClassMap:
-        return ClassMap(self.class_values, self.class_names)
+        return ClassMap(self.class_values, self.class_names, at_least=1 if self.kind == "detection" else 2)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -88,6 +89,10 @@ class TaskSpec:
                                         or spec.extra != "none"):
             raise InputError(f"{where}: a temporal task reads Sentinel series (s2 and / or s1) and no extra map, "
                              f"got inputs {spec.inputs}, extra {spec.extra!r}")
+        if spec.kind == "detection" and (spec.inputs != ("hr",) or spec.extra != "none"
+                                         or spec.mode == "linear_probe"):
+            raise InputError(f"{where}: a detection task reads hr alone, no extra map, mode full or frozen, got "
+                             f"inputs {spec.inputs}, extra {spec.extra!r}, mode {spec.mode!r}")
         if spec.kind not in ("change", "temporal") and (spec.inputs[:1] != ("hr",)
                                                         or not set(spec.inputs) <= {"hr", "s2", "s1"}):
             raise InputError(f"{where}: task metadata inputs must be hr, then s2 / s1, got {spec.inputs}")
@@ -103,8 +108,9 @@ class TaskSpec:
 
 class TaskModel(nn.Module):
     """Backbone + head. ``forward(hr, latlon=None)`` -> logits: (B, C, H, W) at the image's
-    resolution (segmentation) or (B, C) (classification). In the frozen modes the backbone
-    runs without gradients and stays in eval mode."""
+    resolution (segmentation) or (B, C) (classification); detection: the losses (training,
+    with ``targets``) or boxes per image (eval), see :class:`~skysense_fast.heads.FasterRCNNHead`.
+    In the frozen modes the backbone runs without gradients and stays in eval mode."""
 
     head: nn.Module               # the task's head (its call signature depends on the kind)
     load_report: str | None       # what loading the backbone's weights said (set by build_task_model)
@@ -120,12 +126,14 @@ class TaskModel(nn.Module):
         if spec.kind == "temporal":   # the fused map of the series alone, on their grid
             self.head = (LinearSegmentationHead([cfg.fusion_dim], C) if spec.mode == "linear_probe" else
                          FCNHead(cfg.fusion_dim, C, spec.head_channels, dropout=spec.dropout))
-        elif spec.kind in HR_DENSE:   # change: the same head over the two dates' stage maps differenced
+        elif spec.kind in HR_PYRAMID:   # change: the same head over the two dates' stage maps differenced
             if tuple(cfg.hr_stages) != SEG_STAGES:
                 raise InputError(f"TaskModel: {spec.kind} needs the backbone's hr_stages {SEG_STAGES}, got "
                                  f"{cfg.hr_stages}")
             widths = [f["num_chs"] for f in backbone.hr_feature_info()]
-            if spec.mode == "linear_probe":
+            if spec.kind == "detection":
+                self.head = FasterRCNNHead(widths, C)
+            elif spec.mode == "linear_probe":
                 self.head = LinearSegmentationHead(widths, C, extra[spec.extra])
             else:
                 self.head = UPerNetHead(widths, C, spec.head_channels, dropout=spec.dropout,
@@ -175,9 +183,10 @@ class TaskModel(nn.Module):
             self.backbone.eval()
         return self
 
-    def forward(self, hr: Tensor | None = None, latlon: Tensor | None = None, **series: Tensor) -> Tensor:
+    def forward(self, hr: Tensor | None = None, latlon: Tensor | None = None,
+                targets: list[dict[str, Tensor]] | None = None, **series: Tensor):
         """``series``: s2 / s1 with doy_* and valid_* (see :meth:`SkySense.forward`), exactly the
-        modalities in ``spec.inputs``."""
+        modalities in ``spec.inputs``; ``targets``: a detection task's boxes in training."""
         if self.needs_latlon and latlon is None:
             raise InputError("TaskModel: this task uses the geo-context map: latlon (B, 2) is required")
         given = {k for k in ("hr", "s2", "s1", "hr2") if (hr if k == "hr" else series.get(k)) is not None}
@@ -191,11 +200,15 @@ class TaskModel(nn.Module):
             return self.head(out["fused"])
         assert hr is not None   # every other kind reads hr (checked above)
         h, w = hr.shape[-2:]
-        if s.kind in HR_DENSE:
+        if s.kind in HR_PYRAMID:
             # zero-padded to whole 32-pixel cells (the fusion grid), as training crops beyond a
             # scene's edge are: the stage maps then line up with the image, and the logits are cut
             # back to it (an edge tile of predict is the case)
             hr = F.pad(hr, (0, -w % 32, 0, -h % 32))
+        if s.kind == "detection":   # boxes stay in the unpadded image's pixels
+            with torch.no_grad() if self.frozen else contextlib.nullcontext():
+                stages = self.backbone(hr=hr)["hr_stages"]
+            return self.head(stages, hr, [(h, w)] * hr.shape[0], targets)
         if s.kind == "change":
             return self._change(hr, F.pad(series["hr2"], (0, -w % 32, 0, -h % 32)))[..., :h, :w]
         with torch.no_grad() if self.frozen else contextlib.nullcontext():
@@ -242,7 +255,7 @@ class TaskModel(nn.Module):
 def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights: str | None = None) -> TaskModel:
     """A fresh task model (backbone from ``weights`` where given, head at init)."""
     overrides = dict(spec.model_overrides)
-    if spec.kind in HR_DENSE:
+    if spec.kind in HR_PYRAMID:
         overrides["hr_stages"] = SEG_STAGES
     with torch.device(device):
         backbone = models.create(spec.model_name, **overrides)

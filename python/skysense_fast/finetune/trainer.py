@@ -26,12 +26,13 @@ from .. import distributed
 from ..data.labels import IGNORE_INDEX, ClassMap
 from ..data.series import series_input
 from ..errors import InputError
-from ..metrics import ClassificationMetrics, SegmentationMetrics
+from ..metrics import ClassificationMetrics, DetectionMetrics, SegmentationMetrics
 from ..train import loop
 from ..train.optim import build_optimizer, build_scheduler
 from .augment import d4_transform
 from .chips import ChipDataset
 from .config import SHAPE_FIELDS, FinetuneConfig, validate
+from .detection_data import CocoChips, SceneDetectionData, turned
 from .scene_data import SceneSegmentationData
 from .series_data import SeriesSegmentationData
 from .task import DENSE, TaskModel, TaskSpec, build_task_model, save_task
@@ -45,15 +46,14 @@ def _seed(*numbers: int) -> int:
 
 def _task_classes(t) -> ClassMap | None:
     """task.classes as a ClassMap (values sorted, each name kept with its value), or None."""
-    if not t.classes:
-        return None
-    pairs = sorted(zip(t.classes, t.class_names or [""] * len(t.classes), strict=True))
-    return ClassMap(tuple(v for v, _ in pairs), tuple(n for _, n in pairs) if t.class_names else ())
+    return ClassMap(*_pairs(t)) if t.classes else None
 
 
 def open_data(cfg: FinetuneConfig):
     """(train data, val data or None, ClassMap) of the config, every input checked."""
     t, d = cfg.task, cfg.data
+    if t.kind == "detection":
+        return _detection_data(cfg)
     if t.kind == "temporal":
         assert d.labels is not None   # validate() requires it
         temporal = SeriesSegmentationData(d.labels, {"s2": series_input(d.s2, d.s2_dates, "s2", d.s2_band_order),
@@ -76,15 +76,42 @@ def open_data(cfg: FinetuneConfig):
     val: ChipDataset | torch.utils.data.Subset
     if d.val_chips:
         val = ChipDataset(d.val_chips, classes=train.classes, multi_label=t.multi_label)
-    else:  # a seeded share of the chips held out (chips are separate images: no spatial leak)
-        n = len(train)
-        if n < 2:
-            raise InputError(f"data.chips {d.chips}: {n} chip(s); need two (one to train, one to validate)")
-        order = np.random.default_rng(d.seed).permutation(n)
-        k = min(n - 1, max(1, round(d.val_fraction * n)))
-        val = torch.utils.data.Subset(train, sorted(order[:k].tolist()))
-        train = _ChipSubset(train, sorted(order[k:].tolist()))
+    else:  # a seeded share of the chips held out
+        keep, held = _held_out(len(train), d.val_fraction, d.seed, f"data.chips {d.chips}")
+        val = torch.utils.data.Subset(train, held)
+        train = _ChipSubset(train, keep)
     return train, val, ClassMap(tuple(range(len(train.classes))), tuple(train.classes))
+
+
+def _held_out(n: int, fraction: float, seed: int, what: str) -> tuple[list[int], list[int]]:
+    """(train, val) indices: a seeded share of ``n`` separate images (no spatial leak) held out."""
+    if n < 2:
+        raise InputError(f"{what}: {n} chip(s); need two (one to train, one to validate)")
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(n - 1, max(1, round(fraction * n)))
+    return sorted(order[k:].tolist()), sorted(order[:k].tolist())
+
+
+def _detection_data(cfg: FinetuneConfig):
+    t, d = cfg.task, cfg.data
+    classes = None if t.classes is None else ClassMap(*_pairs(t), at_least=1)
+    if d.chips is None:   # a scene and a vector layer of boxes
+        assert d.image is not None and d.labels is not None   # validate() requires them
+        scene = SceneDetectionData(d.image, d.labels, classes=classes, class_names=t.class_names,
+                                   label_field=d.label_field, hr_scale=d.hr_scale, crop=d.crop, block=d.block,
+                                   val_fraction=d.val_fraction, seed=d.seed)
+        return scene, None, scene.classes
+    train = CocoChips(d.chips, d.chip_dir, classes)
+    if d.val_chips:
+        return train, CocoChips(d.val_chips, d.val_chip_dir, train.classes, what="data.val_chips"), train.classes
+    keep, held = _held_out(len(train), d.val_fraction, d.seed, f"data.chips {d.chips}")
+    return torch.utils.data.Subset(train, keep), torch.utils.data.Subset(train, held), train.classes
+
+
+def _pairs(t) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """task.classes sorted, each name kept with its value."""
+    pairs = sorted(zip(t.classes, t.class_names or [""] * len(t.classes), strict=True))
+    return tuple(v for v, _ in pairs), tuple(n for _, n in pairs) if t.class_names else ()
 
 
 class _ChipSubset(torch.utils.data.Subset):
@@ -112,12 +139,22 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def collate(samples: list[dict], what: str) -> dict[str, torch.Tensor]:
-    """Samples (dicts of tensors: hr, target, series) stacked into a batch."""
+def collate(samples: list[dict], what: str) -> dict:
+    """Samples (dicts of tensors: hr, target, series) stacked into a batch; a detection sample's
+    boxes and labels (and scoring region) become ``targets``, a list of one dict per image."""
     shapes = {tuple(s["target"].shape[-2:] if "hr" not in s else s["hr"].shape) for s in samples}
     if len(shapes) > 1:
         raise InputError(f"{what}: a batch holds images of several sizes {sorted(shapes)}; chips must share one size")
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    per_image = ("boxes", "labels", "region")
+    out: dict = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in per_image}
+    if "boxes" in samples[0]:
+        out["targets"] = [{k: s[k] for k in per_image if k in s} for s in samples]
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: [{n: t.to(device) for n, t in d.items()} for d in v] if k == "targets" else v.to(device)
+            for k, v in batch.items()}
 
 
 class _Finetuning:
@@ -127,6 +164,7 @@ class _Finetuning:
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.data, self.val, classes = open_data(cfg)        # bad input fails here, before the model
         t = cfg.task
+        self.detection = t.kind == "detection"
         self.spec = TaskSpec(kind=t.kind, class_values=classes.values, class_names=tuple(classes.class_names()),
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,
                              multi_label=t.multi_label, head_channels=t.head_channels, extra=t.extra,
@@ -141,12 +179,13 @@ class _Finetuning:
         if cfg.train.grad_checkpointing:
             self.model.backbone.set_grad_checkpointing(True)
         stats = self.model.normalisation
-        if t.kind in DENSE:
+        self.scene = hasattr(self.data, "train_sample")   # a scene's crops (else chips)
+        if self.scene:
             self.data.stats = stats
         else:
             for ds in (self.data, self.val):
                 getattr(ds, "dataset", ds).stats = stats
-        self.latlon = torch.tensor([self.data.latlon if t.kind in DENSE else (0.0, 0.0)])
+        self.latlon = torch.tensor([self.data.latlon if self.scene else (0.0, 0.0)])
         self.weight = class_weights(self.data.counts()).to(device) if t.class_weights == "balanced" else None
         if world > 1 and device.type == "cuda":
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # mmseg's SyncBN
@@ -164,28 +203,33 @@ class _Finetuning:
         out = []
         for i in range(self.rank * local, (self.rank + 1) * local):
             g = torch.Generator().manual_seed(_seed(d.seed, t.seed, step, i))
-            if self.spec.kind in DENSE:
+            if self.scene:
                 out.append(self.data.train_sample(g, d.augment))
-            else:
-                n = len(self.data)
-                epoch, j = divmod(step * B + i, n)   # each epoch a fresh seeded order of the chips
-                index = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(d.seed, t.seed, epoch)))[j]
-                x, y = self.data[int(index)]
-                if d.augment:   # quarter turns swap a non-square chip's sides: flips and half turns only
-                    k = int(torch.randint(8, (1,), generator=g))
-                    x = d4_transform(x, k if x.shape[-1] == x.shape[-2] else k - k % 2)
-                out.append({"hr": x, "target": y})
+                continue
+            n = len(self.data)
+            epoch, j = divmod(step * B + i, n)   # each epoch a fresh seeded order of the chips
+            index = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(d.seed, t.seed, epoch)))[j]
+            item = self.data[int(index)]
+            sample = item if self.detection else {"hr": item[0], "target": item[1]}
+            if d.augment:   # quarter turns swap a non-square chip's sides: flips and half turns only
+                k = int(torch.randint(8, (1,), generator=g))
+                k = k if sample["hr"].shape[-1] == sample["hr"].shape[-2] else k - k % 2
+                sample = turned(sample, k) if self.detection else {**sample, "hr": d4_transform(sample["hr"], k)}
+            out.append(sample)
         return collate(out, "data.chips")
 
     def batches(self, start: int):
         for step in range(start, self.cfg.train.steps):
-            yield {k: v.to(self.device) for k, v in self._step_samples(step).items()}
+            yield to_device(self._step_samples(step), self.device)
 
     def _logits(self, batch: dict) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "target"}
         return self.model(latlon=self.latlon.expand(len(batch["target"]), 2).to(self.device), **inputs)
 
     def losses(self, step: int, batch):
+        if self.detection:   # the RPN's and the RoI heads' means over this rank's images
+            terms = self.model(batch["hr"], targets=batch["targets"])
+            return {"total": sum(terms.values()), **{k.removeprefix("loss_"): v for k, v in terms.items()}}
         total, count = self.model.loss_terms(self._logits(batch), batch["target"], self.weight, IGNORE_INDEX)
         if self.world > 1:  # over every rank's pixels: gradients (averaged by FSDP) are one process's
             count = count.detach().clone()
@@ -201,8 +245,19 @@ class _Finetuning:
         chips) and torchmetrics sums the ranks' counts when computing."""
         B, spec = self.cfg.train.batch_size, self.spec
         names = list(spec.class_names)
-        metrics: SegmentationMetrics | ClassificationMetrics
-        if spec.kind in DENSE:
+        metrics: SegmentationMetrics | ClassificationMetrics | DetectionMetrics
+        if self.detection:
+            metrics = DetectionMetrics(names, self.device)
+            windows = self.data.val_windows() if self.scene else list(range(len(self.val)))
+            for chunk in self._share(len(windows), B):
+                use = chunk or [0]   # a rank without windows left still runs the (collective) forward
+                samples = [self.data.val_sample(windows[j]) if self.scene else self.val[windows[j]] for j in use]
+                batch = to_device(collate(samples, "validation"), self.device)
+                found = self.model(batch["hr"])
+                if chunk:
+                    metrics.update([_within(p, t.get("region")) for p, t in zip(found, batch["targets"], strict=True)],
+                                   batch["targets"])
+        elif spec.kind in DENSE:
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()
             for chunk in self._share(len(windows), B):
@@ -228,6 +283,16 @@ class _Finetuning:
         mine = list(range(self.rank, n, self.world))
         per_rank = -(-n // self.world)
         return [mine[i:i + batch] for i in range(0, per_rank, batch)]
+
+
+def _within(found: dict, region: torch.Tensor | None) -> dict:
+    """The detections whose centre lies in ``region`` (x0, y0, x1, y1), all without one."""
+    if region is None:
+        return found
+    b = found["boxes"]
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    keep = (cx >= region[0]) & (cx < region[2]) & (cy >= region[1]) & (cy < region[3])
+    return {k: v[keep] for k, v in found.items()}
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:

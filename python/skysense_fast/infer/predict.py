@@ -36,7 +36,8 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                   progress: bool = False, resume: bool = False, chunk_rows: int = 256, hr_scale: str | None = None,
                   probabilities: str | os.PathLike | None = None, gdal_cache_mb: int = 16, s2=None, s1=None,
                   s2_dates=None, s1_dates=None, s2_band_order: str | None = None, distribute: bool = True,
-                  image2: str | os.PathLike | None = None, hr_scale2: str | None = None) -> dict:
+                  image2: str | os.PathLike | None = None, hr_scale2: str | None = None,
+                  score_threshold: float = 0.05) -> dict:
     """Write the class map of an HR GeoTIFF (``task``: a segmentation or change
     :class:`~skysense_fast.finetune.TaskModel`) to ``dst``, a single-band COG in the task's
     class values (nodata where the input is nodata), with colours and class names. A change
@@ -44,7 +45,8 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     read onto ``src``'s grid; pixels it does not cover are no change input; ``hr_scale2``, default
     the task's, else ``hr_scale``, scales it). For a temporal task
     (Sentinel series alone) ``src`` is the grid whose pixels are predicted (e.g. its label
-    raster), ``tile`` and ``overlap`` in those pixels (:mod:`.predict_series`).
+    raster), ``tile`` and ``overlap`` in those pixels (:mod:`.predict_series`). A detection task
+    writes its boxes (score >= ``score_threshold``) as a GeoPackage ``dst`` (:mod:`.predict_boxes`).
 
     Args mirror :func:`~skysense_fast.infer.embed_scene`; ``hr_scale`` and ``s2_band_order``
     default to the task's own; ``s2`` / ``s1``: the series of the scene, required exactly when
@@ -54,9 +56,19 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     import rasterio
 
     spec = task.spec
+    if spec.kind == "detection":
+        extra = [name for name, v in (("--probabilities", probabilities), ("--image2", image2), ("--s2", s2),
+                                      ("--s1", s1), ("--resume", resume)) if v]
+        if extra or (distribute and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            raise InputError("predict: a detection task reads one HR scene in one process (a list of scenes spreads "
+                             f"over torchrun's ranks); it takes no {', '.join(extra) or 'torchrun within one scene'}")
+        from .predict_boxes import predict_boxes
+
+        return predict_boxes(task, src, dst, tile=tile, overlap=overlap, batch_size=batch_size, device=device,
+                             dtype=dtype, progress=progress, hr_scale=hr_scale, score_threshold=score_threshold)
     if spec.kind not in DENSE:
         raise InputError(f"predict: the task is {spec.kind}; a class map needs a segmentation, change or temporal "
-                         "task")
+                         "task (a detection task: boxes)")
     dst = os.fspath(dst)
     probabilities = None if probabilities is None else os.fspath(probabilities)
     if probabilities is not None and os.path.abspath(probabilities) == os.path.abspath(dst):

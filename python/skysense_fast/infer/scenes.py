@@ -110,9 +110,9 @@ def ranks() -> tuple[int, int]:
 
 
 def run_scenes(scenes: list[Scene], out_dir: str | os.PathLike, work: Callable[[Scene, str], dict], *,
-               resume: bool = False, what: str = "embed") -> dict:
+               resume: bool = False, what: str = "embed", suffix: str = ".tif") -> dict:
     """``work(scene, dst)`` for this rank's scenes (every WORLD_SIZE-th, from RANK), each into
-    ``out_dir/<name>.tif``. With ``resume``, scenes whose output exists are skipped. Returns
+    ``out_dir/<name><suffix>``. With ``resume``, scenes whose output exists are skipped. Returns
     this rank's records; the rank that finishes last writes the whole job's ``summary.json``."""
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -126,7 +126,7 @@ def run_scenes(scenes: list[Scene], out_dir: str | os.PathLike, work: Callable[[
     mine = scenes[rank::world]
     records = []
     for i, scene in enumerate(mine):
-        dst = os.path.join(out_dir, scene.name + ".tif")   # a plain name (read_scene_list): inside out_dir
+        dst = os.path.join(out_dir, scene.name + suffix)   # a plain name (read_scene_list): inside out_dir
         record = {"scene": scene.src, "output": dst, "rank": rank}
         if resume and os.path.exists(dst):
             records.append(record | {"status": "skipped", "reason": "output exists (--resume)"})

@@ -1,0 +1,134 @@
+"""Detection over a large scene: a detection task's boxes as a GeoPackage layer in the scene's CRS.
+
+The scene is read in overlapping tiles through the shared tiler (:func:`.tiler.run_tiles`: HR
+scaling, nodata as zero input, prefetching); each tile answers for its core (the tile less half
+the overlap on every side inside the scene), so an object cut by one tile's edge is taken from
+the tile that sees it whole; a class-wise NMS over the whole scene then merges the copies two
+neighbouring tiles still give of one object. Boxes whose centre lies on nodata are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..atomic import replacing
+from ..data.geotiff import hr_scaler, open_raster
+from ..errors import InputError
+from ..progress import bar
+from .runner import refuse_to_overwrite_an_input
+from .tiler import SCALE, run_tiles, tile_starts
+
+LAYER = "detections"
+
+
+class _Boxes(nn.Module):
+    """A detection task as the tiler calls a model: hr -> {"boxes": (B, K, 6)} rows of x0, y0,
+    x1, y1, score, class index, NaN-padded to the head's most boxes per image."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+        self.normalisation = task.normalisation
+        self.most = task.head.roi_heads.detections_per_img
+
+    def forward(self, hr: Tensor, latlon: Tensor | None = None, **_) -> dict[str, Tensor]:
+        found = self.task(hr)
+        out = hr.new_full((len(found), self.most, 6), float("nan"), dtype=torch.float32)
+        for i, d in enumerate(found):
+            n = len(d["scores"])
+            out[i, :n, :4], out[i, :n, 4], out[i, :n, 5] = d["boxes"].float(), d["scores"].float(), d["labels"].float()
+        return {"boxes": out}
+
+
+def _core(start: int, tile: int, overlap: int, size: int) -> tuple[int, int]:
+    """The part [a, b) of a tile at ``start`` that it answers for."""
+    a = start + overlap // 2 if start > 0 else 0
+    b = start + tile - overlap // 2 if start + tile < size else size
+    return a, b
+
+
+def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int = 128, batch_size: int = 2,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False,
+                 hr_scale: str | None = None, score_threshold: float = 0.05, nms_threshold: float = 0.5) -> dict:
+    """The detections of an HR GeoTIFF: {"boxes": (N, 4) float64 xyxy scene pixels, "scores",
+    "labels" (class indices), "crs", "transform"}, by score, highest first."""
+    from torchvision.ops import batched_nms
+
+    if task.spec.kind != "detection":
+        raise InputError(f"detect_scene: the task is {task.spec.kind}; boxes need a detection task")
+    if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
+        raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
+    if not 0 <= score_threshold <= 1 or not 0 < nms_threshold <= 1:
+        raise InputError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], got {score_threshold}, "
+                         f"{nms_threshold}")
+    model = _Boxes(task.eval().to(device))
+    found: list[np.ndarray] = []
+    with open_raster(src, bands=3) as ds:
+        H, W = ds.height, ds.width
+        rows, cols = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
+        tiles = [(r, c) for r in rows for c in cols]
+        scale = hr_scaler(ds, hr_scale if hr_scale is not None else task.spec.hr_scale)
+        with bar(len(tiles), "detect", "tile", progress) as shown:
+            for (r, c), rows_, valid in run_tiles(model, ds, tiles, tile, batch_size, device, dtype,
+                                                  torch.zeros(1, 2), "boxes", ds.nodata, series=None, scale=scale,
+                                                  out_scale=1):
+                shown.update(1)
+                d = rows_[np.isfinite(rows_[:, 4]) & (rows_[:, 4] >= score_threshold)].astype(np.float64)
+                cx, cy = (d[:, 0] + d[:, 2]) / 2, (d[:, 1] + d[:, 3]) / 2
+                (y0, y1), (x0, x1) = _core(r, tile, overlap, H), _core(c, tile, overlap, W)
+                keep = (cx + c >= x0) & (cx + c < x1) & (cy + r >= y0) & (cy + r < y1)
+                if valid is not None:   # a box centred on nodata is no detection
+                    iy = np.clip(cy.astype(int), 0, valid.shape[0] - 1)
+                    ix = np.clip(cx.astype(int), 0, valid.shape[1] - 1)
+                    keep &= valid[iy, ix] > 0
+                d = d[keep]
+                d[:, [0, 2]] += c
+                d[:, [1, 3]] += r
+                found.append(d)
+        crs, transform = ds.crs, ds.transform
+    every = np.concatenate(found) if found else np.zeros((0, 6))
+    boxes, scores, labels = (torch.from_numpy(every[:, :4]), torch.from_numpy(every[:, 4]),
+                             torch.from_numpy(every[:, 5]).long())
+    keep = batched_nms(boxes, scores, labels, nms_threshold)   # sorted by score
+    return {"boxes": boxes[keep].numpy(), "scores": scores[keep].numpy(), "labels": labels[keep].numpy(),
+            "crs": crs, "transform": transform, "tiles": len(tiles)}
+
+
+def write_boxes(path: str, found: dict, classes) -> None:
+    """The detections as a GeoPackage layer of polygons in the scene's CRS (atomically), with
+    ``class`` (the task's class value), ``class_name`` and ``score``."""
+    import pyogrio
+    import shapely
+
+    t = found["transform"]
+    b = found["boxes"]
+    corners = [(b[:, 0], b[:, 1]), (b[:, 2], b[:, 1]), (b[:, 2], b[:, 3]), (b[:, 0], b[:, 3]), (b[:, 0], b[:, 1])]
+    ring = np.stack([np.stack(t * (x, y), -1) for x, y in corners], 1)   # (N, 5, 2) in the CRS
+    geoms = shapely.to_wkb(shapely.polygons(ring)) if len(b) else np.zeros(0, object)
+    values = np.asarray(classes.values, np.int64)[found["labels"]] if len(b) else np.zeros(0, np.int64)
+    names = np.array([classes.class_names()[i] for i in found["labels"]], object)
+    with replacing(path, suffix=".gpkg") as tmp:
+        os.remove(tmp)   # GDAL makes the GeoPackage itself
+        pyogrio.raw.write(tmp, geoms, [values, names, found["scores"].astype(np.float64)],
+                          ["class", "class_name", "score"], layer=LAYER, driver="GPKG", crs=found["crs"].to_wkt(),
+                          geometry_type="Polygon")
+
+
+def predict_boxes(task, src: str | os.PathLike, dst: str | os.PathLike, **kw) -> dict:
+    """Write the detections of ``src`` to ``dst`` (a .gpkg) with :func:`write_boxes`; ``kw``:
+    those of :func:`detect_scene`. Returns a summary (tiles, boxes, per class)."""
+    dst = os.fspath(dst)
+    if not dst.lower().endswith(".gpkg"):
+        raise InputError(f"predict: a detection task writes a GeoPackage of boxes: the output must end in .gpkg, "
+                         f"got {dst}")
+    refuse_to_overwrite_an_input(dst, [os.fspath(src), *task.source_files])
+    found = detect_scene(task, src, **kw)
+    write_boxes(dst, found, task.spec.classes)
+    per = np.bincount(found["labels"], minlength=task.spec.classes.num_classes)
+    return {"tiles": found["tiles"], "boxes": int(len(found["scores"])),
+            "per_class": {n: int(k) for n, k in zip(task.spec.classes.class_names(), per, strict=True)},
+            "layer": LAYER, "crs": str(found["crs"])}
