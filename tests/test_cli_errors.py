@@ -123,7 +123,7 @@ def test_bad_geotiffs_are_one_line(case, command, tmp_path, capsys):
     (["pretrain", "{cfg}", "--set", "optim.lr=.inf"], "optim.lr must be a finite number"),
     (["pretrain", "{cfg}", "--steps", "0"], "--steps must be >= 1"),
     (["finetune", "{ft}", "--set", "data.image={t}/none.tif"], "data.image: no such file"),
-    (["finetune", "{ft}", "--set", "task.kind=detection"], "task.kind must be one of"),
+    (["finetune", "{ft}", "--set", "task.kind=panoptic"], "task.kind must be one of"),
     (["finetune", "{ft}", "--set", "nonsense"], "--set takes SECTION.FIELD=VALUE"),
     (["finetune", "{ft}", "--out-dir", "{cfg}"], "is a file"),
     (["predict", "{t}/none.tif", "-o", "{t}/m.tif", "--task", "{t}/t.safetensors"], "none.tif"),
