@@ -171,3 +171,21 @@ def test_a_second_date_of_another_dtype_takes_its_own_scaling(pair, trained, tmp
     raw["data"]["hr_scale2"] = "max=10200"
     with pytest.raises(ConfigError, match=r"data\.image2 / data\.hr_scale2 are the second date"):
         from_dict(raw)
+
+
+def test_a_second_date_pixel_with_nodata_in_one_band_is_a_hole(tmp_path):
+    """As on the first date (nodata_mask): the nodata value in any band makes a hole, not only in all."""
+    from rasterio.transform import from_origin
+
+    from skysense_fast.data.geotiff import nodata_mask, read_second_date
+
+    a = np.full((3, 8, 8), 100, np.uint8)
+    a[1, 2, 3] = 0   # band 2 only
+    a[:, 5, 5] = 0   # every band
+    t = from_origin(500000, 5000000, 1, 1)
+    with rasterio.open(tmp_path / "t2.tif", "w", driver="GTiff", height=8, width=8, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=t, nodata=0) as f:
+        f.write(a)
+    x, gap = read_second_date(str(tmp_path / "t2.tif"), rasterio.crs.CRS.from_epsg(32633), t, 8, 8)
+    assert np.array_equal(gap, nodata_mask(a, 0)) and np.argwhere(gap).tolist() == [[2, 3], [5, 5]]
+    assert np.all(x[:, gap] == 0) and np.isfinite(x).all() and np.all(x[:, ~gap] != 0)

@@ -129,15 +129,27 @@ def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
 def read_onto(ds, crs, transform, height: int, width: int) -> np.ndarray:
     """Bands 1-3 of ``ds`` (another image of the scene: a second date) resampled (bilinear)
     onto a grid (``crs``, ``transform``, ``height`` x ``width``): (3, h, w) float32, NaN where
-    it holds no data: beyond its footprint, or where GDAL's warp finds its nodata (in every
-    band; :func:`nodata_mask`, which reads the first date, takes a pixel with the nodata
-    value in any band as a hole: a pixel so in one band only counts on the first date alone)."""
+    it holds no data: beyond its footprint, or in a band that holds its nodata value there (each
+    band masked on its own, GDAL's ``UNIFIED_SRC_NODATA=NO``: a pixel with the nodata value in any
+    band is a hole, as :func:`nodata_mask` takes it on the first date)."""
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
     with WarpedVRT(ds, crs=crs, transform=transform, width=width, height=height, resampling=Resampling.bilinear,
-                   src_nodata=ds.nodata, nodata=np.nan, dtype="float32") as v:
+                   src_nodata=ds.nodata, nodata=np.nan, dtype="float32", UNIFIED_SRC_NODATA="NO") as v:
         return v.read([1, 2, 3])
+
+
+def read_second_date(path: str, crs, transform, height: int, width: int, scale=None,
+                     stats=None) -> tuple[np.ndarray, np.ndarray]:
+    """A change task's second date on a window of the first's grid: ((3, h, w) float32
+    normalised, zero where it holds no data; (h, w) bool, True there)."""
+    with open_raster(path, bands=3) as ds:
+        b = read_onto(ds, crs, transform, height, width)
+    gap = ~np.isfinite(b).all(0)
+    b = np.nan_to_num(b)
+    x = normalise_hr(b if scale is None else scale(b), stats)
+    return np.where(gap[None], 0.0, x).astype(np.float32), gap
 
 
 def check_same_scene(ds, other, what: str = "the second image") -> None:

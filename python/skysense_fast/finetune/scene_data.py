@@ -21,7 +21,7 @@ from ..data.geotiff import (
     nodata_mask,
     normalise_hr,
     open_raster,
-    read_onto,
+    read_second_date,
     scene_latlon,
 )
 from ..data.labels import (
@@ -106,13 +106,9 @@ class SceneSegmentationData:
             x[:, :h, :w][:, hole] = 0.0
             y[:h, :w][hole] = IGNORE_INDEX
         if self.image2 is not None:   # the second date on this window's pixels; its holes: no input, no label
-            with open_raster(self.image2, bands=3) as ds2:
-                b = read_onto(ds2, self.crs, self.transform @ Affine.translation(c, r), h, w)
             x2 = np.zeros((3, size, size), np.float32)
-            gap = ~np.isfinite(b).all(0)
-            b = np.nan_to_num(b)
-            x2[:, :h, :w] = normalise_hr(b if self.hr_scale2 is None else self.hr_scale2(b), self.stats)
-            x2[:, :h, :w][:, gap] = 0.0
+            x2[:, :h, :w], gap = read_second_date(self.image2, self.crs, self.transform @ Affine.translation(c, r),
+                                                  h, w, self.hr_scale2, self.stats)
             y[:h, :w][gap] = IGNORE_INDEX
         sample = {"hr": torch.from_numpy(x), "target": torch.from_numpy(y)}
         if self.image2 is not None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..data.geotiff import nodata_mask, normalise_hr, open_raster, read_onto
+from ..data.geotiff import nodata_mask, normalise_hr, read_second_date
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
 
@@ -89,12 +89,8 @@ def run_tiles(model, ds, tiles, tile, batch_size, device, dtype, latlon, output,
             hole = nodata_mask(a, nodata)
             if second is not None:   # the second date's gaps are holes too: no change input there
                 path, scale2 = second
-                with open_raster(path, bands=3) as ds2:
-                    b = read_onto(ds2, ds.crs, ds.transform @ Affine.translation(c, r), h, w)
-                gap = ~np.isfinite(b).all(0)
-                b = np.nan_to_num(b)
-                x2 = normalise_hr(b if scale2 is None else scale2(b), stats)
-                dates.append(np.where(gap[None], 0.0, x2).astype(np.float32))
+                x2, gap = read_second_date(path, ds.crs, ds.transform @ Affine.translation(c, r), h, w, scale2, stats)
+                dates.append(x2)
                 hole = gap if hole is None else hole | gap
             if hole is not None:  # nodata pixels become zero input, like padding
                 x = np.where(hole[None], 0.0, x).astype(np.float32)
