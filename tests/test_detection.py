@@ -157,7 +157,8 @@ def test_coco_chips_train_evaluate_and_keep_their_category_ids(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not_json", "no_lists", "stray_category", "missing_image", "raster_labels",
-                                  "linear_probe", "scene_and_chips", "class_weights"])
+                                  "linear_probe", "scene_and_chips", "class_weights", "unknown_image", "nan_box",
+                                  "head_channels", "crop_on_chips", "names_on_chips", "sizes"])
 def test_bad_detection_input_is_refused_before_training(tmp_path, case):
     coco = _chips(tmp_path, n=2)
     data, task, match = {"chips": str(coco)}, {}, None
@@ -185,17 +186,101 @@ def test_bad_detection_input_is_refused_before_training(tmp_path, case):
         task, match = {"mode": "linear_probe"}, "must be full or frozen"
     elif case == "scene_and_chips":
         data["image"], match = str(tmp_path / "c0.png"), "one of the two"
-    else:
+    elif case == "class_weights":
         task, match = {"class_weights": "balanced"}, "class_weights is for segmentation"
+    elif case in ("unknown_image", "nan_box", "sizes"):
+        raw = json.loads(coco.read_text())
+        if case == "unknown_image":
+            raw["annotations"][0]["image_id"], match = 99, "image_id 99, which 'images' does not list"
+        elif case == "nan_box":
+            raw["annotations"][0]["bbox"][2], match = float("nan"), "must be finite numbers"
+        else:
+            raw["images"][1]["width"], match = 80, "chips of 2 sizes"
+        coco.write_text(json.dumps(raw))
+    elif case == "head_channels":
+        task, match = {"head_channels": 128}, "task.head_channels does not apply to a detection task"
+    elif case == "crop_on_chips":
+        data["crop"], match = 512, "data.crop does not apply to a detection task on COCO chips"
+    else:
+        task, match = {"class_names": ["a", "b"]}, "the categories name the classes"
     with pytest.raises((ValueError, ConfigError), match=match):
         finetune(from_dict(_raw(data=data, task=task, train={"out_dir": str(tmp_path / "run")})))
     assert not (tmp_path / "run" / "det.safetensors").exists()
 
 
+def test_crowd_regions_are_not_trained_on_and_excuse_detections_in_evaluation(tmp_path):
+    from skysense_fast.metrics import DetectionMetrics
+
+    coco = _chips(tmp_path, n=2)
+    raw = json.loads(coco.read_text())
+    raw["annotations"].append({"id": 99, "image_id": 0, "bbox": [0, 0, 30, 30], "category_id": 5, "iscrowd": 1})
+    coco.write_text(json.dumps(raw))
+    sample = CocoChips(str(coco))[0]
+    assert len(sample["boxes"]) == 2 and sample["crowd_boxes"].tolist() == [[0, 0, 30, 30]]
+    truth = {k: sample[k] for k in ("boxes", "labels", "crowd_boxes", "crowd_labels")}
+    found = {"boxes": torch.cat([sample["boxes"], torch.tensor([[2.0, 2, 28, 28]])]),
+             "scores": torch.tensor([0.9, 0.8, 0.95]), "labels": torch.cat([sample["labels"], torch.tensor([0])])}
+    scores = {}
+    for crowd in (True, False):
+        m = DetectionMetrics(["bright", "dark"])
+        m.update([found], [truth if crowd else {k: truth[k] for k in ("boxes", "labels")}])
+        scores[crowd] = m.compute()["map_50"]
+    assert scores[True] == pytest.approx(1.0) and scores[False] < 1.0   # the box in the crowd region: no FP
+
+
+def test_the_head_decodes_boxes_in_float32_under_bfloat16_autocast():
+    model = _tiny_detector().eval()
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        found = model(x)[0]
+    assert found["boxes"].dtype == torch.float32 and found["scores"].dtype == torch.float32
+    assert len(found["boxes"]) and not torch.all(found["boxes"] == found["boxes"].round())   # not on a bf16 grid
+
+
+def test_neighbouring_tiles_keep_one_box_of_an_object_and_distinct_objects_stay():
+    from skysense_fast.infer.predict_boxes import _between_neighbours
+
+    row = lambda x0, score, cls=0: [x0, 0, x0 + 40, 40, score, cls]  # noqa: E731
+    found = {(0, 0): np.array([row(100, 0.9), row(0, 0.5)]),            # the object at 100 twice, one far off
+             (0, 1): np.array([row(102, 0.8), row(101, 0.7, cls=1)]),   # ... and once as another class
+             (1, 1): np.array([row(100, 0.9)])}                          # a tie: the later tile's goes
+    kept = {at: _between_neighbours(found, at, 0.5) for at in found}
+    assert kept[(0, 0)][:, 4].tolist() == [0.9, 0.5]
+    assert kept[(0, 1)][:, 5].tolist() == [1.0]
+    assert len(kept[(1, 1)]) == 0
+
+
+def test_scene_validation_scores_what_each_window_shows(tmp_path):
+    from rasterio.transform import from_origin
+
+    from skysense_fast.finetune.detection_data import SceneDetectionData
+
+    image = tmp_path / "scene.tif"
+    with rasterio.open(image, "w", driver="GTiff", height=128, width=128, count=3, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 5000000, 1, 1)) as f:
+        f.write(np.full((3, 128, 128), 120, np.uint8))
+    boxes = [(10, 10, 30, 30), (54, 10, 90, 30), (70, 70, 90, 90)]   # the second crosses x = 64
+    layer = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32633"}},
+             "features": [{"type": "Feature", "properties": {"class": 1}, "geometry": {"type": "Polygon",
+                           "coordinates": [[[500000 + x, 5000000 - y] for x, y in
+                                            ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]]}}
+                          for x0, y0, x1, y1 in boxes]}
+    (tmp_path / "boxes.geojson").write_text(json.dumps(layer))
+    data = SceneDetectionData(str(image), str(tmp_path / "boxes.geojson"), crop=32, block=64, val_fraction=0.5,
+                              seed=0)
+    assert data.classes.values == (1,) and data.boxes.tolist() == [list(map(float, b)) for b in boxes]
+    assert data.split.val == ((0, 64), (64, 64))   # seed 0: the blocks right of x = 64 held out
+    truths = {w: data.val_sample(w)["boxes"].tolist() for w in data.val_windows()}
+    # the box crossing x = 64 counts in its held-out block as what it shows there (x 64..90), the one in the
+    # training block (0, 0) not at all; every other window holds no truth
+    assert {w: b for w, b in truths.items() if b} == {(0, 64, 32): [[0.0, 10.0, 26.0, 30.0]],
+                                                     (64, 64, 32): [[6.0, 6.0, 26.0, 26.0]]}
+    assert len(truths) == 8
+
+
 def test_official_dior_recipe_builds_on_meta():
-    from skysense_fast.config import read_yaml
+    from skysense_fast.config import parse, read_yaml
     from skysense_fast.finetune.config import FinetuneConfig
-    from skysense_fast.config import parse
     from skysense_fast.train.optim import param_groups
 
     cfg = parse(FinetuneConfig, read_yaml("configs/finetune/dior-2b.yaml"))

@@ -90,6 +90,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from skysense_fast.data import open_raster
     from skysense_fast.infer import embed_scene
 
+    _tiling(args)
     listed = _scene_list(args)
     if listed is None:
         with open_raster(args.input, bands=3) as ds:  # a missing or unusable input fails before the model loads
@@ -354,6 +355,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return {"done": 0, "stopped": 0, "nan": 3}[result["status"]]
 
 
+def _tiling(args: argparse.Namespace, detection: bool = False) -> None:
+    """--tile / --overlap where not given: 256 / 64 for maps; 800 / 256 for boxes (DIOR's chip size,
+    and an overlap no smaller than the objects a tile's edge may cut: see infer.predict_boxes)."""
+    tile, overlap = (800, 256) if detection else (256, 64)
+    args.tile = tile if args.tile is None else args.tile
+    args.overlap = min(overlap, max(0, args.tile - 32)) if args.overlap is None else args.overlap
+
+
 def _load_task(args: argparse.Namespace):
     from skysense_fast.finetune import load_task
 
@@ -364,12 +373,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
     from skysense_fast.data import open_raster
+    from skysense_fast.finetune.task import read_task_spec
     from skysense_fast.infer.predict import predict_scene
 
     listed = _scene_list(args)
     if listed is None:
         with open_raster(args.input) as ds:  # a missing or unusable input fails before the model loads
             H, W = ds.height, ds.width
+    detection = read_task_spec(args.task).kind == "detection"
+    _tiling(args, detection)
+    if listed is None:
         _announce_tiles(H, W, args.tile, args.overlap, "predicting")
     task = _load_task(args)
 
@@ -378,7 +391,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             return predict_scene(task, src, dst, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                                  device=_rank_device(args.device),
                                  dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
-                                 progress=args.progress, resume=args.resume, chunk_rows=args.chunk_rows,
+                                 progress=args.progress, chunk_rows=args.chunk_rows,
+                                 # a list's --resume skips whole scenes (run_scenes); a detection runs one go
+                                 resume=args.resume and not (detection and listed is not None),
                                  hr_scale=args.hr_scale, probabilities=args.probabilities, distribute=distribute,
                                  image2=args.image2, hr_scale2=args.hr_scale2, score_threshold=args.score_threshold,
                                  **_series_kw(args))
@@ -388,7 +403,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if listed is not None:
         return _run_list(args, listed, lambda scene, dst: predict(scene.src, dst, distribute=False), "predict",
-                         ".gpkg" if task.spec.kind == "detection" else ".tif")
+                         ".gpkg" if detection else ".tif")
     t0 = time.perf_counter()
     info = predict(args.input, args.output)
     took = f"{info['tiles']} tiles run by this process in {time.perf_counter() - t0:.1f} s"
@@ -410,6 +425,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("evaluate: --image needs --labels (a class raster or a vector layer; detection: a vector "
                          "layer of boxes)")
     task = _load_task(args)
+    _tiling(args, task.spec.kind == "detection")
     if args.chip_dir is not None and (args.chips is None or task.spec.kind != "detection"):
         raise InputError("evaluate: --chip-dir is the image folder of a detection task's COCO --chips")
     if args.chips is not None and task.spec.kind == "detection":

@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                             + ("" if band_order else "; default: the task's"))
 
     def tile_args(q):
-        q.add_argument("--tile", type=int, default=256, help="tile size in pixels (multiple of 32)")
-        q.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels (multiple of 32)")
+        q.add_argument("--tile", type=int, help="tile size in pixels (multiple of 32; default 256, detection 800)")
+        q.add_argument("--overlap", type=int, help="tile overlap in pixels (multiple of 32; default 64, detection 256: "
+                                                   "objects larger than the overlap may be cut at tile seams)")
         q.add_argument("--batch-size", type=int, default=4)
         q.add_argument("--device", default="cpu")
 

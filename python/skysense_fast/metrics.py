@@ -129,17 +129,25 @@ class DetectionMetrics:
             raise InputError(f"detection metrics need torchmetrics' detection module: {e}") from None
         if not _PYCOCOTOOLS_AVAILABLE:
             raise InputError("detection metrics need pycocotools (pip install 'skysense-fast[detection]')")
-        self.class_names = list(class_names)
+        self.class_names, self.device = list(class_names), torch.device(device or "cpu")
         self.all = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools").to(device or "cpu")
         self.at_50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=[0.5],
                                           class_metrics=True, backend="pycocotools").to(device or "cpu")
         self.images = self.boxes = 0
 
     def update(self, preds: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> None:
+        """``targets`` may also hold ``crowd_boxes`` / ``crowd_labels``: regions COCO neither
+        counts as objects to find nor holds detections in against a model."""
         preds = [{k: p[k].detach() for k in ("boxes", "scores", "labels")} for p in preds]
-        targets = [{k: t[k] for k in ("boxes", "labels")} for t in targets]
+        truths = []
+        for t in targets:
+            boxes, labels = t["boxes"], t["labels"]
+            crowd_boxes = t.get("crowd_boxes", boxes[:0])
+            crowd_labels = t.get("crowd_labels", labels[:0])
+            truths.append({"boxes": torch.cat([boxes, crowd_boxes]), "labels": torch.cat([labels, crowd_labels]),
+                           "iscrowd": torch.cat([torch.zeros_like(labels), torch.ones_like(crowd_labels)])})
         for m in (self.all, self.at_50):
-            m.update(preds, targets)
+            m.update(preds, truths)
         self.images += len(targets)
         self.boxes += sum(len(t["labels"]) for t in targets)
 
@@ -152,7 +160,8 @@ class DetectionMetrics:
         # classes without a truth or a prediction are absent from COCO's table (-1 there): not given
         out["ap_50_per_class"] = {self.class_names[int(c)]: float(v) for c, v in zip(present, per, strict=True)
                                   if v >= 0}
-        counts = torch.tensor([self.images, self.boxes], dtype=torch.int64, device=res["map"].device)
+        # on this rank's device: NCCL reduces CUDA tensors only (pycocotools' results are on the CPU)
+        counts = torch.tensor([self.images, self.boxes], dtype=torch.int64, device=self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():   # as torchmetrics syncs
             torch.distributed.all_reduce(counts)
         out["images"], out["boxes"] = int(counts[0]), int(counts[1])

@@ -218,6 +218,18 @@ def _validate_detection(cfg: FinetuneConfig) -> None:
     scene = d.image is not None or d.labels is not None
     require(scene != (d.chips is not None), "a detection task reads a scene (data.image and data.labels, a vector "
                                             "layer of boxes) or COCO chips (data.chips): one of the two")
+    # fields a detection task has no use for are refused, not silently ignored
+    fixed = {"task": (t, TaskSection(), ("features", "head_channels", "dropout")),
+             "data": (d, FinetuneDataSection(), () if scene else ("crop", "block", "label_field", "hr_scale"))}
+    for section, (given, default, names) in fixed.items():
+        for name in names:
+            require(getattr(given, name) == getattr(default, name),
+                    f"{section}.{name} does not apply to a detection task" + (
+                        " (its head is the DIOR recipe's: FPN 256, two 1024-wide FCs)" if section == "task" else
+                        " on COCO chips (whole 8-bit chips, boxes from the JSON)"))
+    require(scene or t.class_names is None or t.classes is not None,
+            "task.class_names on COCO chips: the categories name the classes (task.classes picks category ids, and "
+            "task.class_names then renames them)")
     if scene:
         for name in ("image", "labels"):
             path = getattr(d, name)

@@ -8,9 +8,9 @@ them; a validation window scores the boxes whose centre lies in its part of a he
 
 Chips (``data.chips``: a COCO JSON of ``images`` / ``annotations`` (``bbox`` = x, y, w, h) /
 ``categories``, the format of the official DIOR recipe; the images in ``data.chip_dir``, by
-default the JSON's folder): the category ids are the class values, crowd boxes are left out as
-mmdet does. Samples are dicts: ``hr`` (3, H, W) normalised, ``boxes`` (n, 4) float32 xyxy
-pixels, ``labels`` (n,) class indices.
+default the JSON's folder): the category ids are the class values; crowd boxes are not trained
+on (as mmdet) and are COCO's crowd regions in the evaluation. Samples are dicts: ``hr`` (3, H, W)
+normalised, ``boxes`` (n, 4) float32 xyxy pixels, ``labels`` (n,) class indices.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, sc
 from ..data.labels import ClassMap
 from ..errors import InputError
 from .augment import d4_transform
-from .boxes import centres_in, clip, d4_boxes, in_window, vector_boxes
+from .boxes import area, centres_in, clip, d4_boxes, in_window, vector_boxes
 from .chips import read_chip
 from .split import spatial_split
 
@@ -36,7 +36,10 @@ logger = logging.getLogger(__name__)
 def turned(sample: dict, k: int) -> dict:
     """A sample under symmetry k of :func:`~.augment.d4_transform`, its boxes alike."""
     h, w = sample["hr"].shape[-2:]
-    return {**sample, "hr": d4_transform(sample["hr"], k), "boxes": d4_boxes(sample["boxes"], k, h, w)}
+    out = {**sample, "hr": d4_transform(sample["hr"], k), "boxes": d4_boxes(sample["boxes"], k, h, w)}
+    if "crowd_boxes" in sample:
+        out["crowd_boxes"] = d4_boxes(sample["crowd_boxes"], k, h, w)
+    return out
 
 
 class SceneDetectionData:
@@ -99,15 +102,18 @@ class SceneDetectionData:
                 for r in range(r0, r0 + h, self.crop) for c in range(c0, c0 + w, self.crop)]
 
     def val_sample(self, window, ds=None) -> dict:
-        """The window's image; as truth the boxes whose centre lies in its part of its block (in the
-        window's pixels); ``region``: that part, where predictions are scored."""
+        """The window's image; as truth what it shows of the boxes whose visible part is centred in
+        its part of its block (in the window's pixels); ``region``: that part, where detections are
+        scored by their centre too."""
         r, c, size = window
         block = self.split.block
         br, bc = (r // block) * block, (c // block) * block
         y1, x1 = min(r + size, br + block, self.height), min(c + size, bc + block, self.width)
         sample = self.read(r, c, size, ds)
-        own = centres_in(self.boxes, c, r, x1, y1)
-        cut = clip(self.boxes[own], c, r, c + size, r + size) - np.array([c, r, c, r], np.float64)
+        # what the window shows of each box, chosen by its centre as the detections are (trainer._within)
+        cut = clip(self.boxes, c, r, c + size, r + size)
+        own = centres_in(cut, c, r, x1, y1) & (area(cut) > 0)
+        cut = cut[own] - np.array([c, r, c, r], np.float64)
         sample["boxes"] = torch.from_numpy(cut.astype(np.float32)).reshape(-1, 4)
         sample["labels"] = torch.from_numpy(self.labels[own].astype(np.int64))
         sample["region"] = torch.tensor([0.0, 0.0, x1 - c, y1 - r])
@@ -138,14 +144,23 @@ class CocoChips(torch.utils.data.Dataset):
             root = images if images is not None else os.path.dirname(os.path.abspath(annotations))
             self.ids = [int(im["id"]) for im in raw["images"]]
             self.paths = [os.path.join(root, str(im["file_name"])) for im in raw["images"]]
+            self.sizes = {(im.get("width"), im.get("height")) for im in raw["images"]}
             per: dict[int, list] = {i: [] for i in self.ids}
+            crowd: dict[int, list] = {i: [] for i in self.ids}
             dropped = 0
             for a in raw["annotations"]:
                 x, y, w, h = (float(v) for v in a["bbox"])
-                if a.get("iscrowd", 0) or w < 1 or h < 1:
+                image = int(a["image_id"])
+                if image not in per:
+                    raise InputError(f"{what} {annotations}: annotation {a.get('id', '?')} is of image_id {image}, "
+                                     "which 'images' does not list")
+                if not all(np.isfinite((x, y, w, h))):
+                    raise InputError(f"{what} {annotations}: annotation {a.get('id', '?')} has bbox {a['bbox']}: "
+                                     "x, y, w, h must be finite numbers")
+                if w < 1 or h < 1:
                     dropped += 1
                     continue
-                per[int(a["image_id"])].append((x, y, x + w, y + h, int(a["category_id"])))
+                (crowd if a.get("iscrowd", 0) else per)[image].append((x, y, x + w, y + h, int(a["category_id"])))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{what} {annotations}: not a COCO detection file ({type(e).__name__}: {e}): images "
                              "need id and file_name, annotations image_id, bbox [x, y, w, h] and category_id, "
@@ -162,22 +177,36 @@ class CocoChips(torch.utils.data.Dataset):
             raise InputError(f"{what} {annotations}: {len(missing)} listed image(s) do not exist, e.g. {missing[0]} "
                              "(data.chip_dir: the folder holding them)")
         if dropped:
-            logger.info(f"{annotations}: {dropped} crowd or sub-pixel box(es) left out")
-        self.targets = []
-        for i in self.ids:
-            rows = np.array(per[i], np.float64).reshape(-1, 5)
-            labels = self.classes.to_index(rows[:, 4].astype(np.int64), np.ones(len(rows), bool), annotations)
-            self.targets.append((torch.from_numpy(rows[:, :4].astype(np.float32)),
-                                 torch.from_numpy(labels.astype(np.int64))))
+            logger.info(f"{annotations}: {dropped} box(es) under a pixel wide or high left out")
+        self.targets = [self._rows(per[i], annotations) for i in self.ids]
+        self.crowds = [self._rows(crowd[i], annotations) for i in self.ids]
         if not any(len(b) for b, _ in self.targets):
             raise InputError(f"{what} {annotations} holds no box")
+
+    def _rows(self, rows: list, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+        a = np.array(rows, np.float64).reshape(-1, 5)
+        labels = self.classes.to_index(a[:, 4].astype(np.int64), np.ones(len(a), bool), where)
+        return torch.from_numpy(a[:, :4].astype(np.float32)), torch.from_numpy(labels.astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        boxes, labels = self.targets[i]
-        return {"hr": read_chip(self.paths[i], self.stats), "boxes": boxes.clone(), "labels": labels.clone()}
+        """The chip's sample; its crowd regions (``iscrowd``: trained on as neither object nor
+        background by mmdet, left out here) ride along for the evaluation alone."""
+        (boxes, labels), (crowd, crowd_labels) = self.targets[i], self.crowds[i]
+        return {"hr": read_chip(self.paths[i], self.stats), "boxes": boxes.clone(), "labels": labels.clone(),
+                "crowd_boxes": crowd.clone(), "crowd_labels": crowd_labels.clone()}
 
     def counts(self) -> np.ndarray:
         return np.bincount(torch.cat([lab for _, lab in self.targets]).numpy(), minlength=self.classes.num_classes)
+
+
+def check_one_size(chips, per_rank: int, what: str) -> None:
+    """Chips of several sizes (as the COCO JSON states them) batch only one to a rank: refused
+    before training, not at the first batch that mixes them."""
+    sizes = getattr(chips, "dataset", chips).sizes
+    if per_rank > 1 and len(sizes) > 1 and (None, None) not in sizes:
+        shown = sorted(sizes, key=str)[:4]
+        raise InputError(f"{what}: chips of {len(sizes)} sizes (width, height: {shown}, ...) cannot share a batch: "
+                         f"set train.batch_size to one per rank, or cut them to one size")

@@ -208,7 +208,9 @@ class TaskModel(nn.Module):
         if s.kind == "detection":   # boxes stay in the unpadded image's pixels
             with torch.no_grad() if self.frozen else contextlib.nullcontext():
                 stages = self.backbone(hr=hr)["hr_stages"]
-            return self.head(stages, hr, [(h, w)] * hr.shape[0], targets)
+            # the head in float32 under autocast too: boxes decoded in bfloat16 fall on 2-pixel steps past 256
+            with torch.autocast(hr.device.type, enabled=False):
+                return self.head([x.float() for x in stages], hr.float(), [(h, w)] * hr.shape[0], targets)
         if s.kind == "change":
             return self._change(hr, F.pad(series["hr2"], (0, -w % 32, 0, -h % 32)))[..., :h, :w]
         with torch.no_grad() if self.frozen else contextlib.nullcontext():

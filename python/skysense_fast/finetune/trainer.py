@@ -32,7 +32,7 @@ from ..train.optim import build_optimizer, build_scheduler
 from .augment import d4_transform
 from .chips import ChipDataset
 from .config import SHAPE_FIELDS, FinetuneConfig, validate
-from .detection_data import CocoChips, SceneDetectionData, turned
+from .detection_data import CocoChips, SceneDetectionData, check_one_size, turned
 from .scene_data import SceneSegmentationData
 from .series_data import SeriesSegmentationData
 from .task import DENSE, TaskModel, TaskSpec, build_task_model, save_task
@@ -145,7 +145,7 @@ def collate(samples: list[dict], what: str) -> dict:
     shapes = {tuple(s["target"].shape[-2:] if "hr" not in s else s["hr"].shape) for s in samples}
     if len(shapes) > 1:
         raise InputError(f"{what}: a batch holds images of several sizes {sorted(shapes)}; chips must share one size")
-    per_image = ("boxes", "labels", "region")
+    per_image = ("boxes", "labels", "region", "crowd_boxes", "crowd_labels")
     out: dict = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k not in per_image}
     if "boxes" in samples[0]:
         out["targets"] = [{k: s[k] for k in per_image if k in s} for s in samples]
@@ -164,6 +164,9 @@ class _Finetuning:
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.data, self.val, classes = open_data(cfg)        # bad input fails here, before the model
         t = cfg.task
+        if t.kind == "detection" and cfg.data.chips is not None:
+            check_one_size(self.data, cfg.train.batch_size // world, "data.chips")
+            check_one_size(self.val, cfg.train.batch_size, "data.val_chips")
         self.detection = t.kind == "detection"
         self.spec = TaskSpec(kind=t.kind, class_values=classes.values, class_names=tuple(classes.class_names()),
                              model_name=cfg.model.name, model_overrides=dict(cfg.model.overrides), mode=t.mode,

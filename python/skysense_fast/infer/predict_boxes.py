@@ -2,9 +2,12 @@
 
 The scene is read in overlapping tiles through the shared tiler (:func:`.tiler.run_tiles`: HR
 scaling, nodata as zero input, prefetching); each tile answers for its core (the tile less half
-the overlap on every side inside the scene), so an object cut by one tile's edge is taken from
-the tile that sees it whole; a class-wise NMS over the whole scene then merges the copies two
-neighbouring tiles still give of one object. Boxes whose centre lies on nodata are dropped.
+the overlap on every side inside the scene), so an object no larger than the overlap that one
+tile's edge cuts is taken from a tile that sees it whole. Two neighbouring tiles can still give
+one object twice (a box each side of their cores' border): a box is dropped where a neighbouring
+tile's box of its class overlaps it by more than the NMS threshold with a higher score (NMS
+between neighbours only, without the chains of a greedy pass: linear in the scene's size, where
+one NMS over a whole scene's boxes is quadratic). Boxes whose centre lies on nodata are dropped.
 """
 
 from __future__ import annotations
@@ -56,8 +59,6 @@ def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int 
                  hr_scale: str | None = None, score_threshold: float = 0.05, nms_threshold: float = 0.5) -> dict:
     """The detections of an HR GeoTIFF: {"boxes": (N, 4) float64 xyxy scene pixels, "scores",
     "labels" (class indices), "crs", "transform"}, by score, highest first."""
-    from torchvision.ops import batched_nms
-
     if task.spec.kind != "detection":
         raise InputError(f"detect_scene: the task is {task.spec.kind}; boxes need a detection task")
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
@@ -66,7 +67,19 @@ def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int 
         raise InputError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], got {score_threshold}, "
                          f"{nms_threshold}")
     model = _Boxes(task.eval().to(device))
-    found: list[np.ndarray] = []
+    roi = task.head.roi_heads
+    trained_threshold, roi.score_thresh = roi.score_thresh, score_threshold   # the head drops the boxes below
+    try:
+        return _detect(model, src, tile, overlap, batch_size, device, dtype, progress, hr_scale, score_threshold,
+                       nms_threshold)
+    finally:
+        roi.score_thresh = trained_threshold
+
+
+def _detect(model, src, tile, overlap, batch_size, device, dtype, progress, hr_scale, score_threshold,
+            nms_threshold) -> dict:
+    task = model.task
+    found: dict[tuple[int, int], np.ndarray] = {}
     with open_raster(src, bands=3) as ds:
         H, W = ds.height, ds.width
         rows, cols = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
@@ -88,14 +101,32 @@ def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int 
                 d = d[keep]
                 d[:, [0, 2]] += c
                 d[:, [1, 3]] += r
-                found.append(d)
+                found[rows.index(r), cols.index(c)] = d
         crs, transform = ds.crs, ds.transform
-    every = np.concatenate(found) if found else np.zeros((0, 6))
-    boxes, scores, labels = (torch.from_numpy(every[:, :4]), torch.from_numpy(every[:, 4]),
-                             torch.from_numpy(every[:, 5]).long())
-    keep = batched_nms(boxes, scores, labels, nms_threshold)   # sorted by score
-    return {"boxes": boxes[keep].numpy(), "scores": scores[keep].numpy(), "labels": labels[keep].numpy(),
+    every = np.concatenate([_between_neighbours(found, at, nms_threshold) for at in sorted(found)]) if found \
+        else np.zeros((0, 6))
+    every = every[np.argsort(-every[:, 4], kind="stable")]
+    return {"boxes": every[:, :4], "scores": every[:, 4], "labels": every[:, 5].astype(np.int64),
             "crs": crs, "transform": transform, "tiles": len(tiles)}
+
+
+def _between_neighbours(found: dict[tuple[int, int], np.ndarray], at: tuple[int, int], iou: float) -> np.ndarray:
+    """The boxes of tile ``at`` that no box of its class in one of the eight neighbouring tiles
+    overlaps by more than ``iou`` with a higher score (a tie: the later tile's box is dropped)."""
+    from torchvision.ops import box_iou
+
+    mine = found[at]
+    drop = np.zeros(len(mine), bool)
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            other = found.get((at[0] + di, at[1] + dj))
+            if (di, dj) == (0, 0) or other is None or not len(other) or not len(mine):
+                continue
+            overlap = box_iou(torch.from_numpy(mine[:, :4]), torch.from_numpy(other[:, :4])).numpy() > iou
+            same = mine[:, 5:6] == other[None, :, 5]
+            better = (other[None, :, 4] > mine[:, 4:5]) | ((other[None, :, 4] == mine[:, 4:5]) & ((di, dj) < (0, 0)))
+            drop |= (overlap & same & better).any(1)
+    return mine[~drop]
 
 
 def write_boxes(path: str, found: dict, classes) -> None:
