@@ -154,6 +154,13 @@ def test_coco_chips_train_evaluate_and_keep_their_category_ids(tmp_path):
     assert task.spec.class_values == (5, 9) and task.spec.inputs == ("hr",)
     scores = evaluate_coco(task, str(coco), batch_size=3)
     assert scores["images"] == 6 and scores["boxes"] == 12 and set(scores["ap_50_per_class"]) <= {"bright", "dark"}
+    # a hub-style folder names the task on its card; export refuses boxes (not a tensor program yet)
+    assert main(["save-pretrained", "-o", str(tmp_path / "card"), "--task", str(out / "det.safetensors"),
+                 "--license", "cc-by-4.0"]) == 0
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "  - object-detection" in card and "detection (Faster R-CNN with FPN)" in card
+    assert load_task(tmp_path / "card").spec == task.spec
+    assert main(["export", "--task", str(out / "det.safetensors"), "-o", str(tmp_path / "det.pt2")]) == 2
 
 
 @pytest.mark.parametrize("case", ["not_json", "no_lists", "stray_category", "missing_image", "raster_labels",

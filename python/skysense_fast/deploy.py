@@ -50,6 +50,9 @@ def task_program(task, size: int, where: str) -> tuple[nn.Module, tuple[torch.Te
     """(module, example inputs) of a task model: HR (+ latlon) -> logits; a change task's two
     dates -> change logits. Tasks on Sentinel series are not exported yet."""
     hr = torch.randn(1, task.config.hr_in_chans, size, size)
+    if task.spec.kind == "detection":
+        raise InputError(f"export --task: {where} is a detection task; its boxes (a list per image, NMS inside) are "
+                         "not exported yet: run it with `skysense-fast predict`")
     if task.spec.kind == "change":
         return positional(task, ("hr", "hr2"), None), (hr, torch.randn_like(hr))
     if task.spec.inputs != ("hr",):

@@ -232,13 +232,21 @@ def _stats_table(norm: dict, bands: dict) -> str:
     return "\n".join(rows)
 
 
+# the hub's task tag and the head of each task kind, for the model card
+TASK_TAGS = {"segmentation": "image-segmentation", "change": "image-segmentation", "temporal": "image-segmentation",
+             "classification": "image-classification", "detection": "object-detection"}
+TASK_HEADS = {"segmentation": "UPerNet", "change": "UPerNet on the two dates' stage maps differenced",
+              "temporal": "FCN on the fused map", "classification": "pooled linear",
+              "detection": "Faster R-CNN with FPN"}
+
+
 def model_card(meta: dict, params: int) -> str:
     """A README.md model card: front matter for the hub, architecture, inputs, licence, citation."""
     cfg, task, lic = meta["model"], meta.get("task"), meta.get("license")
     front = ["---", f"license: {_spdx(lic)}", "library_name: skysense_fast",
              "tags:", "  - remote-sensing", "  - earth-observation", "  - skysense", "  - safetensors"]
     if task is not None:
-        front += [f"  - {'image-segmentation' if task['kind'] == 'segmentation' else 'image-classification'}"]
+        front += [f"  - {TASK_TAGS.get(task['kind'], task['kind'])}"]
     front.append("---")
     hr_dims = [cfg["hr_embed_dim"] * 2 ** i for i in range(len(cfg["hr_depths"]))]
     lines = [*front, "", f"# {meta['name']}", ""]
@@ -260,8 +268,9 @@ def model_card(meta: dict, params: int) -> str:
     ]
     if task:
         names = ", ".join(f"{v} {n}" for v, n in zip(task["class_values"], task["class_names"], strict=True))
-        lines += [f"- Task head: {task['kind']} ({'UPerNet' if task['kind'] == 'segmentation' else 'pooled linear'}"
-                  f"), inputs {', '.join(task['inputs'])}; classes: {names}"]
+        head = "linear probe" if task["mode"] == "linear_probe" and task["kind"] != "classification" else \
+            TASK_HEADS.get(task["kind"], task["kind"])
+        lines += [f"- Task head: {task['kind']} ({head}), inputs {', '.join(task['inputs'])}; classes: {names}"]
     lines += ["", "## Inputs and their statistics", "",
               "Inputs are normalised as `(x - mean) / std` per band with these values (HR on 0-255, "
               "Sentinel-2 L2A digital numbers without the processing-baseline offset, Sentinel-1 in dB):", "",
