@@ -4,6 +4,7 @@ exact resume, the task file, and the class map ``predict`` writes."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
+from skysense_fast.cli import main
 from skysense_fast.config import ConfigError, parse
 from skysense_fast.data.demo_data import write_chips, write_scene
 from skysense_fast.data.labels import IGNORE_INDEX
@@ -275,6 +277,25 @@ def test_classification_on_chips_and_evaluate(demo, tmp_path):
     scores = evaluate_chips(task, str(demo / "chips"))
     assert 0 <= scores["overall_accuracy"] <= 1 and scores["chips"] == sum(1 for _ in (demo / "chips").rglob("*.png"))
 
+    # predict labels the chips as a CSV: the same answers evaluate scores (its accuracy, recomputed)
+    out = tmp_path / "labels.csv"
+    assert main(["predict", str(demo / "chips"), "-o", str(out), "--task", str(tmp_path / "cls.safetensors"),
+                 "--batch-size", "5"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    names = list(task.spec.class_names)
+    assert len(rows) == scores["chips"] and {r["label"] for r in rows} <= set(names)
+    for r in rows:
+        p = [float(r[f"p_{n}"]) for n in names]
+        assert abs(sum(p) - 1) < 1e-4 and float(r["probability"]) == max(p) and names[p.index(max(p))] == r["label"]
+    right = sum(r["label"] == os.path.basename(os.path.dirname(r["file"])) for r in rows)
+    assert right / len(rows) == pytest.approx(scores["overall_accuracy"], abs=1e-6)
+    assert main(["predict", str(demo / "chips"), "-o", str(tmp_path / "x.tif"), "--task",
+                 str(tmp_path / "cls.safetensors")]) == 2
+    assert main(["predict", str(demo / "chips"), "-o", str(out), "--task", str(tmp_path / "cls.safetensors"),
+                 "--probabilities", str(tmp_path / "p.tif")]) == 2
+
 
 def test_task_file_is_checked(trained, tmp_path):
     from safetensors.torch import load_file, save_file
@@ -455,3 +476,25 @@ def test_non_square_chips_train(tmp_path):
            "train": {"steps": 3, "batch_size": 2, "out_dir": str(tmp_path / "run"), "checkpoint_every": 0,
                      "progress": False}}
     assert finetune(from_dict(raw))["status"] == "done"
+
+
+def test_multi_label_chip_labels_are_the_classes_over_the_threshold(demo, tmp_path):
+    import csv
+
+    from skysense_fast.infer.predict_chips import classify_chips
+
+    torch.manual_seed(0)
+    task = build_task_model(TaskSpec("classification", (0, 1, 2), ("a", "b", "c"), multi_label=True,
+                                     mode="linear_probe")).eval()
+    info = classify_chips(task, demo / "chips", tmp_path / "l.csv", batch_size=3, threshold=0.5)
+    rows = list(csv.DictReader((tmp_path / "l.csv").open()))
+    assert info["chips"] == len(rows) > 0
+    for r in rows:
+        p = {n: float(r[f"p_{n}"]) for n in "abc"}
+        chosen = [n for n in "abc" if p[n] >= 0.5]
+        assert r["label"] == "|".join(chosen)
+        assert float(r["probability"]) == pytest.approx(min(p[n] for n in chosen) if chosen else max(p.values()))
+    with pytest.raises(InputError, match="must end in .csv"):
+        classify_chips(task, demo / "chips", tmp_path / "l.txt")
+    with pytest.raises(InputError, match="threshold must be in"):
+        classify_chips(task, demo / "chips", tmp_path / "l.csv", threshold=1.5)

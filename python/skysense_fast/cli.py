@@ -376,6 +376,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from skysense_fast.finetune.task import read_task_spec
     from skysense_fast.infer.predict import predict_scene
 
+    if os.path.exists(args.input) and read_task_spec(args.task).kind == "classification":
+        return _classify(args)
     listed = _scene_list(args)
     if listed is None:
         with open_raster(args.input) as ds:  # a missing or unusable input fails before the model loads
@@ -412,6 +414,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
               f"{info['crs']}; per class {info['per_class']}), {took}")
     elif int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {args.output}: class map of {H} x {W} pixels, classes {info['classes']}, {took}")
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    """predict with a classification task: the chips' labels as a CSV."""
+    import torch
+
+    from skysense_fast.infer.predict_chips import classify_chips
+
+    given = [f"--{k.replace('_', '-')}" for k in ("image2", "probabilities", "s2", "s1", "asset", "hr_scale")
+             if getattr(args, k)] + (["--resume"] if args.resume else [])
+    if given:
+        raise InputError(f"predict: a classification task labels 8-bit RGB chips; it takes no {', '.join(given)}")
+    task = _load_task(args)
+    t0 = time.perf_counter()
+    info = classify_chips(task, args.input, args.output, batch_size=args.batch_size, device=args.device,
+                          dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
+                          threshold=args.threshold)
+    print(f"wrote {args.output}: labels of {info['chips']} chips ({info['per_class']}) in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="the class map of an HR GeoTIFF from a fine-tuned task (a COG in the "
                                         "labels' class values, with colours and class names); a detection task's "
-                                        "boxes (a GeoPackage)")
+                                        "boxes (a GeoPackage); a classification task's chip labels (a CSV)")
     pr.add_argument("input", help="RGB GeoTIFF (8-bit, or any dtype with --hr-scale / the task's own); or a list of "
-                                  "scenes (a .txt of paths, a STAC ItemCollection .json)")
+                                  "scenes (a .txt of paths, a STAC ItemCollection .json); classification: a folder "
+                                  "of chips, a chip, or a list of them")
     pr.add_argument("-o", "--output", required=True, help="output class map (a Cloud-Optimized GeoTIFF, atomic), or "
                                                           "boxes (.gpkg); for a list, a folder")
     pr.add_argument("--asset", help="a STAC list's HR asset (default: visual, image, or its only GeoTIFF)")
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probabilities", metavar="FILE", help="also write the per-class probabilities (float32)")
     pr.add_argument("--score-threshold", type=float, default=0.05,
                     help="detection: the lowest score of a box written (the DIOR recipe's 0.05)")
+    pr.add_argument("--threshold", type=float, default=0.5,
+                    help="multi-label classification: the probability from which a chip takes a label")
     pr.add_argument("--progress", action="store_true")
     pr.add_argument("--resume", action="store_true", help="keep finished pieces in OUTPUT.parts/ and skip them "
                                                           "when rerun")
@@ -175,7 +178,8 @@ def check_common(args: argparse.Namespace) -> None:
     if output is not None:
         from skysense_fast.infer.scenes import is_scene_list
 
-        to_folder = args.cmd == "save-pretrained" or (args.cmd in ("embed", "predict") and is_scene_list(args.input))
+        to_folder = args.cmd == "save-pretrained" or (args.cmd in ("embed", "predict") and is_scene_list(args.input)
+                                                      and not output.lower().endswith(".csv"))   # chip labels
         if to_folder:    # a folder of outputs
             if os.path.exists(output) and not os.path.isdir(output):
                 raise InputError(f"-o {output} is a file; give a folder (it is created if missing)")
