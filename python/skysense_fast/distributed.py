@@ -43,3 +43,24 @@ def barrier() -> None:
 def local_rank() -> int:
     """This process's index on its node (``LOCAL_RANK``, 0 outside torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def agree(error: BaseException | None, what: str) -> None:
+    """Every rank learns whether any rank failed before the next collective (a forward under
+    FSDP2): a rank that failed raises its own error, the others an InputError saying so, instead
+    of waiting forever in a collective the failed rank never joins. One scalar all-reduce."""
+    rank, world = rank_and_world()
+    if world > 1:
+        on_gpu = dist.get_backend() == "nccl"
+        flag = torch.tensor([error is not None], dtype=torch.int32,
+                            device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        failed = bool(flag.item())
+    else:
+        failed = error is not None
+    if error is not None:
+        raise error
+    if failed:
+        from .errors import InputError
+
+        raise InputError(f"{what}: another rank failed (its message says why); rank {rank} stops too")

@@ -246,16 +246,14 @@ class _Finetuning:
     def evaluate(self, step: int) -> dict:
         """The validation metrics; under torchrun each rank scores its share of the windows (or
         chips) and torchmetrics sums the ranks' counts when computing."""
-        B, spec = self.cfg.train.batch_size, self.spec
+        spec = self.spec
         names = list(spec.class_names)
         metrics: SegmentationMetrics | ClassificationMetrics | DetectionMetrics
         if self.detection:
             metrics = DetectionMetrics(names, self.device)
             windows = self.data.val_windows() if self.scene else list(range(len(self.val)))
-            for chunk in self._share(len(windows), B):
-                use = chunk or [0]   # a rank without windows left still runs the (collective) forward
-                samples = [self.data.val_sample(windows[j]) if self.scene else self.val[windows[j]] for j in use]
-                batch = to_device(collate(samples, "validation"), self.device)
+            read = (lambda j: self.data.val_sample(windows[j])) if self.scene else (lambda j: self.val[windows[j]])
+            for chunk, batch in self._val_batches(len(windows), read):
                 found = self.model(batch["hr"])
                 if chunk:
                     metrics.update([_within(p, t.get("region")) for p, t in zip(found, batch["targets"], strict=True)],
@@ -263,29 +261,34 @@ class _Finetuning:
         elif spec.kind in DENSE:
             metrics = SegmentationMetrics(len(names), IGNORE_INDEX, names, self.device)
             windows = self.data.val_windows()
-            for chunk in self._share(len(windows), B):
-                use = chunk or [0]   # a rank without windows left still runs the (collective) forward
-                batch = collate([self.data.val_sample(windows[j]) for j in use], "validation")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+            for chunk, batch in self._val_batches(len(windows), lambda j: self.data.val_sample(windows[j])):
                 pred = self._logits(batch).argmax(1)
                 if chunk:
                     metrics.update(pred, batch["target"])
         else:
             metrics = ClassificationMetrics(len(names), spec.multi_label, names, self.device)
-            for chunk in self._share(len(self.val), B):
-                items = [self.val[j] for j in (chunk or [0])]
-                batch = collate([{"hr": x, "target": y} for x, y in items], "validation chips")
-                logits = self.model(batch["hr"].to(self.device))
+            for chunk, batch in self._val_batches(len(self.val), lambda j: dict(zip(("hr", "target"), self.val[j],
+                                                                                   strict=True))):
+                logits = self.model(batch["hr"])
                 if chunk:
-                    metrics.update(logits, batch["target"].to(self.device))
+                    metrics.update(logits, batch["target"])
         return metrics.compute()
 
-    def _share(self, n: int, batch: int) -> list[list[int]]:
-        """This rank's items of ``n`` (every world-th) in batches, as many batches on every rank
-        (FSDP's forward is collective): the last ones may be empty."""
+    def _val_batches(self, n: int, read):
+        """(indices, batch on the device) of this rank's share of ``n`` validation items (every
+        world-th), ``read(j)`` each, as many batches on every rank (FSDP's forward is collective:
+        the last ones may be empty, and then hold item 0, not scored). A rank that fails to read
+        stops every rank (:func:`~skysense_fast.distributed.agree`), none waits in a forward."""
+        B = self.cfg.train.batch_size
         mine = list(range(self.rank, n, self.world))
-        per_rank = -(-n // self.world)
-        return [mine[i:i + batch] for i in range(0, per_rank, batch)]
+        for i in range(0, -(-n // self.world), B):
+            chunk = mine[i:i + B]
+            try:
+                batch, error = to_device(collate([read(j) for j in chunk or [0]], "validation"), self.device), None
+            except Exception as e:
+                batch, error = None, e
+            distributed.agree(error, "validation")
+            yield chunk, batch
 
 
 def _within(found: dict, region: torch.Tensor | None) -> dict:

@@ -225,7 +225,11 @@ def run(trainee: Trainee, train: TrainSection, *, config: dict, shape_fields: di
                 status = "stopped"
                 break
             t0 = time.perf_counter()
-            batch = next(batches)
+            try:
+                batch, error = next(batches), None
+            except Exception as e:   # bad data on one rank: every rank stops, none waits in a collective
+                batch, error = None, e
+            distributed.agree(error, f"{what} step {step}")
             extras: dict[str, float] = {}
 
             def after(s: int = step, e: dict[str, float] = extras) -> None:   # (defaults bind this step's)
