@@ -4,6 +4,8 @@ config, a crop map from predict over a grid, bad input refused before any work."
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import rasterio
@@ -136,3 +138,26 @@ def test_windows_blend_into_the_map_of_one_read(crops, tmp_path):
                       s2=crops / "s2")
         with rasterio.open(tmp_path / "m.tif") as m:
             np.testing.assert_array_equal(m.read(1), want, err_msg=f"tile {tile}, overlap {overlap}")
+
+
+def test_resumable_pieces_and_two_ranks_give_the_one_pass_map(crops, trained, tmp_path):
+    """Resumable pieces (--resume) and a two-rank torchrun make the map one pass makes."""
+    import shutil
+    import subprocess
+    import sys
+
+    task = load_task(trained["weights"])
+    kw = dict(tile=24, overlap=8, s2=crops / "s2")
+    predict_scene(task, crops / "crops.tif", tmp_path / "one.tif", **kw)
+    predict_scene(task, crops / "crops.tif", tmp_path / "pieces.tif", resume=True, chunk_rows=7, **kw)
+    with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "pieces.tif") as b:
+        one = a.read(1)
+        np.testing.assert_array_equal(one, b.read(1))
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    r = subprocess.run([torchrun, "--nproc_per_node=2", "-m", "skysense_fast.cli", "predict", str(crops / "crops.tif"),
+                        "--s2", str(crops / "s2"), "-o", str(tmp_path / "ranks.tif"), "--task", trained["weights"],
+                        "--tile", "24", "--overlap", "8", "--chunk-rows", "10"], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with rasterio.open(tmp_path / "ranks.tif") as m:
+        np.testing.assert_array_equal(one, m.read(1))

@@ -76,17 +76,16 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
     if spec.kind == "temporal":   # Sentinel series alone: src is the grid whose pixels are predicted
         if image2 is not None:
             raise InputError("predict: --image2 is the second date of a change task; this task is temporal")
-        if resume or (distribute and int(os.environ.get("WORLD_SIZE", "1")) > 1):
-            raise InputError("predict: a temporal task's map is made in one process and one go (no --resume, no "
-                             "torchrun over one grid yet); a list of grids spreads whole grids over the ranks")
+        if chunk_rows < 1:
+            raise InputError(f"chunk_rows must be >= 1, got {chunk_rows}")
         from .predict_series import predict_series_scene
 
         return predict_series_scene(
             task, src, dst, series={"s2": series_input(s2, s2_dates, "s2", s2_band_order or spec.s2_band_order),
                                     "s1": series_input(s1, s1_dates, "s1")},
-            tile=tile, overlap=overlap, batch_size=batch_size,
-            device=device, dtype=dtype, progress=progress,
-            probabilities=None if probabilities is None else os.fspath(probabilities))
+            tile=tile, overlap=overlap, batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+            probabilities=None if probabilities is None else os.fspath(probabilities), resume=resume,
+            chunk_rows=chunk_rows, distribute=distribute)
     if tile % SCALE or overlap % SCALE or not (0 <= overlap < tile):
         raise InputError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {SCALE} with 0 <= overlap < tile")
     if chunk_rows < 1:

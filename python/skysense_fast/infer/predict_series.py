@@ -2,7 +2,8 @@
 (a raster whose pixels are the ones predicted, e.g. the label raster or any 10 m raster of
 the area), each series read onto each window, the task's probabilities blended with cosine
 weights where windows overlap, rows of windows streamed into the class-map COG (one row of
-windows in memory). Pixels no acquisition holds valid data for are nodata."""
+windows in memory), or resumable pieces over torchrun's ranks. Pixels no acquisition holds
+valid data for are nodata."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import os
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.geotiff import open_raster
 from ..data.series import BAND_COUNT, check_coverage, read_pixels_on_grid, series_files
 from ..errors import InputError
 from ..progress import bar
 from .class_map import ClassMapSink
-from .runner import refuse_to_overwrite_an_input, stream
+from .runner import model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .tiler import blend_weight
 
 
@@ -118,9 +120,12 @@ class _SeriesRows:
 
 def predict_series_scene(task, grid: str | os.PathLike, dst: str | os.PathLike, *, series: dict, tile: int = 64,
                          overlap: int = 16, batch_size: int = 4, device="cpu", dtype=torch.float32,
-                         progress: bool = False, probabilities: str | None = None) -> dict:
+                         progress: bool = False, probabilities: str | None = None, resume: bool = False,
+                         chunk_rows: int = 256, distribute: bool = True) -> dict:
     """The class map of a temporal task on ``grid``'s pixels (``series``: the acquisitions by
-    kind, as :func:`~skysense_fast.data.series.series_input` gives them)."""
+    kind, as :func:`~skysense_fast.data.series.series_input` gives them). With ``resume`` or
+    under torchrun (``distribute``) the rows are made as resumable pieces of ``chunk_rows`` spread
+    over the ranks and joined by rank 0, as the HR tasks' maps (:func:`.runner.run_in_pieces`)."""
     if tile < 8 or not 0 <= overlap < tile:
         raise InputError(f"tile ({tile}) must be >= 8 grid pixels and 0 <= overlap ({overlap}) < tile")
     given = tuple(k for k, v in series.items() if v)
@@ -139,5 +144,18 @@ def predict_series_scene(task, grid: str | os.PathLike, dst: str | os.PathLike, 
         profile = dict(driver="GTiff", height=g.height, width=g.width, crs=g.crs, transform=g.transform, tiled=True,
                        blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
         run = _SeriesRows(task, g, series, tile, overlap, batch_size, device, dtype, progress)
-        stream(run, ClassMapSink(dst + ".partial", profile, task.spec.classes, probabilities), 0, g.height, dst)
+
+        def sink(path: str) -> ClassMapSink:
+            return ClassMapSink(path, profile, task.spec.classes, probabilities)
+
+        rank, world = distributed.init() if distribute else (0, 1)
+        if world == 1 and not resume:
+            stream(run, sink(dst + ".partial"), 0, g.height, dst)
+        else:
+            run_in_pieces(run, dst, dict(profile, dtype="float32", nodata=float("nan")), "probs", chunk_rows, resume,
+                          rank, world, final_sink=sink,
+                          manifest={"src": os.path.abspath(os.fspath(grid)), "tile": tile, "overlap": overlap,
+                                    "output": "class_map", "shape": [g.height, g.width], "chunk_rows": chunk_rows,
+                                    "model": model_fingerprint(task), "dtype": str(dtype),
+                                    "series": series_files(series)})
         return {"tiles": run.tiles_run, "shape": (1, g.height, g.width), "classes": list(task.spec.class_values)}

@@ -122,7 +122,7 @@ def stream(run: Rows, sink, y0: int, y1: int, final: str | None = None) -> None:
         raise
 
 
-def run_in_pieces(run: TileRun, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
+def run_in_pieces(run: Rows, dst: str, profile: dict, output: str, chunk_rows: int, resume: bool, rank: int,
                   world: int, manifest: dict, final_sink=None) -> int:
     """The rows of ``run`` as resumable pieces spread over the ranks, joined by rank 0 into
     ``dst`` through ``final_sink(path)`` (default: a float GeoTIFF of the blended maps)."""
