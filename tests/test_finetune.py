@@ -291,6 +291,15 @@ def test_classification_on_chips_and_evaluate(demo, tmp_path):
         assert abs(sum(p) - 1) < 1e-4 and float(r["probability"]) == max(p) and names[p.index(max(p))] == r["label"]
     right = sum(r["label"] == os.path.basename(os.path.dirname(r["file"])) for r in rows)
     assert right / len(rows) == pytest.approx(scores["overall_accuracy"], abs=1e-6)
+    # the CSV reads back as a chips CSV (paths relative to it): scored on its own answers, all right
+    assert evaluate_chips(task, str(out))["overall_accuracy"] == 1.0
+    # a .txt list of the chips (names repeat across class folders: no output of their own, so allowed)
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted((demo / "chips").rglob("*.png"))) + f"{rows[0]['file']}\n")   # relative: to the list
+    assert main(["predict", str(listing), "-o", str(tmp_path / "again.csv"), "--task",
+                 str(tmp_path / "cls.safetensors")]) == 0
+    again = list(csv.DictReader((tmp_path / "again.csv").open()))
+    assert [r["label"] for r in again] == [r["label"] for r in rows] + [rows[0]["label"]]
     assert main(["predict", str(demo / "chips"), "-o", str(tmp_path / "x.tif"), "--task",
                  str(tmp_path / "cls.safetensors")]) == 2
     assert main(["predict", str(demo / "chips"), "-o", str(out), "--task", str(tmp_path / "cls.safetensors"),

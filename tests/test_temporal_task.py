@@ -161,3 +161,29 @@ def test_resumable_pieces_and_two_ranks_give_the_one_pass_map(crops, trained, tm
     assert r.returncode == 0, r.stderr[-3000:]
     with rasterio.open(tmp_path / "ranks.tif") as m:
         np.testing.assert_array_equal(one, m.read(1))
+
+
+def test_resume_refuses_pieces_made_with_other_dates(crops, trained, tmp_path, monkeypatch):
+    import dataclasses
+    import datetime as dt
+
+    from skysense_fast.data.series import series_input
+    from skysense_fast.errors import InputError
+    from skysense_fast.infer import runner
+
+    task = load_task(trained["weights"])
+    acq = series_input(crops / "s2")
+    kw = dict(tile=24, overlap=8, resume=True, chunk_rows=7)
+
+    def interrupted(*a, **k):   # the pieces are made, the join never happens: a run cut short
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "join_pieces", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(task, crops / "crops.tif", tmp_path / "m.tif", s2=acq, **kw)
+    monkeypatch.undo()
+    later = [dataclasses.replace(a, date=a.date + dt.timedelta(days=30)) for a in acq]   # same files, other days
+    with pytest.raises(InputError, match="differs in series"):
+        predict_scene(task, crops / "crops.tif", tmp_path / "m.tif", s2=later, **kw)
+    predict_scene(task, crops / "crops.tif", tmp_path / "m.tif", s2=acq, **kw)   # the same series resumes
+    assert (tmp_path / "m.tif").exists() and not (tmp_path / "m.tif.parts").exists()

@@ -376,7 +376,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from skysense_fast.finetune.task import read_task_spec
     from skysense_fast.infer.predict import predict_scene
 
-    if os.path.exists(args.input) and read_task_spec(args.task).kind == "classification":
+    if not os.path.exists(args.input):   # before the task: a missing input is named as such
+        raise FileNotFoundError(f"input not found: {args.input}")
+    if read_task_spec(args.task).kind == "classification":
         return _classify(args)
     listed = _scene_list(args)
     if listed is None:
@@ -423,15 +425,17 @@ def _classify(args: argparse.Namespace) -> int:
 
     from skysense_fast.infer.predict_chips import classify_chips
 
-    given = [f"--{k.replace('_', '-')}" for k in ("image2", "probabilities", "s2", "s1", "asset", "hr_scale")
+    given = [f"--{k.replace('_', '-')}" for k in ("image2", "probabilities", "s2", "s1", "hr_scale")
              if getattr(args, k)] + (["--resume"] if args.resume else [])
     if given:
         raise InputError(f"predict: a classification task labels 8-bit RGB chips; it takes no {', '.join(given)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError("predict: chip labels are written by one process (not under torchrun)")
     task = _load_task(args)
     t0 = time.perf_counter()
     info = classify_chips(task, args.input, args.output, batch_size=args.batch_size, device=args.device,
                           dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype],
-                          threshold=args.threshold)
+                          threshold=args.threshold, asset=args.asset)
     print(f"wrote {args.output}: labels of {info['chips']} chips ({info['per_class']}) in "
           f"{time.perf_counter() - t0:.1f} s")
     return 0

@@ -173,6 +173,16 @@ def series_files(series: dict) -> dict[str, list[str]]:
     return {k: [f for a in acq for f in a.every_file] for k, acq in series.items() if acq}
 
 
+def series_manifest(series: dict) -> dict[str, list[dict]]:
+    """{kind: every acquisition as JSON (files, date, bands, mask band, band order, STAC parts)}:
+    what a resumable run records, so that pieces made with other dates or bands are refused."""
+    import dataclasses
+    import json
+
+    return {k: [json.loads(json.dumps(dataclasses.asdict(a), default=str)) for a in acq]
+            for k, acq in series.items() if acq}
+
+
 def series_input(source, dates: Sequence | None = None, kind: str = "s2", band_order: str = "model"
                  ) -> list[Acquisition] | None:
     """What ``--s2`` / ``--s1`` and the configs' ``data.s2`` / ``data.s1`` name: None, a list of

@@ -35,7 +35,7 @@ def read_chip_list(source: str | os.PathLike) -> tuple[list[str], list[list[str]
             for i, row in enumerate(csv.reader(f)):
                 if not row or (i == 0 and [c.strip().lower() for c in row[:2]] == ["file", "label"]):
                     continue
-                if len(row) < 2 or not row[1].strip():
+                if len(row) < 2:   # an empty label: a multi-label chip of no class (ChipDataset checks)
                     raise InputError(f"{source}: row {i + 1} must be file,label, got {row}")
                 paths.append(os.path.join(base, row[0].strip()))
                 labels.append([s.strip() for s in row[1].split("|") if s.strip()])
@@ -84,7 +84,9 @@ class ChipDataset(torch.utils.data.Dataset):
         if stray:
             raise InputError(f"{source}: labels {stray[:10]} are not among the classes {self.classes}")
         if not multi_label and any(len(labs) != 1 for labs in self.labels):
-            raise InputError(f"{source}: a chip has several labels; set multi_label for multi-label data")
+            n = next(len(labs) for labs in self.labels if len(labs) != 1)
+            raise InputError(f"{source}: a chip has {n} labels; single-label chips need one (set multi_label for "
+                             "multi-label data)")
         self.multi_label, self.stats = multi_label, stats
         self.index = {c: i for i, c in enumerate(self.classes)}
 

@@ -19,7 +19,7 @@ import torch
 
 from .. import distributed
 from ..data.geotiff import hr_scaler, may_hold_nodata, open_raster
-from ..data.series import check_coverage, series_files, series_input
+from ..data.series import check_coverage, series_files, series_input, series_manifest
 from ..errors import InputError
 from .runner import TileRun, model_fingerprint, refuse_to_overwrite_an_input, run_in_pieces, stream
 from .sinks import FileSink
@@ -106,7 +106,7 @@ def embed_scene(model: torch.nn.Module, src: str | os.PathLike, dst: str | os.Pa
             C = run_in_pieces(run, dst, profile, output, chunk_rows, resume, rank, world,
                                  manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                            "output": output, "shape": [oh, ow], "chunk_rows": chunk_rows,
-                                           "series": series_files(series),
+                                           "series": series_manifest(series),
                                            "model": model_fingerprint(model), "dtype": str(dtype),
                                            "hr_scale": hr_scale})
     return {"tiles": run.tiles_run, "shape": (C, oh, ow), "rows_written": run.rows_written}

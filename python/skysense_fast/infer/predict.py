@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..data.geotiff import check_same_scene, hr_scaler, open_raster
-from ..data.series import check_coverage, series_files, series_input
+from ..data.series import check_coverage, series_files, series_input, series_manifest
 from ..errors import InputError
 from ..finetune.task import DENSE
 from .class_map import ClassMapSink
@@ -138,7 +138,7 @@ def predict_scene(task, src: str | os.PathLike, dst: str | os.PathLike, *, tile:
                           manifest={"src": os.path.abspath(os.fspath(src)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [H, W], "chunk_rows": chunk_rows,
                                     "model": model_fingerprint(task), "dtype": str(dtype), "hr_scale": hr_scale,
-                                    "series": series_files(series),
+                                    "series": series_manifest(series),
                                     "image2": None if image2 is None else os.path.abspath(image2)},
                           final_sink=sink)
     return {"tiles": run.tiles_run, "shape": (1, H, W), "classes": list(spec.class_values)}

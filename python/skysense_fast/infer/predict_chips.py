@@ -3,7 +3,8 @@
 The chips are a folder (searched through its subfolders), one image, or a list of them (a .txt
 of paths, a STAC ItemCollection: :func:`.scenes.read_scene_list`), read as training reads them
 (8-bit RGB, the model's statistics; :func:`~skysense_fast.finetune.chips.read_chip`) and batched
-by size. Each row: the chip's path, its label (multi-label: every class at probability >= the
+by size. Each row: the chip's path (relative to the CSV's folder, as the chips CSV of training and
+``evaluate --chips`` reads it), its label (multi-label: every class at probability >= the
 threshold, ``|``-separated, as the training CSV writes them; none: empty), the label's probability
 (multi-label: the lowest chosen; none chosen: the highest), and one probability column per class.
 Written atomically.
@@ -23,8 +24,9 @@ from ..finetune.chips import IMAGE_SUFFIXES, read_chip
 from .runner import refuse_to_overwrite_an_input
 
 
-def list_chips(source: str | os.PathLike) -> list[str]:
-    """The chips of a folder (recursively, sorted), an image, or a scene list."""
+def list_chips(source: str | os.PathLike, asset: str | None = None) -> list[str]:
+    """The chips of a folder (recursively, sorted), an image, or a scene list (``asset``: a STAC
+    list's image asset)."""
     from .scenes import is_scene_list, read_scene_list
 
     source = os.fspath(source)
@@ -37,13 +39,13 @@ def list_chips(source: str | os.PathLike) -> list[str]:
     if not os.path.exists(source):
         raise FileNotFoundError(f"chips not found: {source} (a folder, an image, or a .txt / STAC list of them)")
     if is_scene_list(source):
-        return [s.src for s in read_scene_list(source)]
+        return [s.src for s in read_scene_list(source, asset, distinct_names=False)]
     return [source]
 
 
 def classify_chips(task, source: str | os.PathLike, dst: str | os.PathLike, *, batch_size: int = 16,
                    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   threshold: float = 0.5) -> dict:
+                   threshold: float = 0.5, asset: str | None = None) -> dict:
     """Write the labels of ``source``'s chips to ``dst`` (a .csv). Returns a summary (chips,
     chips per label)."""
     spec = task.spec
@@ -55,7 +57,7 @@ def classify_chips(task, source: str | os.PathLike, dst: str | os.PathLike, *, b
                          f"got {dst}")
     if not 0 < threshold < 1:
         raise InputError(f"predict: --threshold must be in (0, 1), got {threshold}")
-    paths = list_chips(source)
+    paths = list_chips(source, asset)
     refuse_to_overwrite_an_input(dst, [*paths, *task.source_files])
     task = task.eval().to(device)
     names = list(spec.class_names)
@@ -95,6 +97,8 @@ def classify_chips(task, source: str | os.PathLike, dst: str | os.PathLike, *, b
             score = float(p[chosen[0]])
         for j in chosen:
             counts[names[j]] += 1
-        writer.writerow([path, "|".join(names[j] for j in chosen), f"{score:.6f}", *(f"{float(v):.6f}" for v in p)])
+        # as the chips CSV of training / evaluate reads it: paths relative to the CSV's folder
+        where = path if "://" in path else os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(dst)))
+        writer.writerow([where, "|".join(names[j] for j in chosen), f"{score:.6f}", *(f"{float(v):.6f}" for v in p)])
     write_text(dst, out.getvalue())
     return {"chips": len(paths), "per_class": counts}

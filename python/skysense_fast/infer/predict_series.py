@@ -14,7 +14,7 @@ import torch
 
 from .. import distributed
 from ..data.geotiff import open_raster
-from ..data.series import BAND_COUNT, check_coverage, read_pixels_on_grid, series_files
+from ..data.series import BAND_COUNT, check_coverage, read_pixels_on_grid, series_files, series_manifest
 from ..errors import InputError
 from ..progress import bar
 from .class_map import ClassMapSink
@@ -157,5 +157,5 @@ def predict_series_scene(task, grid: str | os.PathLike, dst: str | os.PathLike, 
                           manifest={"src": os.path.abspath(os.fspath(grid)), "tile": tile, "overlap": overlap,
                                     "output": "class_map", "shape": [g.height, g.width], "chunk_rows": chunk_rows,
                                     "model": model_fingerprint(task), "dtype": str(dtype),
-                                    "series": series_files(series)})
+                                    "series": series_manifest(series)})
         return {"tiles": run.tiles_run, "shape": (1, g.height, g.width), "classes": list(task.spec.class_values)}

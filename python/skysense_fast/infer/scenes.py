@@ -36,10 +36,11 @@ def is_scene_list(path: str | os.PathLike) -> bool:
     return os.fspath(path).lower().endswith((".txt", ".json", ".geojson"))
 
 
-def read_scene_list(path: str | os.PathLike, asset: str | None = None) -> list[Scene]:
+def read_scene_list(path: str | os.PathLike, asset: str | None = None, distinct_names: bool = True) -> list[Scene]:
     """The scenes of ``path``. A text file: one path (or URL) per line, relative to the file's
     folder, ``#`` comments; a STAC file: each item's ``asset`` (default: ``visual``, ``image``,
-    else its only GeoTIFF asset with the data role). Output names must be distinct."""
+    else its only GeoTIFF asset with the data role). Output names must be distinct (unless
+    ``distinct_names`` is False: a list whose entries get no output of their own, e.g. chips)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"scene list not found: {path}")
@@ -61,7 +62,7 @@ def read_scene_list(path: str | os.PathLike, asset: str | None = None) -> list[S
     if not scenes:
         raise InputError(f"{path} lists no scenes")
     seen: dict[str, str] = {}
-    for s in scenes:
+    for s in scenes if distinct_names else ():
         if s.name in seen:
             raise InputError(f"{path}: {seen[s.name]} and {s.src} would both write {s.name}.tif (rename one)")
         seen[s.name] = s.src
