@@ -424,6 +424,17 @@ def test_hr_with_sentinel_series_through_the_fusion(demo, tmp_path):
                   s1=tmp_path / "s1")
     with rasterio.open(tmp_path / "map.tif") as m:
         assert set(np.unique(m.read(1)).tolist()) <= {1, 2, 3, 4, 5, 6}
+    # exported: hr, then each series with its days and validity, positional
+    from skysense_fast.deploy import task_program
+
+    module, example = task_program(task, 64, "seg", frames=2)
+    assert [tuple(x.shape) for x in example] == [(1, 3, 64, 64), (1, 2, 10, 2, 2), (1, 2), (1, 2),
+                                                 (1, 2, 2, 2, 2), (1, 2), (1, 2)]
+    program = torch.export.export(module, example).module()
+    hr, s2, d2, v2, s1, d1, v1 = example
+    with torch.no_grad():
+        torch.testing.assert_close(program(*example), task(hr, s2=s2, doy_s2=d2, valid_s2=v2, s1=s1, doy_s1=d1,
+                                                           valid_s1=v1), rtol=1e-4, atol=1e-4)
 
 
 def test_class_names_stay_with_their_values(demo):

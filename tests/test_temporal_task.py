@@ -187,3 +187,15 @@ def test_resume_refuses_pieces_made_with_other_dates(crops, trained, tmp_path, m
         predict_scene(task, crops / "crops.tif", tmp_path / "m.tif", s2=later, **kw)
     predict_scene(task, crops / "crops.tif", tmp_path / "m.tif", s2=acq, **kw)   # the same series resumes
     assert (tmp_path / "m.tif").exists() and not (tmp_path / "m.tif.parts").exists()
+
+
+def test_export_a_temporal_task(trained, tmp_path):
+    """The series, their days and validity as positional inputs; the program gives the task's logits."""
+    out = tmp_path / "crops.pt2"
+    assert main(["export", "--task", trained["weights"], "-o", str(out), "--size", "256", "--frames", "6"]) == 0
+    task = load_task(trained["weights"])
+    s2, doy = torch.randn(1, 6, 10, 8, 8), torch.tensor([[30, 90, 150, 200, 250, 300]])
+    valid = torch.tensor([[True, True, False, True, True, True]])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(out)).module()(s2, doy, valid),
+                                   task(s2=s2, doy_s2=doy, valid_s2=valid), rtol=1e-4, atol=1e-4)

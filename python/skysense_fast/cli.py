@@ -271,7 +271,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         refuse_to_overwrite_an_input(args.output, [args.task])
         task = _load_task(args)
-        module, example = task_program(task, size, args.task)
+        module, example = task_program(task, size, args.task, args.frames)
         args.part, args.config = f"{task.spec.kind} task", args.task
     else:
         module, example = model_program(_load_model(args).eval(), args.part, size, args.frames)

@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--part", choices=("hr", "model", "multimodal"), default="hr",
                    help="hr: SwinV2 encoder; model: HR -> fused, geo; multimodal: HR + S2 + S1 series "
                         "(hr, s2, s1, doy_s2, doy_s1, valid_s2, valid_s1, latlon) -> fused, geo")
-    x.add_argument("--frames", type=int, default=4, help="multimodal: acquisitions per series in the example")
-    x.add_argument("--task", help="export a fine-tuned task model (HR image -> logits) instead of --part")
+    x.add_argument("--frames", type=int, default=4, help="multimodal, or a task on Sentinel series: acquisitions per "
+                                                         "series in the example")
+    x.add_argument("--task", help="export a fine-tuned task model (inputs -> logits: hr [hr2], then per series s2 "
+                                  "doy_s2 valid_s2 / s1 ..., then latlon where used) instead of --part")
     x.add_argument("--format", choices=("export", "torchscript"), default="export")
     x.add_argument("--size", type=int, default=256, help="example HR input size (pixels, multiple of 32)")
     cv = sub.add_parser("convert", help="official .pth weights -> a .safetensors file (read the pickles once)")

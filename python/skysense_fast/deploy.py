@@ -46,19 +46,32 @@ def model_program(model, part: str, size: int, frames: int) -> tuple[nn.Module, 
     return positional(model, names), example
 
 
-def task_program(task, size: int, where: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """(module, example inputs) of a task model: HR (+ latlon) -> logits; a change task's two
-    dates -> change logits. Tasks on Sentinel series are not exported yet."""
-    hr = torch.randn(1, task.config.hr_in_chans, size, size)
-    if task.spec.kind == "detection":
+def task_program(task, size: int, where: str, frames: int = 4) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """(module, example inputs) of a task model, inputs positional in this order: ``hr`` (an
+    HR task) or ``hr``, ``hr2`` (change), then per series it reads ``<kind>``, ``doy_<kind>``,
+    ``valid_<kind>`` (``frames`` acquisitions on the fusion grid of a ``size`` HR tile; a
+    temporal task's grid is the series' own, ``size`` / 32 cells too), then ``latlon`` where the
+    task uses the geo map -> logits."""
+    spec, cfg = task.spec, task.config
+    if spec.kind == "detection":
         raise InputError(f"export --task: {where} is a detection task; its boxes (a list per image, NMS inside) are "
                          "not exported yet: run it with `skysense-fast predict`")
-    if task.spec.kind == "change":
+    hr = torch.randn(1, cfg.hr_in_chans, size, size)
+    if spec.kind == "change":
         return positional(task, ("hr", "hr2"), None), (hr, torch.randn_like(hr))
-    if task.spec.inputs != ("hr",):
-        raise InputError(f"export --task: {where} reads {', '.join(task.spec.inputs)}; exporting tasks with Sentinel "
-                         "series is not supported yet")
-    return task, ((hr, torch.tensor([[45.0, 7.0]])) if task.needs_latlon else (hr,))
+    names: list[str] = ["hr"] if "hr" in spec.inputs else []
+    example: list[torch.Tensor] = [hr] if names else []
+    g = size // 32
+    for kind in ("s2", "s1"):
+        if kind in spec.inputs:
+            bands = cfg.s2_in_chans if kind == "s2" else cfg.s1_in_chans
+            names += [kind, f"doy_{kind}", f"valid_{kind}"]
+            example += [torch.randn(1, frames, bands, g, g), torch.randint(1, 366, (1, frames)),
+                        torch.ones(1, frames, dtype=torch.bool)]
+    if task.needs_latlon:
+        names.append("latlon")
+        example.append(torch.tensor([[45.0, 7.0]]))
+    return positional(task, tuple(names), None), tuple(example)
 
 
 def write_program(module: nn.Module, example: tuple[torch.Tensor, ...], path: str, format: str) -> None:
