@@ -54,7 +54,7 @@ def test_chips_from_class_folders_and_csv(tmp_path):
     (tmp_path / "labels.csv").write_text("file,label\nforest/0.png,forest|urban\nurban/1.png,urban\n")
     ml = ChipDataset(tmp_path / "labels.csv", multi_label=True)
     assert ml[0][1].tolist() == [1.0, 1.0] and ml[1][1].tolist() == [0.0, 1.0]
-    with pytest.raises(ValueError, match="several labels"):
+    with pytest.raises(ValueError, match="a chip has 2 labels; single-label chips need one"):
         ChipDataset(tmp_path / "labels.csv")
     with pytest.raises(ValueError, match=r"labels \['urban'\] are not among the classes \['forest'\]"):
         ChipDataset(tmp_path, classes=["forest"])

@@ -126,6 +126,29 @@ def normalise_hr(tile: np.ndarray, stats=None) -> np.ndarray:
     return (stats or DEFAULT).apply(tile[:3], "hr")
 
 
+def read_hr_window(image: str, r: int, c: int, size: int, scale=None, stats=None, nodata=None,
+                   ds=None) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+    """A ``size`` x ``size`` window of an HR image at (row, col) ``r``, ``c``, as training reads it:
+    ((3, size, size) float32 normalised, zero beyond the image and on nodata; its (h, w) nodata
+    mask or None; h; w: the part inside the image). ``ds``: the open image (else opened here)."""
+    from rasterio.windows import Window
+
+    own = ds is None
+    ds = open_raster(image, bands=3) if own else ds
+    try:
+        h, w = min(size, ds.height - r), min(size, ds.width - c)
+        a = ds.read([1, 2, 3], window=Window(c, r, w, h))
+    finally:
+        if own:
+            ds.close()
+    x = np.zeros((3, size, size), np.float32)
+    x[:, :h, :w] = normalise_hr(a if scale is None else scale(a), stats)
+    hole = nodata_mask(a, nodata)
+    if hole is not None:
+        x[:, :h, :w][:, hole] = 0.0
+    return x, hole, h, w
+
+
 def read_onto(ds, crs, transform, height: int, width: int) -> np.ndarray:
     """Bands 1-3 of ``ds`` (another image of the scene: a second date) resampled (bilinear)
     onto a grid (``crs``, ``transform``, ``height`` x ``width``): (3, h, w) float32, NaN where

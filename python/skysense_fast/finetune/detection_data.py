@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from ..data.geotiff import hr_scaler, nodata_mask, normalise_hr, open_raster, scene_latlon
+from ..data.geotiff import hr_scaler, open_raster, read_hr_window, scene_latlon
 from ..data.labels import ClassMap
 from ..errors import InputError
 from .augment import d4_transform
@@ -66,31 +66,13 @@ class SceneDetectionData:
     def read(self, r: int, c: int, size: int, ds=None) -> dict:
         """The window at (r, c): pixels beyond the scene and nodata are zero input; the boxes at
         least half inside it."""
-        from rasterio.windows import Window
-
-        h, w = min(size, self.height - r), min(size, self.width - c)
-        own = ds is None
-        ds = open_raster(self.image, bands=3) if own else ds
-        try:
-            a = ds.read([1, 2, 3], window=Window(c, r, w, h))
-        finally:
-            if own:
-                ds.close()
-        x = np.zeros((3, size, size), np.float32)
-        x[:, :h, :w] = normalise_hr(a if self.hr_scale is None else self.hr_scale(a), self.stats)
-        hole = nodata_mask(a, self.nodata)
-        if hole is not None:
-            x[:, :h, :w][:, hole] = 0.0
+        x, _, h, w = read_hr_window(self.image, r, c, size, self.hr_scale, self.stats, self.nodata, ds)
         boxes, labels = in_window(self.boxes, self.labels, c, r, w, h)
         return {"hr": torch.from_numpy(x), "boxes": boxes, "labels": labels}
 
     def train_sample(self, generator: torch.Generator, augment: bool, ds=None) -> dict:
         """A random crop inside a random training block, with a random D4 symmetry."""
-        blocks = self.split.train
-        br, bc = blocks[int(torch.randint(len(blocks), (1,), generator=generator))]
-        bh, bw = min(self.split.block, self.height - br), min(self.split.block, self.width - bc)
-        r = br + int(torch.randint(max(1, bh - self.crop + 1), (1,), generator=generator))
-        c = bc + int(torch.randint(max(1, bw - self.crop + 1), (1,), generator=generator))
+        r, c, *_ = self.split.random_crop(self.height, self.width, self.crop, generator)
         sample = self.read(r, c, self.crop, ds)
         if augment:
             sample = turned(sample, int(torch.randint(8, (1,), generator=generator)))

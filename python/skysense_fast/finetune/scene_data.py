@@ -18,9 +18,8 @@ from rasterio.transform import Affine
 from ..data.geotiff import (
     check_same_scene,
     hr_scaler,
-    nodata_mask,
-    normalise_hr,
     open_raster,
+    read_hr_window,
     read_second_date,
     scene_latlon,
 )
@@ -87,23 +86,10 @@ class SceneSegmentationData:
     def read(self, r: int, c: int, size: int, ds=None) -> dict[str, torch.Tensor]:
         """The sample of the window at (r, c); what lies beyond the scene is zero input and no
         label (and invalid series pixels)."""
-        from rasterio.windows import Window
-
-        h, w = min(size, self.height - r), min(size, self.width - c)
-        own = ds is None
-        ds = open_raster(self.image, bands=3) if own else ds
-        try:
-            a = ds.read([1, 2, 3], window=Window(c, r, w, h))
-        finally:
-            if own:
-                ds.close()
-        x = np.zeros((3, size, size), np.float32)
+        x, hole, h, w = read_hr_window(self.image, r, c, size, self.hr_scale, self.stats, self.nodata, ds)
         y = np.full((size, size), IGNORE_INDEX, np.int64)
-        x[:, :h, :w] = normalise_hr(a if self.hr_scale is None else self.hr_scale(a), self.stats)
         y[:h, :w] = self.labels[r:r + h, c:c + w]
-        hole = nodata_mask(a, self.nodata)
         if hole is not None:
-            x[:, :h, :w][:, hole] = 0.0
             y[:h, :w][hole] = IGNORE_INDEX
         if self.image2 is not None:   # the second date on this window's pixels; its holes: no input, no label
             x2 = np.zeros((3, size, size), np.float32)
@@ -123,11 +109,7 @@ class SceneSegmentationData:
 
     def train_sample(self, generator: torch.Generator, augment: bool, ds=None):
         """A random crop inside a random training block, with a random D4 symmetry."""
-        blocks = self.split.train
-        br, bc = blocks[int(torch.randint(len(blocks), (1,), generator=generator))]
-        bh, bw = min(self.split.block, self.height - br), min(self.split.block, self.width - bc)
-        r = br + int(torch.randint(max(1, bh - self.crop + 1), (1,), generator=generator))
-        c = bc + int(torch.randint(max(1, bw - self.crop + 1), (1,), generator=generator))
+        r, c, br, bc, bh, bw = self.split.random_crop(self.height, self.width, self.crop, generator)
         sample = self.read(r, c, self.crop, ds)
         y = sample["target"]
         # keep the crop inside its block: labels of a neighbouring (held-out) block are not trained on

@@ -26,6 +26,17 @@ class SpatialSplit:
         blocks = {"train": self.train, "val": self.val}[which]
         return [(r, c, min(self.block, height - r), min(self.block, width - c)) for r, c in blocks]
 
+    def random_crop(self, height: int, width: int, crop: int, generator) -> tuple[int, int, int, int, int, int]:
+        """(row, col) of a random ``crop`` inside a random training block, and that block's
+        (row, col, h, w): a crop larger than a block cut by the scene's edge starts at the block."""
+        import torch
+
+        br, bc = self.train[int(torch.randint(len(self.train), (1,), generator=generator))]
+        bh, bw = min(self.block, height - br), min(self.block, width - bc)
+        r = br + int(torch.randint(max(1, bh - crop + 1), (1,), generator=generator))
+        c = bc + int(torch.randint(max(1, bw - crop + 1), (1,), generator=generator))
+        return r, c, br, bc, bh, bw
+
 
 def spatial_split(labelled: np.ndarray, block: int, val_fraction: float = 0.2, seed: int = 0) -> SpatialSplit:
     """Blocks of ``block`` pixels over a (H, W) bool map of labelled pixels; blocks without a
