@@ -47,7 +47,7 @@ def _load_model(args: argparse.Namespace):
 
     from skysense_fast import models
     from skysense_fast.weights import from_pretrained, load_any
-    from skysense_fast.weights.hub import is_pretrained_folder, looks_like_repo_id
+    from skysense_fast.weights.folders import is_pretrained_folder, looks_like_repo_id
 
     torch.manual_seed(0)
     one = args.weights[0] if args.weights and len(args.weights) == 1 else None

@@ -179,7 +179,7 @@ def validate_common(model: ModelSection, optim: OptimSection, train: TrainSectio
     except TypeError as e:
         raise ConfigError(f"config: model.overrides: {e}") from None
     if m.weights is not None and "=" not in m.weights:
-        from .weights.hub import looks_like_repo_id
+        from .weights.folders import looks_like_repo_id
 
         require(os.path.exists(m.weights) or looks_like_repo_id(m.weights),
                 f"model.weights: no such file, folder or hub id owner/name: {m.weights}")

@@ -8,19 +8,15 @@ import glob
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
 from ..errors import InputError
+from .acquisition import OFFICIAL_S2_ORDER, S1_BANDS, S2_BANDS, Acquisition
 from .normalisation import DEFAULT
-from .stac import SCL_INVALID, StacPart, is_stac, stac_series
+from .stac import SCL_INVALID, is_stac, stac_series
 
-S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
-# The official SkySense S2 GeoTIFFs store B8 fourth (B2, B3, B4, B8, B5, B6, B7, B8A, B11, B12);
-# its reader takes stored bands [1, 2, 3, 5, 6, 7, 4, 8, 9, 10]: position of each model band
-OFFICIAL_S2_ORDER = (0, 1, 2, 4, 5, 6, 3, 7, 8, 9)
-S1_BANDS = ("VV", "VH")
 # L2A digital numbers (no division) and dB, from the official SkySense++ configs
 S2_MEAN, S2_STD = np.array(DEFAULT.s2_mean, np.float32), np.array(DEFAULT.s2_std, np.float32)
 S1_MEAN, S1_STD = np.array(DEFAULT.s1_mean, np.float32), np.array(DEFAULT.s1_std, np.float32)
@@ -58,43 +54,6 @@ def parse_date(name: str) -> dt.date:
         raise InputError(f"no acquisition date in the file name {name!r} (YYYYMMDD, YYYYMMDDTHHMMSS or YYYY-MM-DD) "
                          f"nor in its tags ({', '.join(_DATE_TAGS)}); pass the dates explicitly")
     return found
-
-
-@dataclass(frozen=True)
-class Acquisition:
-    """One acquisition: a file, or a group of bands of a multi-band series file.
-
-    ``bands``: the 1-based bands holding it (None: the whole file, B bands or B + 1 with a
-    cloud mask last); ``mask_band``: a band whose non-zero pixels are clouds / invalid;
-    ``band_order``: where each of the model's bands is stored among them (0-based), for files
-    not stored in the model's order (:data:`OFFICIAL_S2_ORDER`); band names in the
-    descriptions, where every band has one, decide instead. ``parts``: an acquisition from
-    STAC items (:mod:`.stac`): single-band files named by band, mosaicked per day.
-    """
-
-    path: str
-    date: dt.date
-    bands: tuple[int, ...] | None = None
-    mask_band: int | None = None
-    band_order: tuple[int, ...] | None = None
-    parts: tuple[StacPart, ...] = ()   # from STAC items: one file per band, per item of the day
-
-    @property
-    def files(self) -> list[str]:
-        """A file of each footprint (what coverage checks open)."""
-        return [p.bands[0] for p in self.parts] if self.parts else [self.path]
-
-    @property
-    def every_file(self) -> list[str]:
-        """Every file read for it (each band and SCL file of STAC items): what an output must
-        never replace, and what a resumed run's pieces must have been made from."""
-        if not self.parts:
-            return [self.path]
-        return [f for p in self.parts for f in (*p.bands, *((p.scl,) if p.scl else ()))]
-
-    @property
-    def doy(self) -> int:
-        return self.date.timetuple().tm_yday
 
 
 def _as_date(d) -> dt.date:

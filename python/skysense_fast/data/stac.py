@@ -16,10 +16,10 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from .acquisition import S1_BANDS, S2_BANDS, Acquisition, StacPart
 
 # Earth Search asset keys (and eo common names) -> band; Planetary Computer uses B02 ... B8A
 _S2_KEYS = {"coastal": "B1", "blue": "B2", "green": "B3", "red": "B4", "rededge1": "B5", "rededge2": "B6",
@@ -29,17 +29,6 @@ _S2_NAME = re.compile(r"B0?(\d{1,2}A?)")
 # shadow, cloud (medium, high probability), thin cirrus
 SCL_INVALID = (0, 1, 3, 8, 9, 10)
 S2_OFFSET = -1000.0          # BOA_ADD_OFFSET from processing baseline 04.00 (25 January 2022)
-
-
-@dataclass(frozen=True)
-class StacPart:
-    """One item's share of an acquisition: an href per model band (in the model's order), the
-    SCL href (or None), the DN offset to add, and the nodata value of the band assets."""
-
-    bands: tuple[str, ...]
-    scl: str | None = None
-    offset: float = 0.0
-    nodata: float | None = None
 
 
 def is_stac(source) -> bool:
@@ -183,7 +172,6 @@ def _nodata(assets) -> float | None:
 
 
 def _s2_part(item) -> StacPart:
-    from .series import S2_BANDS
 
     found: dict[str, Any] = {}
     for key, asset in item.assets.items():
@@ -201,7 +189,6 @@ def _s2_part(item) -> StacPart:
 
 
 def _s1_part(item) -> StacPart:
-    from .series import S1_BANDS
 
     collection = (item.collection_id or "").lower()
     if "grd" in collection and "rtc" not in collection:
@@ -223,7 +210,6 @@ def _s1_part(item) -> StacPart:
 
 def stac_series(source, kind: str) -> list:
     """:class:`~skysense_fast.data.series.Acquisition` per day of the items, sorted by date."""
-    from .series import Acquisition
 
     if kind not in ("s2", "s1"):
         raise InputError(f"STAC series: kind must be s2 or s1, got {kind!r}")

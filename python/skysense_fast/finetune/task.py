@@ -263,7 +263,7 @@ def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights
         backbone = models.create(spec.model_name, **overrides)
     report = None
     if weights:
-        from ..weights import load_any
+        from ..weights.any import load_any
 
         report = load_any(backbone, weights)
     model = TaskModel(backbone, spec).to(device)
@@ -273,7 +273,7 @@ def build_task_model(spec: TaskSpec, device: torch.device | str = "cpu", weights
 
 def save_task(model: TaskModel, path: str | os.PathLike) -> None:
     """The task model as one safetensors file with its task metadata (atomic)."""
-    from ..weights import save_weights
+    from ..weights.io import save_weights
 
     save_weights(model, path, metadata={"skysense_task": model.spec.to_json()})
 
@@ -283,7 +283,7 @@ def read_task_spec(path: str | os.PathLike) -> TaskSpec:
     from safetensors import safe_open
 
     from ..weights.checks import file_format
-    from ..weights.hub import looks_like_repo_id, weights_file
+    from ..weights.folders import looks_like_repo_id, weights_file
 
     path = os.fspath(path)
     if os.path.isdir(path) or looks_like_repo_id(path):
@@ -303,8 +303,9 @@ def read_task_spec(path: str | os.PathLike) -> TaskSpec:
 
 def load_task(path: str | os.PathLike, device: torch.device | str = "cpu") -> TaskModel:
     """The task model of a file written by :func:`save_task`, in eval mode."""
-    from ..weights import load_weights
-    from ..weights.hub import block_count, check_shapes, looks_like_repo_id, weights_file
+    from ..weights.checks import block_count, check_shapes
+    from ..weights.folders import looks_like_repo_id, weights_file
+    from ..weights.io import load_weights
 
     if os.path.isdir(path) or looks_like_repo_id(os.fspath(path)):
         path = weights_file(path)

@@ -27,7 +27,7 @@ from ..weights.official import encoder_state, read_checkpoint
 def _load(encoder: nn.Module, weights: str | os.PathLike, branch: str, keep_at_init: tuple[str, ...] = ()) -> None:
     """``weights`` (an official backbone file, this package's weights or a save_pretrained
     folder / hub id) into a bare encoder, every tensor checked before any is copied."""
-    from ..weights.hub import looks_like_repo_id, weights_file
+    from ..weights.folders import looks_like_repo_id, weights_file
 
     path = os.fspath(weights)
     if os.path.isdir(path) or looks_like_repo_id(path):

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import InputError
 from .checks import file_format
-from .hub import looks_like_repo_id, weights_file
+from .folders import looks_like_repo_id, weights_file
 from .io import load_weights
 from .official import BRANCHES, load_official
 

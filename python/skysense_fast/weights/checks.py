@@ -55,3 +55,28 @@ def check_tensor(name: str, value: Tensor, target: Tensor) -> None:
             raise InputError(f"{name}: {bad} of {value.numel()} values are NaN or infinite (a corrupt file?)")
     elif value.dtype != target.dtype:
         raise InputError(f"{name}: the file holds {value.dtype} where the model has {target.dtype}")
+
+
+def check_shapes(path: str, build, what: str = "the model its config describes", blocks: int | None = None) -> None:
+    """The file's tensors have the shapes of the model ``build()`` makes, checked on the meta
+    device before anything is allocated: a crafted config cannot make us build a huge model.
+    ``blocks``: the transformer blocks the config describes; more than the file has tensors
+    (each block has several) is refused before even the meta build."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if blocks is not None and blocks > len(held):   # even on meta, a million blocks take minutes to build
+        raise InputError(f"{path}: its config describes {blocks} transformer blocks, more than the file's "
+                         f"{len(held)} tensors: {what} is not what the file holds")
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+    if held != shapes:
+        bad = sorted(k for k in set(held) | set(shapes) if held.get(k) != shapes.get(k))
+        raise InputError(f"{path}: its tensors do not match {what} (e.g. {bad[:3]})")
+
+
+def block_count(cfg) -> int:
+    """Transformer blocks of a model config: Swin blocks, two ViTs' layers, fusion layers."""
+    return sum(cfg.hr_depths) + 2 * cfg.vit_depth + cfg.fusion_layers

@@ -19,6 +19,8 @@ from torch import nn
 from .. import atomic
 from ..data.normalisation import of as normalisation_of
 from ..errors import InputError
+from .checks import block_count, check_shapes
+from .folders import CARD, CONFIG, FORMAT, FORMAT_VERSION, WEIGHTS, read_config, resolve
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -26,10 +28,6 @@ if TYPE_CHECKING:
     from ..finetune.task import TaskModel
     from ..models import SkySense
 
-FORMAT = "skysense_fast"
-FORMAT_VERSION = 1
-WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 CITATION = """@inproceedings{guo2024skysense,
   title     = {SkySense: A Multi-Modal Remote Sensing Foundation Model Towards Universal Interpretation
                for Earth Observation Imagery},
@@ -40,88 +38,6 @@ CITATION = """@inproceedings{guo2024skysense,
   pages     = {27672--27683},
   year      = {2024}
 }"""
-
-
-def is_pretrained_folder(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, CONFIG))
-
-
-_FILE_ENDINGS = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tif", ".tiff", ".json", ".yaml", ".yml")
-
-
-def looks_like_repo_id(text: str) -> bool:
-    """``owner/name`` that is no local path and does not end like a file (``runs/seg.safetensors``
-    mistyped is a missing file, not a hub request): what the hub is asked for."""
-    return (_REPO_ID.fullmatch(text) is not None and not os.path.exists(text)
-            and not text.lower().endswith(_FILE_ENDINGS))
-
-
-def resolve(source: str | os.PathLike, revision: str | None = None) -> str:
-    """The local folder of ``source``: a folder written by :func:`save_pretrained`, or a hub
-    repository id fetched (only its config, weights and card) into huggingface_hub's cache."""
-    text = os.fspath(source)
-    if os.path.isdir(text):
-        if not is_pretrained_folder(text):
-            raise InputError(f"{text} is a folder without {CONFIG}: not one written by save_pretrained")
-        return text
-    if not looks_like_repo_id(text):
-        raise FileNotFoundError(f"weights not found: {text} (a file, a save_pretrained folder, or a hub id owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        folder = snapshot_download(text, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD])
-    except LocalEntryNotFoundError:
-        raise InputError(f"{text}: not a local path, and the hub repository is not in the local cache "
-                         "(offline: HF_HUB_OFFLINE is set or the hub is out of reach)") from None
-    except GatedRepoError:   # before RepositoryNotFoundError: it is one
-        raise InputError(f"{text}: the hub repository is gated: accept its terms on the hub and log in "
-                         "(huggingface-cli login / HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise InputError(f"{text}: the hub repository has no revision {revision!r}") from None
-    except (RepositoryNotFoundError, HFValidationError) as e:
-        raise InputError(f"{text}: no such local path or hub repository ({' '.join(str(e).split())[:200]})") from None
-    if not is_pretrained_folder(folder):
-        raise InputError(f"{text}: the hub repository has no {CONFIG}: not a skysense_fast model")
-    return folder
-
-
-def read_config(folder: str) -> dict:
-    """The checked ``config.json`` of a pretrained folder."""
-    path = os.path.join(folder, CONFIG)
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except ValueError as e:
-        raise InputError(f"{path} is not JSON ({e})") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise InputError(f"{path} is not a skysense_fast config (its \"format\" is not {FORMAT!r})")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path} has format version {raw.get('format_version')!r}; this version reads "
-                         f"{FORMAT_VERSION}")
-    for key, kind in (("model", dict), ("normalisation", dict), ("bands", dict)):
-        if not isinstance(raw.get(key), kind):
-            raise InputError(f"{path}: {key!r} must be a {kind.__name__}")
-    if not os.path.isfile(os.path.join(folder, WEIGHTS)):
-        raise InputError(f"{folder} has {CONFIG} but no {WEIGHTS}")
-    return raw
-
-
-def weights_file(source: str | os.PathLike, revision: str | None = None) -> str:
-    """The safetensors file of a pretrained folder or hub id (what ``--weights`` and ``--task``
-    load); a plain file is returned as it is."""
-    text = os.fspath(source)
-    if os.path.isfile(text):
-        return text
-    folder = resolve(text, revision)
-    read_config(folder)
-    return os.path.join(folder, WEIGHTS)
 
 
 def _config_dict(model: nn.Module) -> dict:
@@ -149,7 +65,7 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, name: str | 
     atomically (never a partial file); an interrupted save can leave some files of the
     previous save beside new ones: save again.
     """
-    from ..weights import save_weights
+    from .io import save_weights
 
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -197,31 +113,6 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None, d
     load_weights(model, path, strict=True)
     model.source_files = (path, os.path.join(folder, CONFIG))   # what an output must never replace
     return model.to(device).eval()
-
-
-def check_shapes(path: str, build, what: str = "the model its config describes", blocks: int | None = None) -> None:
-    """The file's tensors have the shapes of the model ``build()`` makes, checked on the meta
-    device before anything is allocated: a crafted config cannot make us build a huge model.
-    ``blocks``: the transformer blocks the config describes; more than the file has tensors
-    (each block has several) is refused before even the meta build."""
-    import torch
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    if blocks is not None and blocks > len(held):   # even on meta, a million blocks take minutes to build
-        raise InputError(f"{path}: its config describes {blocks} transformer blocks, more than the file's "
-                         f"{len(held)} tensors: {what} is not what the file holds")
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in build().state_dict().items()}
-    if held != shapes:
-        bad = sorted(k for k in set(held) | set(shapes) if held.get(k) != shapes.get(k))
-        raise InputError(f"{path}: its tensors do not match {what} (e.g. {bad[:3]})")
-
-
-def block_count(cfg) -> int:
-    """Transformer blocks of a model config: Swin blocks, two ViTs' layers, fusion layers."""
-    return sum(cfg.hr_depths) + 2 * cfg.vit_depth + cfg.fusion_layers
 
 
 def _stats_table(norm: dict, bands: dict) -> str:
