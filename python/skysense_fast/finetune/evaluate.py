@@ -71,24 +71,33 @@ def evaluate_boxes(task: TaskModel, image: str, labels: str, *, label_field: str
     box, found or true, in the cell of its centre) so that COCO's 100 detections per image bound
     a cell, not the scene."""
     from ..infer.predict_boxes import detect_scene
-    from .boxes import centres_in, vector_boxes
+    from .boxes import vector_boxes
 
     spec = task.spec
     found = detect_scene(task, image, **detect_kw)
     with open_raster(image) as ds:
         boxes, index, _ = vector_boxes(labels, label_field, ds, spec.classes)
-        H, W = ds.height, ds.width
+        W = ds.width
+
+    def cells(b: np.ndarray) -> np.ndarray:   # the cell of each box's centre, as one number
+        col = ((b[:, 0] + b[:, 2]) / 2 // cell).astype(np.int64)
+        return ((b[:, 1] + b[:, 3]) / 2 // cell).astype(np.int64) * (W // cell + 1) + col
+
+    def by_cell(b: np.ndarray) -> dict[int, np.ndarray]:   # each box binned once: sorted, then split
+        ids = cells(b)
+        order = np.argsort(ids, kind="stable")
+        keys, starts = np.unique(ids[order], return_index=True)
+        return dict(zip(keys.tolist(), np.split(order, starts[1:]), strict=True)) if len(ids) else {}
+
+    mine, truth = by_cell(found["boxes"]), by_cell(boxes)
+    none = np.zeros(0, np.int64)
     metrics = DetectionMetrics(spec.classes.class_names())
-    for r in range(0, H, cell):
-        for c in range(0, W, cell):
-            mine, truth = (centres_in(b, c, r, c + cell, r + cell) for b in (found["boxes"], boxes))
-            if not truth.any() and not mine.any():
-                continue   # a cell with neither says nothing
-            metrics.update([{"boxes": torch.from_numpy(found["boxes"][mine]).float(),
-                             "scores": torch.from_numpy(found["scores"][mine]).float(),
-                             "labels": torch.from_numpy(found["labels"][mine]).long()}],
-                           [{"boxes": torch.from_numpy(boxes[truth]).float(),
-                             "labels": torch.from_numpy(index[truth]).long()}])
+    for k in sorted(mine.keys() | truth.keys()):   # cells with neither say nothing
+        f, t = mine.get(k, none), truth.get(k, none)
+        metrics.update([{"boxes": torch.from_numpy(found["boxes"][f]).float(),
+                         "scores": torch.from_numpy(found["scores"][f]).float(),
+                         "labels": torch.from_numpy(found["labels"][f]).long()}],
+                       [{"boxes": torch.from_numpy(boxes[t]).float(), "labels": torch.from_numpy(index[t]).long()}])
     return {**metrics.compute(), "detections": int(len(found["scores"]))}
 
 

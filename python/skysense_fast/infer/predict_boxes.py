@@ -12,6 +12,7 @@ one NMS over a whole scene's boxes is quadratic). Boxes whose centre lies on nod
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -54,6 +55,16 @@ def _core(start: int, tile: int, overlap: int, size: int) -> tuple[int, int]:
     return a, b
 
 
+@contextlib.contextmanager
+def _score_threshold(roi_heads, value: float):
+    """The head's own score threshold set for a run (it drops the boxes below before NMS)."""
+    trained, roi_heads.score_thresh = roi_heads.score_thresh, value
+    try:
+        yield
+    finally:
+        roi_heads.score_thresh = trained
+
+
 def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int = 128, batch_size: int = 2,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = False,
                  hr_scale: str | None = None, score_threshold: float = 0.05, nms_threshold: float = 0.5) -> dict:
@@ -67,20 +78,8 @@ def detect_scene(task, src: str | os.PathLike, *, tile: int = 512, overlap: int 
         raise InputError(f"score_threshold must be in [0, 1] and nms_threshold in (0, 1], got {score_threshold}, "
                          f"{nms_threshold}")
     model = _Boxes(task.eval().to(device))
-    roi = task.head.roi_heads
-    trained_threshold, roi.score_thresh = roi.score_thresh, score_threshold   # the head drops the boxes below
-    try:
-        return _detect(model, src, tile, overlap, batch_size, device, dtype, progress, hr_scale, score_threshold,
-                       nms_threshold)
-    finally:
-        roi.score_thresh = trained_threshold
-
-
-def _detect(model, src, tile, overlap, batch_size, device, dtype, progress, hr_scale, score_threshold,
-            nms_threshold) -> dict:
-    task = model.task
     found: dict[tuple[int, int], np.ndarray] = {}
-    with open_raster(src, bands=3) as ds:
+    with open_raster(src, bands=3) as ds, _score_threshold(task.head.roi_heads, score_threshold):
         H, W = ds.height, ds.width
         rows, cols = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
         tiles = [(r, c) for r in rows for c in cols]
@@ -101,7 +100,7 @@ def _detect(model, src, tile, overlap, batch_size, device, dtype, progress, hr_s
                 d = d[keep]
                 d[:, [0, 2]] += c
                 d[:, [1, 3]] += r
-                found[rows.index(r), cols.index(c)] = d
+                found[r // (tile - overlap), c // (tile - overlap)] = d   # the tile's place in the grid
         crs, transform = ds.crs, ds.transform
     every = np.concatenate([_between_neighbours(found, at, nms_threshold) for at in sorted(found)]) if found \
         else np.zeros((0, 6))
